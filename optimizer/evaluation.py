@@ -1,0 +1,175 @@
+"""Price any schedule from its powers alone, independently of how it was made.
+
+Given per-vehicle grid-side charge and discharge power, :func:`evaluate` rebuilds battery energies,
+site import and export, billed demand peaks, commitment delivery and every cost term, with the same
+names as the objective in :mod:`optimizer.model`. Baseline policies report through it, and the tests
+use it to check that the optimizer's reported costs are the costs of the schedule it returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from optimizer.problem import Problem
+
+TOLERANCE_KWH = 1e-3
+
+
+@dataclass(frozen=True)
+class VehicleOutcome:
+    id: str
+    requested_kwh: float
+    """Energy the driver asked for: terminal target minus energy at arrival (0 if already there)."""
+    delivered_kwh: float
+    """Net energy added to the battery over the horizon (kWh stored, after charge losses)."""
+    unmet_kwh: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    energy_kwh: np.ndarray
+    """Battery energy at the end of each step (vehicle × step); NaN where not plugged in."""
+    import_kw: np.ndarray
+    export_kw: np.ndarray
+    curtailment_kw: np.ndarray
+    demand_peaks_kw: list[float]
+    dr_delivered_kwh: list[float]
+    dr_shortfall_kwh: list[float]
+    v2g_delivered_kwh: list[float]
+    v2g_shortfall_kwh: list[float]
+    costs: dict[str, float]
+    vehicles: list[VehicleOutcome]
+
+    @property
+    def total_cost(self) -> float:
+        """Money paid minus money earned; the unmet-energy penalty is not money and is left out."""
+        from optimizer.model import COST_TERMS
+
+        return sum(
+            sign * self.costs[name] for name, sign in COST_TERMS.items() if name != "unmet_energy_penalty"
+        )
+
+    @property
+    def objective(self) -> float:
+        from optimizer.model import COST_TERMS
+
+        return sum(sign * self.costs[name] for name, sign in COST_TERMS.items())
+
+    @property
+    def peak_import_kw(self) -> float:
+        return float(self.import_kw.max()) if len(self.import_kw) else 0.0
+
+
+def battery_energy(problem: Problem, charge_kw: np.ndarray, discharge_kw: np.ndarray) -> np.ndarray:
+    """Energy at the end of every plugged step from the powers (NaN outside the session)."""
+    energy = np.full(charge_kw.shape, np.nan)
+    dt = problem.step_hours
+    for i, v in enumerate(problem.vehicles):
+        s = slice(v.first_step, v.end_step)
+        gained = dt * (v.charge_efficiency * charge_kw[i, s] - discharge_kw[i, s] / v.discharge_efficiency)
+        energy[i, s] = v.energy_initial_kwh + np.cumsum(gained)
+    return energy
+
+
+def final_energy(problem: Problem, energy_kwh: np.ndarray) -> np.ndarray:
+    return np.array(
+        [
+            energy_kwh[i, v.end_step - 1] if v.end_step > v.first_step else v.energy_initial_kwh
+            for i, v in enumerate(problem.vehicles)
+        ]
+    )
+
+
+def unmet_reason(problem: Problem, index: int, unmet_kwh: float) -> str:
+    """Why a vehicle ends below its target: ``met``, or the cause a driver can act on."""
+    v = problem.vehicles[index]
+    if unmet_kwh <= TOLERANCE_KWH:
+        return "met"
+    reachable = (
+        v.energy_initial_kwh + len(v.steps) * v.max_charge_kw * v.charge_efficiency * problem.step_hours
+    )
+    if reachable + TOLERANCE_KWH < v.terminal_energy_kwh:
+        return "not enough time at the vehicle's maximum charge power"
+    return "site capacity or schedule priority"
+
+
+def evaluate(problem: Problem, charge_kw: np.ndarray, discharge_kw: np.ndarray) -> Evaluation:
+    """Rebuild energies, site flows, commitments and every cost term of a schedule."""
+    dt = problem.step_hours
+    energy = battery_energy(problem, charge_kw, discharge_kw)
+    ev_net = charge_kw.sum(axis=0) - discharge_kw.sum(axis=0)
+    net = problem.net_base_kw + ev_net
+    import_kw = np.maximum(net, 0.0)
+    surplus = np.maximum(-net, 0.0)
+    export_kw = np.minimum(surplus, problem.export_limit_kw)
+    curtailment = surplus - export_kw
+
+    peaks = []
+    demand_charge = 0.0
+    for charge in problem.demand_charges:
+        averages = [import_kw[steps].mean() for steps in charge.intervals]
+        peak = max([charge.peak_already_kw, *averages])
+        peaks.append(float(peak))
+        demand_charge += charge.rate_per_kw * (peak - charge.peak_already_kw)
+
+    dr_delivered, dr_short, dr_payment, dr_penalty = [], [], 0.0, 0.0
+    for event in problem.dr_events:
+        flows = import_kw[event.steps]
+        shortfall = np.maximum(flows - event.target_import_kw, 0.0)
+        baseline = event.target_import_kw + event.committed_kw
+        delivered = np.clip(baseline - flows, 0.0, event.committed_kw)
+        dr_delivered.append(float(delivered.sum() * dt))
+        dr_short.append(float(shortfall.sum() * dt))
+        dr_payment += event.payment_per_kwh * dr_delivered[-1]
+        dr_penalty += event.penalty_per_kwh * dr_short[-1]
+
+    v2g_delivered, v2g_short, v2g_payment, v2g_penalty = [], [], 0.0, 0.0
+    for dispatch in problem.dispatches:
+        delivered = np.clip(-ev_net[dispatch.steps], 0.0, dispatch.export_kw)
+        v2g_delivered.append(float(delivered.sum() * dt))
+        v2g_short.append(float((dispatch.export_kw - delivered).sum() * dt))
+        v2g_payment += dispatch.price_per_kwh * v2g_delivered[-1]
+        v2g_penalty += dispatch.penalty_per_kwh * v2g_short[-1]
+
+    final = final_energy(problem, energy)
+    vehicles = []
+    for i, v in enumerate(problem.vehicles):
+        unmet = max(0.0, v.terminal_energy_kwh - final[i])
+        vehicles.append(
+            VehicleOutcome(
+                id=v.id,
+                requested_kwh=max(0.0, v.terminal_energy_kwh - v.energy_initial_kwh),
+                delivered_kwh=float(final[i] - v.energy_initial_kwh),
+                unmet_kwh=float(unmet),
+                reason=unmet_reason(problem, i, unmet),
+            )
+        )
+    unmet_total = sum(o.unmet_kwh for o in vehicles)
+
+    costs = {
+        "energy_cost": float((problem.import_price * import_kw).sum() * dt),
+        "export_revenue": float((problem.export_price * export_kw).sum() * dt),
+        "demand_charge": float(demand_charge),
+        "battery_wear": float(problem.wear_cost_per_kwh * discharge_kw.sum() * dt),
+        "dr_penalty": dr_penalty,
+        "dr_payment": dr_payment,
+        "v2g_penalty": v2g_penalty,
+        "v2g_payment": v2g_payment,
+        "unmet_energy_penalty": problem.unmet_penalty_per_kwh * unmet_total,
+    }
+    return Evaluation(
+        energy_kwh=energy,
+        import_kw=import_kw,
+        export_kw=export_kw,
+        curtailment_kw=curtailment,
+        demand_peaks_kw=peaks,
+        dr_delivered_kwh=dr_delivered,
+        dr_shortfall_kwh=dr_short,
+        v2g_delivered_kwh=v2g_delivered,
+        v2g_shortfall_kwh=v2g_short,
+        costs=costs,
+        vehicles=vehicles,
+    )

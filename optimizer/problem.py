@@ -1,0 +1,284 @@
+"""The scenario converted once into arrays on the step grid: what every policy and the model read.
+
+Units are converted here and nowhere else: datetimes become step indices, series become arrays of
+``n_steps`` floats, per-vehicle limits become the tighter of vehicle and EVSE.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import zoneinfo
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from optimizer.consistency import check_scenario
+from optimizer.scenario import DrEvent, Scenario, TimeWindow
+
+FloatArray = np.ndarray
+
+
+@dataclass(frozen=True)
+class VehicleSpec:
+    """One session on the step grid. The vehicle is plugged in during steps ``first_step .. end_step - 1``."""
+
+    id: str
+    evse_id: str
+    first_step: int
+    end_step: int
+    capacity_kwh: float
+    energy_initial_kwh: float
+    target_energy_kwh: float
+    """The driver's target at departure."""
+    terminal_energy_kwh: float
+    """What must be in the battery at ``end_step`` so that the target stays reachable (equals the target
+    when the vehicle leaves inside the horizon)."""
+    min_energy_kwh: float
+    charge_efficiency: float
+    discharge_efficiency: float
+    max_charge_kw: float
+    max_discharge_kw: float
+    """0 unless the vehicle, its EVSE and its driver's consent all allow V2G."""
+    leaves_in_horizon: bool
+
+    @property
+    def steps(self) -> range:
+        return range(self.first_step, self.end_step)
+
+    @property
+    def can_discharge(self) -> bool:
+        return self.max_discharge_kw > 0 and self.end_step > self.first_step
+
+    @property
+    def energy_floor_kwh(self) -> float:
+        """Lowest energy allowed while plugged in: the V2G reserve, or the arrival energy if lower."""
+        return min(self.min_energy_kwh, self.energy_initial_kwh)
+
+
+@dataclass(frozen=True)
+class DemandChargeSpec:
+    name: str
+    rate_per_kw: float
+    peak_already_kw: float
+    intervals: list[np.ndarray]
+    """Step indices of each billed demand interval inside this charge's windows."""
+
+
+@dataclass(frozen=True)
+class DrEventSpec:
+    id: str
+    steps: np.ndarray
+    target_import_kw: np.ndarray
+    """Site import must stay at or below this during each event step."""
+    committed_kw: np.ndarray
+    """Reduction committed per event step (baseline minus target; 0 where there is no baseline)."""
+    payment_per_kwh: float
+    penalty_per_kwh: float
+
+
+@dataclass(frozen=True)
+class DispatchSpec:
+    id: str
+    steps: np.ndarray
+    export_kw: float
+    price_per_kwh: float
+    penalty_per_kwh: float
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str
+    currency: str
+    index: pd.DatetimeIndex
+    """Start of every step, timezone-aware."""
+    step_hours: float
+    import_limit_kw: float
+    export_limit_kw: float
+    base_load_kw: FloatArray
+    generation_kw: FloatArray
+    import_price: FloatArray
+    export_price: FloatArray
+    demand_charges: list[DemandChargeSpec]
+    vehicles: list[VehicleSpec]
+    dr_events: list[DrEventSpec]
+    dispatches: list[DispatchSpec]
+    wear_cost_per_kwh: float
+    unmet_penalty_per_kwh: float
+    site_id: str = "site"
+    evse_ids: list[str] = field(default_factory=list)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.index)
+
+    @property
+    def net_base_kw(self) -> FloatArray:
+        """Inflexible site import before any vehicle: base load minus generation [kW]."""
+        return self.base_load_kw - self.generation_kw
+
+    @property
+    def has_v2g(self) -> bool:
+        return any(v.can_discharge for v in self.vehicles)
+
+
+def build_problem(scenario: Scenario) -> Problem:
+    """Check ``scenario`` (raising :class:`ScenarioError`) and convert it to arrays on the step grid."""
+    check_scenario(scenario)
+    n = scenario.n_steps
+    zone = zoneinfo.ZoneInfo(scenario.timezone) if scenario.timezone else scenario.start.tzinfo
+    index = pd.date_range(scenario.start, periods=n, freq=scenario.step).tz_convert(zone)
+    step_hours = scenario.step_minutes / 60
+    tariff = scenario.tariff
+
+    evses = {evse.id: evse for evse in scenario.evses}
+    vehicles = []
+    for v in scenario.vehicles:
+        evse = evses[v.evse_id]
+        first = max(0, math.ceil((v.arrival - scenario.start) / scenario.step))
+        departure_step = math.floor((v.departure - scenario.start) / scenario.step)
+        end = min(n, max(first, departure_step))
+        max_charge = min(v.max_charge_kw, evse.max_charge_kw)
+        max_discharge = min(v.max_discharge_kw, evse.max_discharge_kw) if v.v2g_consent else 0.0
+        steps_after = max(0, departure_step - n)
+        reachable_later = steps_after * max_charge * v.charge_efficiency * step_hours
+        vehicles.append(
+            VehicleSpec(
+                id=v.id,
+                evse_id=v.evse_id,
+                first_step=first,
+                end_step=end,
+                capacity_kwh=v.capacity_kwh,
+                energy_initial_kwh=v.energy_at_arrival_kwh,
+                target_energy_kwh=v.target_energy_kwh,
+                terminal_energy_kwh=max(0.0, v.target_energy_kwh - reachable_later),
+                min_energy_kwh=v.min_energy_kwh,
+                charge_efficiency=v.charge_efficiency,
+                discharge_efficiency=v.discharge_efficiency,
+                max_charge_kw=max_charge,
+                max_discharge_kw=max_discharge,
+                leaves_in_horizon=departure_step <= n,
+            )
+        )
+
+    problem = Problem(
+        name=scenario.name,
+        currency=scenario.currency,
+        index=index,
+        step_hours=step_hours,
+        import_limit_kw=scenario.site.import_limit_kw,
+        export_limit_kw=scenario.site.export_limit_kw,
+        base_load_kw=_series(scenario.site.base_load_kw, n),
+        generation_kw=_series(scenario.site.generation_kw, n),
+        import_price=_series(tariff.import_price_per_kwh, n),
+        export_price=_series(tariff.export_price_per_kwh, n),
+        demand_charges=[
+            DemandChargeSpec(
+                name=charge.name,
+                rate_per_kw=charge.rate_per_kw,
+                peak_already_kw=charge.peak_already_kw,
+                intervals=_demand_intervals(index, tariff.demand_interval_minutes, charge.windows),
+            )
+            for charge in tariff.demand_charges
+        ],
+        vehicles=vehicles,
+        dr_events=[_dr_event(scenario, event) for event in scenario.dr_events],
+        dispatches=[
+            DispatchSpec(
+                id=d.id,
+                steps=_window_steps(scenario, d.start, d.end),
+                export_kw=d.export_kw,
+                price_per_kwh=d.price_per_kwh,
+                penalty_per_kwh=d.penalty_per_kwh,
+            )
+            for d in scenario.v2g_dispatches
+        ],
+        wear_cost_per_kwh=scenario.battery_wear_cost_per_kwh,
+        unmet_penalty_per_kwh=0.0,
+        site_id=scenario.site.id,
+        evse_ids=[evse.id for evse in scenario.evses],
+    )
+    penalty = scenario.unmet_energy_penalty_per_kwh
+    if penalty is None:
+        penalty = default_unmet_penalty(problem)
+    object.__setattr__(problem, "unmet_penalty_per_kwh", penalty)
+    return problem
+
+
+def default_unmet_penalty(problem: Problem) -> float:
+    """Penalty per kWh left below a departure target, high enough that meeting targets always wins.
+
+    One kWh drawn in a single step raises that step's power by ``1 / step_hours`` kW, so the most a
+    kWh can save elsewhere in the objective is bounded by the dearest energy price plus every demand
+    rate and commitment penalty scaled by ``1 / step_hours``, plus the wear and export value of
+    cycling it. Ten times that bound (and at least 100 per kWh) keeps the target term dominant while
+    staying numerically well inside HiGHS's tolerances.
+    """
+    per_kw = sum(c.rate_per_kw for c in problem.demand_charges)
+    per_kw += sum(e.penalty_per_kwh + e.payment_per_kwh for e in problem.dr_events) * problem.step_hours
+    per_kw += sum(d.penalty_per_kwh + d.price_per_kwh for d in problem.dispatches) * problem.step_hours
+    prices = np.concatenate([problem.import_price, problem.export_price, [0.0]])
+    bound = float(np.abs(prices).max()) + per_kw / problem.step_hours + problem.wear_cost_per_kwh
+    return max(100.0, 10.0 * bound)
+
+
+def _series(value: float | list[float], n: int) -> FloatArray:
+    return np.asarray(value, dtype=float) if isinstance(value, list) else np.full(n, float(value))
+
+
+def _window_steps(scenario: Scenario, start: dt.datetime, end: dt.datetime) -> np.ndarray:
+    first = (start - scenario.start) // scenario.step
+    last = (end - scenario.start) // scenario.step
+    return np.arange(first, last)
+
+
+def _dr_event(scenario: Scenario, event: DrEvent) -> DrEventSpec:
+    steps = _window_steps(scenario, event.start, event.end)
+    baseline = None
+    if event.baseline_kw is not None:
+        baseline = np.broadcast_to(np.asarray(event.baseline_kw, dtype=float), steps.shape).copy()
+    if event.cap_kw is not None:
+        target = np.full(steps.shape, event.cap_kw)
+    else:  # reduction below baseline; the DrEvent model guarantees both are given
+        assert baseline is not None and event.reduction_kw is not None
+        target = np.maximum(baseline - event.reduction_kw, 0.0)
+    committed = np.maximum(baseline - target, 0.0) if baseline is not None else np.zeros(steps.shape)
+    return DrEventSpec(
+        id=event.id,
+        steps=steps,
+        target_import_kw=target,
+        committed_kw=committed,
+        payment_per_kwh=event.payment_per_kwh,
+        penalty_per_kwh=event.penalty_per_kwh,
+    )
+
+
+def _in_window(stamp: pd.Timestamp, window: TimeWindow) -> bool:
+    weekday = stamp.weekday() < 5
+    if (window.days == "weekdays" and not weekday) or (window.days == "weekends" and weekday):
+        return False
+    clock = stamp.time()
+    if window.start <= window.end:
+        return window.start <= clock < window.end
+    return clock >= window.start or clock < window.end
+
+
+def _demand_intervals(
+    index: pd.DatetimeIndex, interval_minutes: int, windows: list[TimeWindow]
+) -> list[np.ndarray]:
+    """Group the steps inside ``windows`` into clock-aligned billing intervals.
+
+    With steps at least as long as the interval every step is its own interval; otherwise the steps
+    of each clock-aligned interval (e.g. :00, :15, :30, :45) are averaged. An interval cut by the
+    horizon's edge is averaged over the steps it has.
+    """
+    inside = np.array([not windows or any(_in_window(s, w) for w in windows) for s in index], dtype=bool)
+    step_minutes = (index[1] - index[0]).total_seconds() / 60 if len(index) > 1 else interval_minutes
+    positions = np.flatnonzero(inside)
+    if step_minutes >= interval_minutes:
+        return [np.array([p]) for p in positions]
+    epoch_minutes = ((index - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(minutes=1)).to_numpy(np.int64)
+    keys = epoch_minutes[positions] // interval_minutes
+    splits = np.flatnonzero(np.diff(keys)) + 1
+    return [group for group in np.split(positions, splits) if len(group)]

@@ -1,0 +1,258 @@
+"""Solve the scheduling model with HiGHS and turn the outcome into a :class:`ScheduleResult`.
+
+Three ways to hand the Pyomo model to HiGHS are supported; ``bench/interfaces.py`` measures them
+(figures in BENCHMARKS.md) and the fastest, ``appsi``, is the default:
+
+- ``appsi``: ``pyomo.contrib.appsi.solvers.Highs``, the persistent interface on highspy;
+- ``contrib``: ``pyomo.contrib.solver`` ``highs``, the newer solver interface on highspy;
+- ``file``: write an MPS file with Pyomo and read it into highspy (the classic shell-out route).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyomo.environ as pyo
+
+from optimizer.baselines import POLICIES, run_policy
+from optimizer.errors import SolverUnavailableError
+from optimizer.evaluation import evaluate
+from optimizer.model import build_model
+from optimizer.problem import Problem, build_problem
+from optimizer.results import ScheduleResult, SolveStatus
+from optimizer.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+Interface = Literal["appsi", "contrib", "file"]
+
+
+@dataclass
+class SolverOptions:
+    time_limit: float = 60.0
+    """Wall-clock limit of the solve [s]; on time-out the best feasible schedule is returned."""
+    mip_gap: float = 0.005
+    """Relative MIP gap at which the solver stops (0.005 = 0.5 %)."""
+    interface: Interface = "appsi"
+    threads: int | None = None
+    verbose: bool = False
+
+
+@dataclass
+class _Outcome:
+    has_solution: bool
+    optimal: bool
+    objective: float | None
+    bound: float | None
+    message: str
+
+
+def schedule(
+    scenario: Scenario | Problem,
+    policy: str = "milp",
+    *,
+    time_limit: float = 60.0,
+    mip_gap: float = 0.005,
+    interface: Interface = "appsi",
+) -> ScheduleResult:
+    """Schedule ``scenario`` with ``policy`` (``milp`` or one of the baselines).
+
+    Raises :class:`~optimizer.errors.ScenarioError` for impossible inputs before anything is built.
+    """
+    problem = scenario if isinstance(scenario, Problem) else build_problem(scenario)
+    if policy == "milp":
+        return optimize(problem, SolverOptions(time_limit=time_limit, mip_gap=mip_gap, interface=interface))
+    return baseline(problem, policy)
+
+
+def baseline(problem: Problem, policy: str) -> ScheduleResult:
+    started = time.perf_counter()
+    charge, discharge = run_policy(problem, policy)
+    seconds = time.perf_counter() - started
+    evaluation = evaluate(problem, charge, discharge)
+    return ScheduleResult(
+        policy=policy,
+        status=SolveStatus.HEURISTIC,
+        problem=problem,
+        charge_kw=charge,
+        discharge_kw=discharge,
+        evaluation=evaluation,
+        objective=evaluation.objective,
+        solve_seconds=seconds,
+        message=f"baseline policy {policy!r}",
+    )
+
+
+def optimize(problem: Problem, options: SolverOptions | None = None) -> ScheduleResult:
+    """Build and solve the MILP; never return an empty schedule.
+
+    With no feasible schedule from the solver (time-out before the first incumbent, solver error),
+    the earliest-deadline-first policy is returned, marked :attr:`SolveStatus.HEURISTIC`.
+    """
+    options = options or SolverOptions()
+    started = time.perf_counter()
+    model = build_model(problem)
+    build_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    try:
+        outcome = _SOLVERS[options.interface](model, options)
+    except SolverUnavailableError:
+        raise
+    except Exception as exc:  # the solver failing must not leave a site without a schedule
+        log.exception("HiGHS failed on %s", problem.name)
+        outcome = _Outcome(False, False, None, None, f"solver error: {exc}")
+    solve_seconds = time.perf_counter() - started
+
+    if not outcome.has_solution:
+        fallback = baseline(problem, "edf")
+        fallback.policy = "milp"
+        fallback.message = f"{outcome.message}; earliest-deadline-first schedule returned instead"
+        fallback.build_seconds, fallback.solve_seconds = build_seconds, solve_seconds
+        log.warning("no feasible MILP schedule for %s: %s", problem.name, fallback.message)
+        return fallback
+
+    charge, discharge = _powers(model, problem)
+    evaluation = evaluate(problem, charge, discharge)
+    objective = outcome.objective if outcome.objective is not None else pyo.value(model.total_cost)
+    gap = _gap(objective, outcome.bound)
+    return ScheduleResult(
+        policy="milp",
+        status=SolveStatus.OPTIMAL if outcome.optimal else SolveStatus.FEASIBLE,
+        problem=problem,
+        charge_kw=charge,
+        discharge_kw=discharge,
+        evaluation=evaluation,
+        objective=float(objective),
+        bound=outcome.bound,
+        gap=gap,
+        build_seconds=build_seconds,
+        solve_seconds=solve_seconds,
+        message=outcome.message,
+        model_costs={name: float(pyo.value(term)) for name, term in model.cost_terms.items()},
+    )
+
+
+def _gap(objective: float, bound: float | None) -> float | None:
+    if bound is None or not math.isfinite(bound):
+        return None
+    return abs(objective - bound) / max(abs(objective), 1e-9) if abs(objective - bound) > 1e-9 else 0.0
+
+
+def _powers(model: pyo.ConcreteModel, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    shape = (len(problem.vehicles), problem.n_steps)
+    charge, discharge = np.zeros(shape), np.zeros(shape)
+    for (i, t), var in model.charge_kw.items():
+        charge[i, t] = var.value or 0.0
+    for (i, t), var in model.discharge_kw.items():
+        discharge[i, t] = var.value or 0.0
+    # Clean solver round-off so the returned schedule respects its bounds exactly.
+    limits_c = np.array([v.max_charge_kw for v in problem.vehicles])[:, None] if shape[0] else 0.0
+    limits_d = np.array([v.max_discharge_kw for v in problem.vehicles])[:, None] if shape[0] else 0.0
+    return np.clip(charge, 0.0, limits_c), np.clip(discharge, 0.0, limits_d)
+
+
+def _solve_appsi(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome:
+    from pyomo.contrib.appsi.base import TerminationCondition
+    from pyomo.contrib.appsi.solvers import Highs
+
+    solver = Highs()
+    if not solver.available():
+        raise SolverUnavailableError("highspy is not installed: pip install highspy")
+    solver.config.time_limit = options.time_limit
+    solver.config.mip_gap = options.mip_gap
+    solver.config.load_solution = False
+    solver.config.stream_solver = options.verbose
+    if options.threads:
+        solver.highs_options["threads"] = options.threads
+    results = solver.solve(model)
+    condition = results.termination_condition
+    has_solution = results.best_feasible_objective is not None and math.isfinite(
+        results.best_feasible_objective
+    )
+    if has_solution:
+        results.solution_loader.load_vars()
+    return _Outcome(
+        has_solution=has_solution,
+        optimal=condition == TerminationCondition.optimal,
+        objective=results.best_feasible_objective if has_solution else None,
+        bound=results.best_objective_bound,
+        message=f"HiGHS (appsi): {condition.name}",
+    )
+
+
+def _solve_contrib(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome:
+    from pyomo.contrib.solver.common.factory import SolverFactory
+    from pyomo.contrib.solver.common.results import SolutionStatus, TerminationCondition
+
+    solver = SolverFactory("highs")
+    if not solver.available():
+        raise SolverUnavailableError("highspy is not installed: pip install highspy")
+    results = solver.solve(
+        model,
+        time_limit=options.time_limit,
+        rel_gap=options.mip_gap,
+        threads=options.threads,
+        tee=options.verbose,
+        load_solutions=False,
+        raise_exception_on_nonoptimal_result=False,
+    )
+    has_solution = results.solution_status in (SolutionStatus.feasible, SolutionStatus.optimal)
+    if has_solution:
+        results.solution_loader.load_vars()
+    condition = results.termination_condition
+    return _Outcome(
+        has_solution=has_solution,
+        optimal=condition == TerminationCondition.convergenceCriteriaSatisfied,
+        objective=results.incumbent_objective,
+        bound=results.objective_bound,
+        message=f"HiGHS (contrib): {condition.name}",
+    )
+
+
+def _solve_file(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome:
+    import highspy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.mps"
+        _, symbol_map_id = model.write(str(path), format="mps", io_options={"symbolic_solver_labels": False})
+        highs = highspy.Highs()
+        highs.setOptionValue("output_flag", options.verbose)
+        highs.setOptionValue("time_limit", float(options.time_limit))
+        highs.setOptionValue("mip_rel_gap", float(options.mip_gap))
+        if options.threads:
+            highs.setOptionValue("threads", options.threads)
+        highs.readModel(str(path))
+        highs.run()
+    status = highs.getModelStatus()
+    info = highs.getInfo()
+    has_solution = info.primal_solution_status == 2  # kSolutionStatusFeasible
+    if has_solution:
+        symbol_map = model.solutions.symbol_map[symbol_map_id]
+        values = highs.getSolution().col_value
+        lp = highs.getLp()
+        for name, value in zip(lp.col_names_, values, strict=True):
+            var = symbol_map.bySymbol.get(name)
+            if var is not None:
+                var.set_value(value, skip_validation=True)
+    is_mip = info.mip_node_count >= 0
+    bound = info.mip_dual_bound if is_mip else info.objective_function_value
+    return _Outcome(
+        has_solution=has_solution,
+        optimal=status == highspy.HighsModelStatus.kOptimal,
+        objective=None,
+        bound=bound if math.isfinite(bound) else None,
+        message=f"HiGHS (file): {highs.modelStatusToString(status)}",
+    )
+
+
+_SOLVERS = {"appsi": _solve_appsi, "contrib": _solve_contrib, "file": _solve_file}
+
+__all__ = ["POLICIES", "Interface", "SolverOptions", "baseline", "optimize", "schedule"]
