@@ -88,7 +88,7 @@ def _check_vehicles(scenario: Scenario) -> None:
         if v.departure <= scenario.start or v.arrival >= scenario.end:
             raise ScenarioError(
                 obj,
-                "arrival",
+                "arrival" if v.arrival >= scenario.end else "departure",
                 f"session {v.arrival.isoformat()}..{v.departure.isoformat()} lies outside the horizon "
                 f"{scenario.start.isoformat()}..{scenario.end.isoformat()}",
             )
@@ -124,7 +124,9 @@ def _check_windows(scenario: Scenario) -> None:
                 )
         if start < scenario.start or end > scenario.end:
             raise ScenarioError(
-                obj, "start", f"window {start.isoformat()}..{end.isoformat()} is not inside the horizon"
+                obj,
+                "start" if start < scenario.start else "end",
+                f"window {start.isoformat()}..{end.isoformat()} is not inside the horizon",
             )
     for event in scenario.dr_events:
         baseline = event.baseline_kw

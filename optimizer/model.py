@@ -6,13 +6,18 @@ Notation (all per step ``t`` of length ``Δt`` hours, per vehicle ``v`` while pl
 - ``energy_kwh[v,t]`` — battery energy at the end of step ``t`` [kWh];
 - ``ev_energy_balance``: ``energy[v,t] = energy[v,t-1] + Δt (η_c charge - discharge / η_d)``;
 - ``ev_charge_discharge_exclusive``: one binary ``is_charging[v,t]`` only for vehicles that may discharge,
-  so a fleet without V2G stays a pure LP;
-- ``site_power_balance``: ``import - export = base - generation + curtailment + Σ charge - Σ discharge``,
+  so a fleet without V2G stays a pure LP (unless export pays at least import, prices are negative or a
+  paid DR event needs the binaries below);
+- ``site_power_balance``: ``import - export = base - generation + curtailment + Σ charge - Σ discharge``
+  (curtailment only of the surplus above the export limit; binaries enforce it at negative prices),
   with ``site_import_kw <= import limit`` and ``site_export_kw <= export limit`` as variable bounds;
 - ``demand_peak_definition``: ``demand_peak_kw[d] >=`` the average import of every billed interval in the
   charge's windows and ``>=`` the peak already reached this period; only the increase costs money;
-- ``dr_event_shortfall``: ``dr_shortfall_kw >= import - target``; ``dr_delivered_kw <= baseline - import``;
-- ``v2g_dispatch_delivery``: ``v2g_delivered_kw <= Σ discharge - Σ charge``;
+- ``dr_event_shortfall``: ``dr_shortfall_kw >= import - target``; ``dr_delivered_kw <= baseline - import``
+  where paid, lifted by a binary ``dr_is_delivering`` where import may exceed the baseline (delivery is
+  ``clip(baseline - import, 0, committed)``, which is not concave);
+- ``v2g_dispatch_delivery``: ``v2g_delivered_kw <= Σ discharge - Σ charge`` where paid, lifted by a binary
+  ``v2g_is_delivering`` where vehicles may charge (delivery is ``clip(net export, 0, request)``);
 - ``ev_departure_target``: ``departure_shortfall_kwh[v] >= terminal target - energy at the last step``,
   soft, with :func:`optimizer.problem.default_unmet_penalty` per kWh.
 
@@ -24,9 +29,12 @@ Objective [currency]: ``energy_cost - export_revenue + demand_charge + battery_w
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import pyomo.environ as pyo
+from pyomo.common.gc_manager import PauseGC
+from pyomo.core.expr.numeric_expr import LinearExpression, MonomialTermExpression
 
 from optimizer.problem import Problem
 
@@ -48,16 +56,19 @@ def build_model(problem: Problem) -> pyo.ConcreteModel:
     """Build the scheduling model of ``problem``; the outline reads as the model's structure."""
     m = pyo.ConcreteModel(name=problem.name)
     m.cost_terms = {}
-    add_index_sets(m, problem)
-    add_ev_power(m, problem)
-    add_ev_charge_discharge_exclusive(m, problem)
-    add_ev_energy_balance(m, problem)
-    add_ev_departure_target(m, problem)
-    add_site_power_balance(m, problem)
-    add_demand_charges(m, problem)
-    add_dr_events(m, problem)
-    add_v2g_dispatches(m, problem)
-    add_objective(m, problem)
+    # Pyomo allocates several objects per variable and constraint; Python's cyclic garbage collector
+    # would walk them all again and again while they are being made (it tripled the build time).
+    with PauseGC():
+        add_index_sets(m, problem)
+        add_ev_power(m, problem)
+        add_ev_charge_discharge_exclusive(m, problem)
+        add_ev_energy_balance(m, problem)
+        add_ev_departure_target(m, problem)
+        add_site_power_balance(m, problem)
+        add_demand_charges(m, problem)
+        add_dr_events(m, problem)
+        add_v2g_dispatches(m, problem)
+        add_objective(m, problem)
     return m
 
 
@@ -69,10 +80,16 @@ def add_index_sets(m: pyo.ConcreteModel, problem: Problem) -> None:
     m.v2g_plugged = pyo.Set(
         initialize=[(i, t) for i, t in plugged if problem.vehicles[i].can_discharge], dimen=2, ordered=True
     )
+    # Per step, the vehicles plugged in (and those that may discharge) as plain lists: rules look them up
+    # instead of testing membership in a Pyomo set, which costs microseconds per test.
     at_step: dict[int, list[int]] = defaultdict(list)
+    v2g_at_step: dict[int, list[int]] = defaultdict(list)
     for i, t in plugged:
         at_step[t].append(i)
+        if problem.vehicles[i].can_discharge:
+            v2g_at_step[t].append(i)
     m.vehicles_at_step = at_step
+    m.v2g_vehicles_at_step = v2g_at_step
 
 
 def add_ev_power(m: pyo.ConcreteModel, problem: Problem) -> None:
@@ -86,26 +103,43 @@ def add_ev_power(m: pyo.ConcreteModel, problem: Problem) -> None:
 
 
 def add_ev_charge_discharge_exclusive(m: pyo.ConcreteModel, problem: Problem) -> None:
-    """No simultaneous charge and discharge; binaries only where a vehicle can discharge."""
+    """No simultaneous charge and discharge; binaries only where a vehicle can discharge.
+
+    ``charge - P_c is_charging <= 0`` and ``discharge + P_d is_charging <= P_d``.
+    """
     if not len(m.v2g_plugged):
         return
     vehicles = problem.vehicles
     m.is_charging = pyo.Var(m.v2g_plugged, domain=pyo.Binary)
+    charge, discharge, is_charging = m.charge_kw, m.discharge_kw, m.is_charging
     m.ev_charge_when_charging = pyo.Constraint(
         m.v2g_plugged,
-        rule=lambda m, i, t: m.charge_kw[i, t] <= vehicles[i].max_charge_kw * m.is_charging[i, t],
+        rule=lambda m, i, t: (
+            _linear([(1.0, charge[i, t]), (-vehicles[i].max_charge_kw, is_charging[i, t])]) <= 0.0
+        ),
     )
     m.ev_discharge_when_not_charging = pyo.Constraint(
         m.v2g_plugged,
-        rule=lambda m, i, t: m.discharge_kw[i, t] <= vehicles[i].max_discharge_kw * (1 - m.is_charging[i, t]),
+        rule=lambda m, i, t: (
+            _linear([(1.0, discharge[i, t]), (vehicles[i].max_discharge_kw, is_charging[i, t])])
+            <= vehicles[i].max_discharge_kw
+        ),
     )
 
 
-def _discharge(m: pyo.ConcreteModel, i: int, t: int) -> Any:
-    return m.discharge_kw[i, t] if (i, t) in m.v2g_plugged else 0.0
+def _linear(terms: Iterable[tuple[float, Any]]) -> LinearExpression:
+    """``Σ coefficient · variable`` as one flat :class:`LinearExpression`.
+
+    Every constraint of a family indexed by vehicle and step is written as such a sum of variables
+    against a constant: it is the cheapest expression for Pyomo to build and for the solver interfaces
+    to read (no nested sums to walk, no variables on both sides to subtract).
+    """
+    return LinearExpression([MonomialTermExpression(term) for term in terms])
 
 
 def add_ev_energy_balance(m: pyo.ConcreteModel, problem: Problem) -> None:
+    """``energy[t] - energy[t-1] - Δt η_c charge[t] + Δt / η_d discharge[t] = 0``; at the first plugged
+    step the energy at arrival stands on the right-hand side instead of ``energy[t-1]``."""
     vehicles = problem.vehicles
     dt = problem.step_hours
     m.energy_kwh = pyo.Var(
@@ -113,30 +147,38 @@ def add_ev_energy_balance(m: pyo.ConcreteModel, problem: Problem) -> None:
         domain=pyo.NonNegativeReals,
         bounds=lambda _, i, t: (vehicles[i].energy_floor_kwh, vehicles[i].capacity_kwh),
     )
+    energy, charge, discharge = m.energy_kwh, m.charge_kw, m.discharge_kw
 
     def balance(m: pyo.ConcreteModel, i: int, t: int) -> object:
         v = vehicles[i]
-        before = v.energy_initial_kwh if t == v.first_step else m.energy_kwh[i, t - 1]
-        gained = v.charge_efficiency * m.charge_kw[i, t] - _discharge(m, i, t) / v.discharge_efficiency
-        return m.energy_kwh[i, t] == before + dt * gained
+        terms = [(1.0, energy[i, t]), (-dt * v.charge_efficiency, charge[i, t])]
+        if v.can_discharge:
+            terms.append((dt / v.discharge_efficiency, discharge[i, t]))
+        if t == v.first_step:
+            return _linear(terms) == v.energy_initial_kwh
+        terms.append((-1.0, energy[i, t - 1]))
+        return _linear(terms) == 0.0
 
     m.ev_energy_balance = pyo.Constraint(m.plugged, rule=balance)
 
 
 def add_ev_departure_target(m: pyo.ConcreteModel, problem: Problem) -> None:
-    """Soft departure (or horizon-end) target; vehicles with no plugged step pay their gap as a constant."""
+    """Soft departure (or horizon-end) target: ``shortfall + energy at the last step >= terminal target``;
+    vehicles with no plugged step pay their gap as a constant (``shortfall >= target - arrival energy``)."""
     vehicles = problem.vehicles
     m.vehicle_ids = pyo.RangeSet(0, len(vehicles) - 1) if vehicles else pyo.Set(initialize=[])
     m.departure_shortfall_kwh = pyo.Var(m.vehicle_ids, domain=pyo.NonNegativeReals)
+    shortfall, energy = m.departure_shortfall_kwh, m.energy_kwh
 
     def target(m: pyo.ConcreteModel, i: int) -> object:
         v = vehicles[i]
-        final = m.energy_kwh[i, v.end_step - 1] if v.end_step > v.first_step else v.energy_initial_kwh
-        return m.departure_shortfall_kwh[i] >= v.terminal_energy_kwh - final
+        if v.end_step > v.first_step:
+            return _linear([(1.0, shortfall[i]), (1.0, energy[i, v.end_step - 1])]) >= v.terminal_energy_kwh
+        return _linear([(1.0, shortfall[i])]) >= v.terminal_energy_kwh - v.energy_initial_kwh
 
     m.ev_departure_target = pyo.Constraint(m.vehicle_ids, rule=target)
     m.unmet_energy_penalty = pyo.Expression(
-        expr=problem.unmet_penalty_per_kwh * pyo.quicksum(m.departure_shortfall_kwh[i] for i in m.vehicle_ids)
+        expr=_linear((problem.unmet_penalty_per_kwh, x) for x in shortfall.values())
     )
     m.cost_terms["unmet_energy_penalty"] = m.unmet_energy_penalty
 
@@ -151,13 +193,18 @@ def add_site_power_balance(m: pyo.ConcreteModel, problem: Problem) -> None:
         m.generation_steps, domain=pyo.NonNegativeReals, bounds=lambda _, t: (0.0, problem.generation_kw[t])
     )
 
+    site_import, site_export, curtailment = m.site_import_kw, m.site_export_kw, m.curtailment_kw
+    charge, discharge = m.charge_kw, m.discharge_kw
+    net_base = [float(x) for x in problem.net_base_kw]
+
     def balance(m: pyo.ConcreteModel, t: int) -> object:
-        at = m.vehicles_at_step.get(t, ())
-        ev = pyo.quicksum(m.charge_kw[i, t] for i in at) - pyo.quicksum(
-            m.discharge_kw[i, t] for i in at if (i, t) in m.v2g_plugged
-        )
-        curtailed = m.curtailment_kw[t] if t in m.generation_steps else 0.0
-        return m.site_import_kw[t] - m.site_export_kw[t] == float(problem.net_base_kw[t]) + curtailed + ev
+        # import - export - curtailment - Σ charge + Σ discharge = base - generation
+        terms = [(1.0, site_import[t]), (-1.0, site_export[t])]
+        if problem.generation_kw[t] > 0:
+            terms.append((-1.0, curtailment[t]))
+        terms += [(-1.0, charge[i, t]) for i in m.vehicles_at_step.get(t, ())]
+        terms += [(1.0, discharge[i, t]) for i in m.v2g_vehicles_at_step.get(t, ())]
+        return _linear(terms) == net_base[t]
 
     m.site_power_balance = pyo.Constraint(m.steps, rule=balance)
 
@@ -179,14 +226,34 @@ def add_site_power_balance(m: pyo.ConcreteModel, problem: Problem) -> None:
             rule=lambda m, t: m.site_export_kw[t] <= problem.export_limit_kw * (1 - m.site_is_importing[t]),
         )
 
+    # Generation is not dispatched: the site curtails only the surplus above the export limit. Curtailing
+    # anything else pays only at negative prices (import instead of own generation, or avoid exporting),
+    # so there a binary allows curtailment only while exporting at the limit and importing nothing.
+    negative = [t for t in generating if min(problem.import_price[t], problem.export_price[t]) < 0]
+    if negative:
+        m.negative_price_steps = pyo.Set(initialize=negative, ordered=True)
+        m.site_is_curtailing = pyo.Var(m.negative_price_steps, domain=pyo.Binary)
+        m.site_curtail_when_curtailing = pyo.Constraint(
+            m.negative_price_steps,
+            rule=lambda m, t: m.curtailment_kw[t] <= problem.generation_kw[t] * m.site_is_curtailing[t],
+        )
+        m.site_export_at_limit_when_curtailing = pyo.Constraint(
+            m.negative_price_steps,
+            rule=lambda m, t: m.site_export_kw[t] >= problem.export_limit_kw * m.site_is_curtailing[t],
+        )
+        m.site_no_import_when_curtailing = pyo.Constraint(
+            m.negative_price_steps,
+            rule=lambda m, t: m.site_import_kw[t] <= problem.import_limit_kw * (1 - m.site_is_curtailing[t]),
+        )
+
     m.energy_cost = pyo.Expression(
-        expr=pyo.quicksum(float(problem.import_price[t]) * dt * m.site_import_kw[t] for t in m.steps)
+        expr=_linear((float(problem.import_price[t]) * dt, site_import[t]) for t in m.steps)
     )
     m.export_revenue = pyo.Expression(
-        expr=pyo.quicksum(float(problem.export_price[t]) * dt * m.site_export_kw[t] for t in m.steps)
+        expr=_linear((float(problem.export_price[t]) * dt, site_export[t]) for t in m.steps)
     )
     m.battery_wear = pyo.Expression(
-        expr=problem.wear_cost_per_kwh * dt * pyo.quicksum(m.discharge_kw[i, t] for i, t in m.v2g_plugged)
+        expr=_linear((problem.wear_cost_per_kwh * dt, x) for x in discharge.values())
     )
     m.cost_terms.update(
         energy_cost=m.energy_cost, export_revenue=m.export_revenue, battery_wear=m.battery_wear
@@ -237,15 +304,32 @@ def add_dr_events(m: pyo.ConcreteModel, problem: Problem) -> None:
         t = int(events[e].steps[k])
         return m.dr_shortfall_kw[e, k] >= m.site_import_kw[t] - float(events[e].target_import_kw[k])
 
+    def baseline(e: int, k: int) -> float:
+        return float(events[e].target_import_kw[k] + events[e].committed_kw[k])
+
+    # Delivery only matters where it is paid. Import above the baseline delivers nothing (it is not
+    # negative delivery), so where import may exceed the baseline a binary switches the bound off.
+    paid = [(e, k) for e, k in index if events[e].committed_kw[k] > 0 and events[e].payment_per_kwh > 0]
+    m.dr_delivery_steps = pyo.Set(initialize=paid, dimen=2, ordered=True)
+    m.dr_overload_steps = pyo.Set(
+        initialize=[(e, k) for e, k in paid if problem.import_limit_kw > baseline(e, k)],
+        dimen=2,
+        ordered=True,
+    )
+    m.dr_is_delivering = pyo.Var(m.dr_overload_steps, domain=pyo.Binary)
+
     def delivered(m: pyo.ConcreteModel, e: int, k: int) -> object:
-        event = events[e]
-        if event.committed_kw[k] <= 0:
-            return pyo.Constraint.Skip
-        baseline = float(event.target_import_kw[k] + event.committed_kw[k])
-        return m.dr_delivered_kw[e, k] <= baseline - m.site_import_kw[int(event.steps[k])]
+        room = baseline(e, k) - m.site_import_kw[int(events[e].steps[k])]
+        if (e, k) in m.dr_overload_steps:
+            room += (problem.import_limit_kw - baseline(e, k)) * (1 - m.dr_is_delivering[e, k])
+        return m.dr_delivered_kw[e, k] <= room
 
     m.dr_event_shortfall = pyo.Constraint(m.dr_event_steps, rule=shortfall)
-    m.dr_event_delivery = pyo.Constraint(m.dr_event_steps, rule=delivered)
+    m.dr_event_delivery = pyo.Constraint(m.dr_delivery_steps, rule=delivered)
+    m.dr_delivery_when_delivering = pyo.Constraint(
+        m.dr_overload_steps,
+        rule=lambda m, e, k: m.dr_delivered_kw[e, k] <= events[e].committed_kw[k] * m.dr_is_delivering[e, k],
+    )
     m.dr_penalty = pyo.Expression(
         expr=dt
         * pyo.quicksum(events[e].penalty_per_kwh * m.dr_shortfall_kw[e, k] for e, k in m.dr_event_steps)
@@ -264,11 +348,33 @@ def add_v2g_dispatches(m: pyo.ConcreteModel, problem: Problem) -> None:
     dt = problem.step_hours
     index = [(d, k) for d, dispatch in enumerate(dispatches) for k in range(len(dispatch.steps))]
     m.v2g_dispatch_steps = pyo.Set(initialize=index, dimen=2, ordered=True)
+
+    def room(d: int, k: int, limit: str) -> float:
+        """Sum of the plugged vehicles' ``max_charge_kw`` or ``max_discharge_kw`` in the dispatch step."""
+        at = m.vehicles_at_step.get(int(dispatches[d].steps[k]), ())
+        return sum(getattr(problem.vehicles[i], limit) for i in at)
+
+    # Where no plugged vehicle can discharge nothing can be delivered.
     m.v2g_delivered_kw = pyo.Var(
         m.v2g_dispatch_steps,
         domain=pyo.NonNegativeReals,
-        bounds=lambda _, d, k: (0.0, dispatches[d].export_kw),
+        bounds=lambda _, d, k: (0.0, dispatches[d].export_kw if room(d, k, "max_discharge_kw") > 0 else 0.0),
     )
+
+    # Delivery only matters where it is paid or penalised. Net charging delivers nothing (it is not
+    # negative delivery), so where vehicles may charge a binary switches the bound off.
+    paid = [
+        (d, k)
+        for d, k in index
+        if dispatches[d].export_kw > 0
+        and dispatches[d].price_per_kwh + dispatches[d].penalty_per_kwh > 0
+        and room(d, k, "max_discharge_kw") > 0
+    ]
+    m.v2g_delivery_steps = pyo.Set(initialize=paid, dimen=2, ordered=True)
+    m.v2g_charging_steps = pyo.Set(
+        initialize=[(d, k) for d, k in paid if room(d, k, "max_charge_kw") > 0], dimen=2, ordered=True
+    )
+    m.v2g_is_delivering = pyo.Var(m.v2g_charging_steps, domain=pyo.Binary)
 
     def delivery(m: pyo.ConcreteModel, d: int, k: int) -> object:
         t = int(dispatches[d].steps[k])
@@ -276,9 +382,15 @@ def add_v2g_dispatches(m: pyo.ConcreteModel, problem: Problem) -> None:
         net_export = pyo.quicksum(m.discharge_kw[i, t] for i in at if (i, t) in m.v2g_plugged) - pyo.quicksum(
             m.charge_kw[i, t] for i in at
         )
+        if (d, k) in m.v2g_charging_steps:
+            net_export += room(d, k, "max_charge_kw") * (1 - m.v2g_is_delivering[d, k])
         return m.v2g_delivered_kw[d, k] <= net_export
 
-    m.v2g_dispatch_delivery = pyo.Constraint(m.v2g_dispatch_steps, rule=delivery)
+    m.v2g_dispatch_delivery = pyo.Constraint(m.v2g_delivery_steps, rule=delivery)
+    m.v2g_delivery_when_delivering = pyo.Constraint(
+        m.v2g_charging_steps,
+        rule=lambda m, d, k: m.v2g_delivered_kw[d, k] <= dispatches[d].export_kw * m.v2g_is_delivering[d, k],
+    )
     m.v2g_penalty = pyo.Expression(
         expr=dt
         * pyo.quicksum(

@@ -270,15 +270,16 @@ def _demand_intervals(
     """Group the steps inside ``windows`` into clock-aligned billing intervals.
 
     With steps at least as long as the interval every step is its own interval; otherwise the steps
-    of each clock-aligned interval (e.g. :00, :15, :30, :45) are averaged. An interval cut by the
-    horizon's edge is averaged over the steps it has.
+    of each interval aligned to the local clock (e.g. :00, :15, :30, :45) are averaged. An interval cut
+    by the horizon's edge is averaged over the steps it has.
     """
     inside = np.array([not windows or any(_in_window(s, w) for w in windows) for s in index], dtype=bool)
     step_minutes = (index[1] - index[0]).total_seconds() / 60 if len(index) > 1 else interval_minutes
     positions = np.flatnonzero(inside)
     if step_minutes >= interval_minutes:
         return [np.array([p]) for p in positions]
-    epoch_minutes = ((index - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(minutes=1)).to_numpy(np.int64)
+    wall_clock = index.tz_localize(None)  # the meter's local clock, also where the offset is not whole hours
+    epoch_minutes = ((wall_clock - pd.Timestamp(0)) // pd.Timedelta(minutes=1)).to_numpy(np.int64)
     keys = epoch_minutes[positions] // interval_minutes
     splits = np.flatnonzero(np.diff(keys)) + 1
     return [group for group in np.split(positions, splits) if len(group)]

@@ -43,7 +43,8 @@ class ScheduleResult:
     solve_seconds: float = 0.0
     message: str = ""
     model_costs: dict[str, float] = field(default_factory=dict)
-    """Cost terms as the solver valued them (empty for heuristics); equal to ``costs`` up to tolerance."""
+    """Cost terms as the solver valued them (empty for heuristics); equal to ``costs`` at the optimum.
+    Inside a MIP gap a DR or V2G delivery binary may value a delivery below what the schedule earns."""
 
     @property
     def is_ok(self) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import zoneinfo
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -38,8 +39,20 @@ def _finite_series(value: float | list[float]) -> float | list[float]:
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
+    """Require an offset and fix it: Python does wall-clock arithmetic between datetimes that share a
+    ``ZoneInfo``, which is an hour off across a daylight-saving change. Fixed offsets are exact."""
+    offset = value.utcoffset()
+    if offset is None:
         raise ValueError(f"must carry a UTC offset (ISO-8601 like 2019-03-01T00:00:00-08:00), got {value}")
+    return value.astimezone(dt.timezone(offset))
+
+
+def _zone(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"must be an IANA time zone like Europe/Berlin, got {value!r}") from exc
     return value
 
 
@@ -178,7 +191,7 @@ class Scenario(_Model):
     start: AwareDatetime
     step_minutes: int = Field(15, gt=0, le=24 * 60)
     n_steps: int = Field(96, gt=0)
-    timezone: str | None = Field(
+    timezone: Annotated[str | None, AfterValidator(_zone)] = Field(
         None,
         description="IANA zone for time-of-day windows (e.g. America/Los_Angeles); default: start's offset",
     )
@@ -199,6 +212,16 @@ class Scenario(_Model):
             "kWh could buy elsewhere in the objective (see optimizer.problem.default_unmet_penalty)"
         ),
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _zone_from_start(cls, data: object) -> object:
+        """A ``start`` given with an IANA zone (``ZoneInfo``) names the scenario's timezone."""
+        if isinstance(data, dict) and data.get("timezone") is None:
+            key = getattr(getattr(data.get("start"), "tzinfo", None), "key", None)
+            if key:
+                data = {**data, "timezone": key}
+        return data
 
     @property
     def step(self) -> dt.timedelta:

@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 import pyomo.environ as pyo
+from pyomo.common.gc_manager import PauseGC
 
 from optimizer.baselines import POLICIES, run_policy
 from optimizer.errors import SolverUnavailableError
@@ -43,6 +44,25 @@ class SolverOptions:
     interface: Interface = "appsi"
     threads: int | None = None
     verbose: bool = False
+
+
+def highs_settings(options: SolverOptions) -> dict[str, bool | int | float]:
+    """HiGHS options every interface passes on, so that all three solve exactly the same way.
+
+    ``mip_heuristic_run_zi_round``: the exclusivity binaries ``is_charging`` of the LP relaxation are
+    fractional wherever a vehicle charges or discharges below its limit, yet free to move between
+    ``charge / P_c`` and ``1 - discharge / P_d``. ZI rounding (off by default in HiGHS 1.16) shifts them
+    to 0 or 1 at no cost and finds an incumbent at the root: 200 V2G vehicles solve in under a second
+    instead of 2.5 s, 1,000 in about 4 s instead of 30 (``bench/scale.py``).
+    """
+    settings: dict[str, bool | int | float] = {
+        "time_limit": float(options.time_limit),
+        "mip_rel_gap": float(options.mip_gap),
+        "mip_heuristic_run_zi_round": True,
+    }
+    if options.threads:
+        settings["threads"] = int(options.threads)
+    return settings
 
 
 @dataclass
@@ -94,7 +114,9 @@ def optimize(problem: Problem, options: SolverOptions | None = None) -> Schedule
     """Build and solve the MILP; never return an empty schedule.
 
     With no feasible schedule from the solver (time-out before the first incumbent, solver error),
-    the earliest-deadline-first policy is returned, marked :attr:`SolveStatus.HEURISTIC`.
+    the earliest-deadline-first policy is returned, marked :attr:`SolveStatus.HEURISTIC`. So it is when
+    the time limit stops the solver with an incumbent that is worse than that policy's schedule (early
+    incumbents can be); its ``gap`` is then measured against the solver's bound.
     """
     options = options or SolverOptions()
     started = time.perf_counter()
@@ -112,9 +134,7 @@ def optimize(problem: Problem, options: SolverOptions | None = None) -> Schedule
     solve_seconds = time.perf_counter() - started
 
     if not outcome.has_solution:
-        fallback = baseline(problem, "edf")
-        fallback.policy = "milp"
-        fallback.message = f"{outcome.message}; earliest-deadline-first schedule returned instead"
+        fallback = _fallback(problem, f"{outcome.message}; earliest-deadline-first schedule returned instead")
         fallback.build_seconds, fallback.solve_seconds = build_seconds, solve_seconds
         log.warning("no feasible MILP schedule for %s: %s", problem.name, fallback.message)
         return fallback
@@ -122,6 +142,17 @@ def optimize(problem: Problem, options: SolverOptions | None = None) -> Schedule
     charge, discharge = _powers(model, problem)
     evaluation = evaluate(problem, charge, discharge)
     objective = outcome.objective if outcome.objective is not None else pyo.value(model.total_cost)
+    if not outcome.optimal:
+        fallback = _fallback(problem, "")
+        if fallback.objective < evaluation.objective - 1e-9 * max(1.0, abs(evaluation.objective)):
+            fallback.message = (
+                f"{outcome.message} with an incumbent of {objective:.6g}; the earliest-deadline-first "
+                f"schedule ({fallback.objective:.6g}) is better and returned instead"
+            )
+            fallback.bound, fallback.gap = outcome.bound, _gap(fallback.objective, outcome.bound)
+            fallback.build_seconds, fallback.solve_seconds = build_seconds, solve_seconds
+            log.warning("poor MILP incumbent for %s: %s", problem.name, fallback.message)
+            return fallback
     gap = _gap(objective, outcome.bound)
     return ScheduleResult(
         policy="milp",
@@ -138,6 +169,13 @@ def optimize(problem: Problem, options: SolverOptions | None = None) -> Schedule
         message=outcome.message,
         model_costs={name: float(pyo.value(term)) for name, term in model.cost_terms.items()},
     )
+
+
+def _fallback(problem: Problem, message: str) -> ScheduleResult:
+    """The earliest-deadline-first schedule, reported as what ``policy="milp"`` returned."""
+    fallback = baseline(problem, "edf")
+    fallback.policy, fallback.message = "milp", message
+    return fallback
 
 
 def _gap(objective: float, bound: float | None) -> float | None:
@@ -163,16 +201,18 @@ def _solve_appsi(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome:
     from pyomo.contrib.appsi.base import TerminationCondition
     from pyomo.contrib.appsi.solvers import Highs
 
-    solver = Highs()
+    # only_child_vars: take every variable from the model in one pass instead of collecting each
+    # constraint's variables again (the model holds all its variables, so nothing is missed).
+    solver = Highs(only_child_vars=True)
     if not solver.available():
         raise SolverUnavailableError("highspy is not installed: pip install highspy")
     solver.config.time_limit = options.time_limit
     solver.config.mip_gap = options.mip_gap
     solver.config.load_solution = False
     solver.config.stream_solver = options.verbose
-    if options.threads:
-        solver.highs_options["threads"] = options.threads
-    results = solver.solve(model)
+    solver.highs_options = highs_settings(options)
+    with PauseGC():
+        results = solver.solve(model)
     condition = results.termination_condition
     has_solution = results.best_feasible_objective is not None and math.isfinite(
         results.best_feasible_objective
@@ -195,15 +235,17 @@ def _solve_contrib(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome
     solver = SolverFactory("highs")
     if not solver.available():
         raise SolverUnavailableError("highspy is not installed: pip install highspy")
-    results = solver.solve(
-        model,
-        time_limit=options.time_limit,
-        rel_gap=options.mip_gap,
-        threads=options.threads,
-        tee=options.verbose,
-        load_solutions=False,
-        raise_exception_on_nonoptimal_result=False,
-    )
+    with PauseGC():
+        results = solver.solve(
+            model,
+            time_limit=options.time_limit,
+            rel_gap=options.mip_gap,
+            threads=options.threads,
+            tee=options.verbose,
+            load_solutions=False,
+            raise_exception_on_nonoptimal_result=False,
+            solver_options=highs_settings(options),
+        )
     has_solution = results.solution_status in (SolutionStatus.feasible, SolutionStatus.optimal)
     if has_solution:
         results.solution_loader.load_vars()
@@ -222,13 +264,14 @@ def _solve_file(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.mps"
-        _, symbol_map_id = model.write(str(path), format="mps", io_options={"symbolic_solver_labels": False})
+        with PauseGC():
+            _, symbol_map_id = model.write(
+                str(path), format="mps", io_options={"symbolic_solver_labels": False}
+            )
         highs = highspy.Highs()
         highs.setOptionValue("output_flag", options.verbose)
-        highs.setOptionValue("time_limit", float(options.time_limit))
-        highs.setOptionValue("mip_rel_gap", float(options.mip_gap))
-        if options.threads:
-            highs.setOptionValue("threads", options.threads)
+        for name, value in highs_settings(options).items():
+            highs.setOptionValue(name, value)
         highs.readModel(str(path))
         highs.run()
     status = highs.getModelStatus()

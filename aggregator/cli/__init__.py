@@ -1,13 +1,75 @@
-"""The ``fleetgrid`` command line: one console script, one subcommand per job."""
+"""The ``fleetgrid`` command line: one console script, one subcommand per job.
+
+- ``fleetgrid schedule SCENARIO --out DIR [--policy P] [--compare]``: plan a scenario file;
+- ``fleetgrid schedule --acn FILE --tariff FILE --out DIR [--online]``: plan real ACN-Data sessions;
+- ``fleetgrid scenario generate|schema``: make a depot day, print the scenario file schema;
+- ``fleetgrid demo``: generate a depot day and compare the MILP with the baseline policies.
+"""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import typer
 
+from aggregator.cli.scenarios import app as scenario_app
+from aggregator.cli.scheduling import run_demo, run_schedule
+
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="fleetgrid: grid services and V2G for EV fleets"
+    no_args_is_help=True,
+    add_completion=False,
+    help="fleetgrid: smart charging, demand response and V2G for EV fleets and depots.",
 )
+app.add_typer(scenario_app, name="scenario")
+
+
+@app.command()
+def schedule(
+    scenario: Path | None = typer.Argument(
+        None, help="Scenario file (JSON or YAML); see `fleetgrid scenario schema`"
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Directory for schedule.csv, site.csv, summary.json, schedule.png"
+    ),
+    policy: str = typer.Option("milp", help="milp, uncontrolled, edf or round-robin"),
+    time_limit: float = typer.Option(60.0, "--time-limit", help="Solver time limit [s]"),
+    gap: float = typer.Option(0.005, "--gap", help="Relative MIP gap (0.005 = 0.5 %)"),
+    compare: bool = typer.Option(False, "--compare", help="Print the MILP against the three baselines"),
+    acn: Path | None = typer.Option(
+        None, "--acn", help="ACN-Data sessions (acnportal event-queue JSON, .gz ok)"
+    ),
+    tariff: Path | None = typer.Option(None, "--tariff", help="acnportal tariff JSON (with --acn)"),
+    online: bool = typer.Option(
+        False, "--online", help="With --acn: rolling horizon, sessions known on arrival"
+    ),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Skip schedule.png"),
+) -> None:
+    """Schedule one site and write the schedule, site totals, a summary and a plot."""
+    run_schedule(
+        scenario=scenario,
+        out=out,
+        policy=policy,
+        time_limit=time_limit,
+        gap=gap,
+        compare=compare,
+        acn=acn,
+        tariff=tariff,
+        online=online,
+        plot=not no_plot,
+    )
+
+
+@app.command()
+def demo(
+    vehicles: int = typer.Option(40, help="Vehicles in the generated depot day"),
+    seed: int = typer.Option(7, help="Random seed of the depot day"),
+    out: Path = typer.Option(Path("out/demo"), help="Where the MILP schedule and plot are written"),
+) -> None:
+    """Generate a depot day with V2G and a DR event, schedule it, compare with the baselines."""
+    run_demo(vehicles=vehicles, seed=seed, out=out)
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()

@@ -1,0 +1,139 @@
+"""What ``fleetgrid schedule`` and ``fleetgrid demo`` do, separate from argument parsing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from aggregator.cli.tables import comparison_table, result_table
+from aggregator.reports import write_result
+from aggregator.scenario_files import ScenarioFileError, read_scenario
+from aggregator.synthetic import generate_depot_day
+from optimizer import (
+    POLICIES,
+    Problem,
+    ScenarioError,
+    ScheduleResult,
+    SolverOptions,
+    baseline,
+    build_problem,
+    optimize,
+)
+from optimizer.online import rolling_horizon
+from optimizer.scenario import Scenario
+
+console = Console()
+
+
+def fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=2)
+
+
+@contextmanager
+def spinner(text: str) -> Iterator[None]:
+    with Progress(
+        SpinnerColumn(), TextColumn(text), TimeElapsedColumn(), console=console, transient=True
+    ) as bar:
+        bar.add_task(text, total=None)
+        yield
+
+
+def acn_scenario(acn: Path, tariff: Path) -> Scenario:
+    """Real ACN-Data sessions under a real tariff, on the data's 5-minute steps."""
+    from market_adapters.acn import ACN_TIMEZONE, read_acn_sessions, scenario_from_acn
+    from market_adapters.tariffs import read_tou_tariff
+
+    sessions = read_acn_sessions(acn)
+    if not sessions:
+        raise fail(f"{acn}: no sessions")
+    zone = zoneinfo.ZoneInfo(ACN_TIMEZONE)
+    first = min(s.arrival for s in sessions).astimezone(zone)
+    last = max(s.departure for s in sessions).astimezone(zone)
+    start = first.replace(hour=0, minute=0, second=0, microsecond=0)
+    end = (last + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return scenario_from_acn(sessions, read_tou_tariff(tariff), start=start, end=end, step_minutes=5)
+
+
+def load_problem(scenario: Path | None, acn: Path | None, tariff: Path | None) -> Problem:
+    try:
+        if acn is not None:
+            if tariff is None:
+                raise fail("--acn needs --tariff (an acnportal tariff JSON)")
+            return build_problem(acn_scenario(acn, tariff))
+        if scenario is None:
+            raise fail("give a SCENARIO file, or --acn FILE --tariff FILE")
+        return build_problem(read_scenario(scenario))
+    except (ScenarioError, ScenarioFileError, ValidationError, OSError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+
+
+def solve_one(problem: Problem, policy: str, options: SolverOptions) -> ScheduleResult:
+    if policy == "milp":
+        with spinner(f"solving {problem.name} with HiGHS ({len(problem.vehicles)} vehicles)"):
+            return optimize(problem, options)
+    if policy not in POLICIES:
+        raise fail(f"unknown policy {policy!r}; choose milp, {', '.join(POLICIES)}")
+    return baseline(problem, policy)
+
+
+def solve_online(problem: Problem, options: SolverOptions) -> ScheduleResult:
+    with Progress(
+        TextColumn("rolling horizon"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("online", total=problem.n_steps)
+        return rolling_horizon(
+            problem, options, progress=lambda done, total: bar.update(task, completed=done)
+        )
+
+
+def run_schedule(
+    *,
+    scenario: Path | None,
+    out: Path | None,
+    policy: str,
+    time_limit: float,
+    gap: float,
+    compare: bool,
+    acn: Path | None,
+    tariff: Path | None,
+    online: bool,
+    plot: bool,
+) -> None:
+    problem = load_problem(scenario, acn, tariff)
+    options = SolverOptions(time_limit=time_limit, mip_gap=gap)
+    result = solve_online(problem, options) if online else solve_one(problem, policy, options)
+    console.print(result_table(result))
+    if compare:
+        others = [baseline(problem, name) for name in POLICIES]
+        console.print(comparison_table([result, *others]))
+    if out is not None:
+        paths = write_result(result, out, plot=plot)
+        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def run_demo(*, vehicles: int, seed: int, out: Path) -> None:
+    scenario = generate_depot_day(vehicles, seed, v2g_share=0.5, dr_event=True)
+    problem = build_problem(scenario)
+    console.print(
+        f"[bold]{scenario.name}[/]: {len(scenario.vehicles)} vehicles "
+        f"({sum(v.v2g_consent for v in scenario.vehicles)} with V2G consent), "
+        f"{len(scenario.dr_events)} DR event(s), {len(scenario.v2g_dispatches)} V2G dispatch(es), "
+        f"import limit {scenario.site.import_limit_kw:.0f} kW"
+    )
+    result = solve_one(problem, "milp", SolverOptions(time_limit=60))
+    console.print(comparison_table([result, *(baseline(problem, name) for name in POLICIES)]))
+    paths = write_result(result, out)
+    console.print(f"MILP schedule written to {out}/ ({', '.join(p.name for p in paths)})")
