@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--no-online", action="store_true", help="skip the rolling-horizon run (~2-4 min)")
     parser.add_argument("--time-limit", type=float, default=600.0)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=130)
 
     zone = zoneinfo.ZoneInfo(ACN_TIMEZONE)
     sessions = read_acn_sessions(args.shared / "data/acn/caltech_201903.json.gz")

@@ -395,13 +395,26 @@ def build_highs(problem: Problem, highs: highspy.Highs) -> _Builder:
         b.objective(delivered, -dt * (penalty + price))
         b.offset += float(dt * (penalty * export).sum())
 
+    # add_charging_urgency: a tie-breaker the rolling horizon switches on (weight 0 offline)
+    weight = problem.charging_urgency_weight
+    if weight and n_plug:
+        need = np.maximum(terminal - initial, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            full_power_steps = np.where(max_charge > 0, need / (max_charge * eta_c * dt), 0.0)
+        priority = 1.0 / np.maximum(lengths - full_power_steps + 1.0, 1.0)
+        b.objective(charge, weight * dt * plug_t * priority[plug_i])
+
     b.finish()
     b.plugged, b.v2g = (plug_i, plug_t), v2g
     return b
 
 
 def solve_direct(problem: Problem, options: SolverOptions | None = None) -> DirectResult:
-    """Build with :func:`build_highs` and solve with the same HiGHS settings as :func:`optimizer.optimize`."""
+    """Build with :func:`build_highs`; solve as :func:`optimizer.optimize` does, with its HiGHS settings.
+
+    Like ``optimizer.solve._solve_exclusivity_relaxed_first``: first with ``is_charging`` continuous,
+    and again with it binary (in the time left) only if a vehicle then charges and discharges at once.
+    """
     options = options or SolverOptions()
     started = time.perf_counter()
     highs = highspy.Highs()
@@ -412,7 +425,17 @@ def solve_direct(problem: Problem, options: SolverOptions | None = None) -> Dire
     for name, value in highs_settings(options).items():
         highs.setOptionValue(name, value)
     started = time.perf_counter()
+    exclusive = builder.columns_of.get("is_charging", np.zeros(0, dtype=np.int32))
+    _set_integrality(highs, exclusive, highspy.HighsVarType.kContinuous)
     highs.run()
+    if len(exclusive) and highs.getInfo().primal_solution_status == 2:
+        values = np.asarray(highs.getSolution().col_value)
+        charge = values[builder.columns_of["charge_kw"]][builder.v2g]
+        discharge = values[builder.columns_of["discharge_kw"]]
+        if ((charge > 1e-6) & (discharge > 1e-6)).any():
+            _set_integrality(highs, exclusive, highspy.HighsVarType.kInteger)
+            highs.setOptionValue("time_limit", max(0.0, options.time_limit - (time.perf_counter() - started)))
+            highs.run()
     solve_seconds = time.perf_counter() - started
 
     info = highs.getInfo()
@@ -420,7 +443,7 @@ def solve_direct(problem: Problem, options: SolverOptions | None = None) -> Dire
     if info.primal_solution_status != 2:  # kSolutionStatusFeasible: no schedule within the time limit
         nan = float("nan")
         return DirectResult(nan, None, None, status, build_seconds, solve_seconds, nan, 0, 0, 0)
-    is_mip = bool(builder.binaries)
+    is_mip = info.mip_node_count >= 0  # an LP once is_charging was relaxed and no other binary is left
     objective = float(info.objective_function_value)
     bound = float(info.mip_dual_bound) if is_mip else objective
     # the same definition as optimizer.optimize: |objective - bound| / |objective|
@@ -444,3 +467,8 @@ def solve_direct(problem: Problem, options: SolverOptions | None = None) -> Dire
         n_rows=highs.getNumRow(),
         n_binaries=int(sum(len(x) for x in builder.binaries)),
     )
+
+
+def _set_integrality(highs: highspy.Highs, columns: np.ndarray, kind: highspy.HighsVarType) -> None:
+    if len(columns):
+        highs.changeColsIntegrality(len(columns), columns, np.full(len(columns), kind))

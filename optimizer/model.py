@@ -68,6 +68,7 @@ def build_model(problem: Problem) -> pyo.ConcreteModel:
         add_demand_charges(m, problem)
         add_dr_events(m, problem)
         add_v2g_dispatches(m, problem)
+        add_charging_urgency(m, problem)
         add_objective(m, problem)
     return m
 
@@ -105,7 +106,9 @@ def add_ev_power(m: pyo.ConcreteModel, problem: Problem) -> None:
 def add_ev_charge_discharge_exclusive(m: pyo.ConcreteModel, problem: Problem) -> None:
     """No simultaneous charge and discharge; binaries only where a vehicle can discharge.
 
-    ``charge - P_c is_charging <= 0`` and ``discharge + P_d is_charging <= P_d``.
+    ``charge - P_c is_charging <= 0`` and ``discharge + P_d is_charging <= P_d``. The solver relaxes
+    ``is_charging`` first and needs it binary only where burning energy pays
+    (:func:`optimizer.solve._solve_exclusivity_relaxed_first`).
     """
     if not len(m.v2g_plugged):
         return
@@ -407,7 +410,31 @@ def add_v2g_dispatches(m: pyo.ConcreteModel, problem: Problem) -> None:
     m.cost_terms.update(v2g_penalty=m.v2g_penalty, v2g_payment=m.v2g_payment)
 
 
-def add_objective(m: pyo.ConcreteModel, problem: Problem) -> None:
-    m.total_cost = pyo.Objective(
-        expr=pyo.quicksum(COST_TERMS[name] * term for name, term in m.cost_terms.items()), sense=pyo.minimize
+def add_charging_urgency(m: pyo.ConcreteModel, problem: Problem) -> None:
+    """A small preference for charging the least flexible vehicles first (not money; online use).
+
+    ``charging_urgency = w Δt Σ t / (laxity_v + 1) · charge[v,t]``, with ``laxity_v`` the steps a
+    vehicle could stay idle and still reach its target at full power. Among schedules of equal cost
+    it charges early, least-laxity first, which leaves the most room for vehicles that have not
+    arrived yet. Off (``w = 0``) unless :attr:`Problem.charging_urgency_weight` is set.
+    """
+    weight = problem.charging_urgency_weight
+    if not weight or not len(m.plugged):
+        return
+    dt = problem.step_hours
+    priority = []
+    for v in problem.vehicles:
+        need = max(v.terminal_energy_kwh - v.energy_initial_kwh, 0.0)
+        full_power_steps = need / (v.max_charge_kw * v.charge_efficiency * dt) if v.max_charge_kw else 0.0
+        priority.append(1.0 / max(v.end_step - v.first_step - full_power_steps + 1.0, 1.0))
+    charge = m.charge_kw
+    m.charging_urgency = pyo.Expression(
+        expr=_linear((weight * dt * t * priority[i], charge[i, t]) for i, t in m.plugged)
     )
+
+
+def add_objective(m: pyo.ConcreteModel, problem: Problem) -> None:
+    expr = pyo.quicksum(COST_TERMS[name] * term for name, term in m.cost_terms.items())
+    if hasattr(m, "charging_urgency"):
+        expr = expr + m.charging_urgency
+    m.total_cost = pyo.Objective(expr=expr, sense=pyo.minimize)

@@ -20,6 +20,9 @@ from optimizer.problem import DemandChargeSpec, DispatchSpec, DrEventSpec, Probl
 from optimizer.results import ScheduleResult, SolveStatus
 from optimizer.solve import SolverOptions, optimize
 
+DEFAULT_URGENCY_WEIGHT = 0.02
+"""[currency/kWh per step]: small against prices and demand charges, enough to break their ties."""
+
 Progress = Callable[[int, int], None]
 """Called with (steps done, total steps) after each decision."""
 
@@ -30,9 +33,16 @@ def rolling_horizon(
     *,
     replan_every_steps: int | None = None,
     lookahead_steps: int | None = None,
+    urgency_weight: float = DEFAULT_URGENCY_WEIGHT,
     progress: Progress | None = None,
 ) -> ScheduleResult:
-    """Simulate online scheduling of ``problem`` and return the realised schedule."""
+    """Simulate online scheduling of ``problem`` and return the realised schedule.
+
+    ``urgency_weight`` sets :attr:`Problem.charging_urgency_weight` of every re-plan: without it the
+    planner is indifferent between charging now and later below the peak already reached, and a
+    vehicle arriving later may find the room taken. On the ACN month it lowers the realised peak from
+    44.5 kW to 36.2 kW (BENCHMARKS.md).
+    """
     options = options or SolverOptions()
     n_v, n_t = len(problem.vehicles), problem.n_steps
     charge, discharge = np.zeros((n_v, n_t)), np.zeros((n_v, n_t))
@@ -57,6 +67,7 @@ def rolling_horizon(
             if lookahead_steps:
                 horizon_end = min(horizon_end, now + lookahead_steps)
             sub = _subproblem(problem, now, horizon_end, active, energy, charge, discharge)
+            sub = dataclasses.replace(sub, charging_urgency_weight=urgency_weight)
             result = optimize(sub, options)
             build_seconds += result.build_seconds
             solve_seconds += result.solve_seconds

@@ -108,6 +108,9 @@ class Problem:
     unmet_penalty_per_kwh: float
     site_id: str = "site"
     evse_ids: list[str] = field(default_factory=list)
+    charging_urgency_weight: float = 0.0
+    """Weight [currency/kWh per step] of the least-laxity-first tie-breaker (see
+    :func:`optimizer.model.add_charging_urgency`); 0 offline, set by the rolling horizon."""
 
     @property
     def n_steps(self) -> int:

@@ -14,7 +14,15 @@ import pyomo.environ as pyo
 import pytest
 
 from aggregator.synthetic import generate_depot_day
-from optimizer import Scenario, ScheduleResult, SolverOptions, SolveStatus, build_problem, optimize
+from optimizer import (
+    Scenario,
+    ScheduleResult,
+    SolverOptions,
+    SolveStatus,
+    baseline,
+    build_problem,
+    optimize,
+)
 from optimizer.model import build_model
 from optimizer.solve import Interface
 from optimizer.verification import check_schedule, describe
@@ -61,9 +69,12 @@ def test_no_time_for_the_solver_still_gives_a_schedule(v2g_day: Scenario, interf
 def test_a_time_limit_during_the_search_gives_the_incumbent_or_the_fallback(
     harder_v2g_day: Scenario, time_limit: float
 ) -> None:
-    options = SolverOptions(time_limit=time_limit, mip_gap=0.0)
-    result = optimize(build_problem(harder_v2g_day), options)
+    problem = build_problem(harder_v2g_day)
+    result = optimize(problem, SolverOptions(time_limit=time_limit, mip_gap=0.0))
     assert_usable(harder_v2g_day, result)
+    # an early incumbent worse than the rule-based schedule is not returned
+    rule = baseline(problem, "edf")
+    assert result.objective <= rule.objective + 1e-6 * max(1.0, abs(rule.objective))
 
 
 def test_the_three_interfaces_agree(v2g_day: Scenario) -> None:
@@ -85,3 +96,43 @@ def test_the_three_interfaces_agree(v2g_day: Scenario) -> None:
 def test_a_fleet_without_v2g_is_a_pure_lp() -> None:
     model = build_model(build_problem(generate_depot_day(12, seed=3, v2g_share=0.0, dr_event=False)))
     assert not [v.name for v in model.component_data_objects(pyo.Var) if v.is_integer() or v.is_binary()]
+
+
+def test_where_burning_energy_pays_the_binaries_still_forbid_it() -> None:
+    # Two hourly steps at -0.10 per kWh imported (the site is paid to import), no export, no base load.
+    # ev-a: 55 of 60 kWh at arrival, 10 kW both ways, η = 0.9 each way, V2G consent.
+    # Without the binaries it would charge 10 and discharge 8.1 kW at once, storing nothing while
+    # importing 1.9 kW more (and fill up on top of that): relaxed optimum about -0.71.
+    # With them it may only charge, and only the 5 kWh that fit: 5 / 0.9 kWh at -0.10 = -0.5556.
+    day = Scenario.model_validate(
+        {
+            "start": "2024-01-01T00:00:00+00:00",
+            "step_minutes": 60,
+            "n_steps": 2,
+            "site": {"id": "depot", "import_limit_kw": 100.0},
+            "tariff": {"import_price_per_kwh": -0.10},
+            "evses": [{"id": "evse-a", "max_charge_kw": 10.0, "max_discharge_kw": 10.0}],
+            "vehicles": [
+                {
+                    "id": "ev-a",
+                    "evse_id": "evse-a",
+                    "arrival": "2024-01-01T00:00:00+00:00",
+                    "departure": "2024-01-01T02:00:00+00:00",
+                    "capacity_kwh": 60.0,
+                    "energy_at_arrival_kwh": 55.0,
+                    "target_energy_kwh": 55.0,
+                    "charge_efficiency": 0.9,
+                    "discharge_efficiency": 0.9,
+                    "max_charge_kw": 10.0,
+                    "max_discharge_kw": 10.0,
+                    "v2g_consent": True,
+                }
+            ],
+        }
+    )
+    for interface in INTERFACES:
+        result = optimize(build_problem(day), SolverOptions(mip_gap=1e-9, interface=interface))
+        assert result.status is SolveStatus.OPTIMAL, f"{interface}: {result.message}"
+        assert result.objective == pytest.approx(-0.10 * 5 / 0.9, abs=1e-6), interface
+        assert (result.charge_kw * result.discharge_kw).max() <= 1e-9, interface
+        assert not check_schedule(day, result)

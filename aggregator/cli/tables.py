@@ -35,7 +35,7 @@ def result_table(result: ScheduleResult) -> Table:
             "unmet energy [kWh]", f"{unmet:,.2f} (penalty {result.costs['unmet_energy_penalty']:,.2f})"
         )
     for name, value in result.costs.items():
-        if value and name != "unmet_energy_penalty":
+        if abs(value) >= 0.005 and name != "unmet_energy_penalty":
             table.add_row(f"  {name} [{result.problem.currency}]", _money(value))
     table.add_row(f"total cost [{result.problem.currency}]", _money(result.total_cost))
     return table
