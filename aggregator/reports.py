@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from optimizer import ScheduleResult
 
 MAX_STACKED_VEHICLES = 15
-"""Above this many vehicles the plot stacks the largest consumers and groups the rest."""
+"""Above this many vehicles the plot stacks them as one layer."""
 
 
 def _iso(column: pd.Series) -> pd.Series:
@@ -64,41 +64,88 @@ def write_result(result: ScheduleResult, out_dir: Path, *, plot: bool = True) ->
     return paths
 
 
+def _closed(values: np.ndarray) -> np.ndarray:
+    """Repeat the last value so a post-step plot draws the final step too."""
+    return np.append(values, values[-1:])
+
+
 def plot_result(result: ScheduleResult, path: Path) -> None:
-    """Site import stacked by vehicle over base load, with prices, limits and event windows."""
+    """Site import stacked by vehicle over base load, with prices, limits and event windows.
+
+    Charging stacks above the inflexible load; V2G discharge stacks below zero. With more than
+    :data:`MAX_STACKED_VEHICLES` vehicles, the fleet is one layer each way.
+    """
     problem = result.problem
-    index = problem.index.tz_localize(None)
+    step = pd.Timedelta(hours=problem.step_hours)
+    edges = problem.index.tz_localize(None).append(
+        pd.DatetimeIndex([problem.index[-1].tz_localize(None) + step])
+    )
     fig = Figure(figsize=(12, 7), layout="constrained")  # no pyplot: no global backend state
     ax, ax_price = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    net_vehicle = result.charge_kw - result.discharge_kw
-    order = np.argsort(-np.abs(net_vehicle).sum(axis=1))
-    shown = order[:MAX_STACKED_VEHICLES]
-    layers = [np.maximum(problem.net_base_kw, 0.0)]
-    labels = ["base load - generation"]
-    layers += [net_vehicle[i] for i in shown]
-    labels += [problem.vehicles[i].id for i in shown]
-    if len(order) > len(shown):
-        layers.append(net_vehicle[order[len(shown) :]].sum(axis=0))
-        labels.append(f"{len(order) - len(shown)} other vehicles")
-    colors = [matplotlib.colormaps["tab20"](k % 20) for k in range(len(layers))]
-    ax.stackplot(index, *layers, labels=labels, colors=colors, step="post", alpha=0.85)
-    ax.step(index, result.evaluation.import_kw, where="post", color="black", lw=1.2, label="site import")
+
+    names = [v.id for v in problem.vehicles]
+    charge, discharge = result.charge_kw, result.discharge_kw
+    if len(names) > MAX_STACKED_VEHICLES:
+        names = [f"{len(names)} vehicles"]
+        charge, discharge = charge.sum(axis=0, keepdims=True), discharge.sum(axis=0, keepdims=True)
+    colors = [matplotlib.colormaps["tab20"](k % 20) for k in range(len(names) + 1)]
+    base = np.maximum(problem.net_base_kw, 0.0)
+    ax.stackplot(
+        edges,
+        *(_closed(layer) for layer in [base, *charge]),
+        labels=["base load - generation", *names],
+        colors=colors,
+        step="post",
+        alpha=0.85,
+    )
+    if discharge.any():
+        ax.stackplot(
+            edges, *(_closed(-layer) for layer in discharge), colors=colors[1:], step="post", alpha=0.5
+        )
+    ax.step(
+        edges,
+        _closed(result.evaluation.import_kw - result.evaluation.export_kw),
+        where="post",
+        color="black",
+        lw=1.2,
+        label="site import - export",
+    )
+    ax.axhline(0.0, color="black", lw=0.5)
     ax.axhline(problem.import_limit_kw, color="red", ls="--", lw=1, label="import limit")
-    if problem.export_limit_kw:
+    if problem.export_limit_kw and discharge.any():
         ax.axhline(-problem.export_limit_kw, color="purple", ls="--", lw=1, label="export limit")
-    step = pd.Timedelta(hours=problem.step_hours)
-    for event in problem.dr_events:
-        ax.axvspan(index[event.steps[0]], index[event.steps[-1]] + step, color="orange", alpha=0.2)
-    for dispatch in problem.dispatches:
-        ax.axvspan(index[dispatch.steps[0]], index[dispatch.steps[-1]] + step, color="green", alpha=0.15)
+    for charge_spec, peak in zip(problem.demand_charges, result.evaluation.demand_peaks_kw, strict=True):
+        ax.axhline(
+            peak, color="grey", ls=":", lw=1, label=f"billed demand '{charge_spec.name}' {peak:.1f} kW"
+        )
+    for k, event in enumerate(problem.dr_events):
+        ax.axvspan(
+            edges[event.steps[0]],
+            edges[event.steps[-1] + 1],
+            color="orange",
+            alpha=0.2,
+            label="DR event" if k == 0 else None,
+        )
+    for k, dispatch in enumerate(problem.dispatches):
+        ax.axvspan(
+            edges[dispatch.steps[0]],
+            edges[dispatch.steps[-1] + 1],
+            color="green",
+            alpha=0.15,
+            label="V2G dispatch" if k == 0 else None,
+        )
+    top = max(result.peak_import_kw, float(base.max(initial=0.0)), 1.0) * 1.3
+    if problem.import_limit_kw > top:  # keep the schedule readable; say where the limit is
+        ax.set_ylim(top=top)
+        ax.text(edges[0], top * 0.97, f"import limit {problem.import_limit_kw:,.0f} kW (above)", va="top")
     ax.set_ylabel("power [kW]")
     ax.set_title(
         f"{problem.name}: {result.policy} ({result.status.value}), peak {result.peak_import_kw:.1f} kW, "
         f"cost {result.total_cost:,.2f} {problem.currency}"
     )
-    ax.legend(loc="upper left", fontsize=7, ncol=2)
-    ax_price.step(index, problem.import_price, where="post", label="import price")
-    ax_price.step(index, problem.export_price, where="post", label="export price")
+    ax.legend(loc="upper right", fontsize=7, ncol=2)
+    ax_price.step(edges, _closed(problem.import_price), where="post", label="import price")
+    ax_price.step(edges, _closed(problem.export_price), where="post", label="export price")
     ax_price.set_ylabel(f"{problem.currency}/kWh")
     ax_price.legend(loc="upper left", fontsize=7)
     fig.savefig(path, dpi=110)
