@@ -147,7 +147,9 @@ class ScheduleResult:
             "peak_import_kw": self.peak_import_kw,
             "billed_demand_kw": {
                 charge.name: peak
-                for charge, peak in zip(self.problem.demand_charges, self.evaluation.demand_peaks_kw, strict=True)
+                for charge, peak in zip(
+                    self.problem.demand_charges, self.evaluation.demand_peaks_kw, strict=True
+                )
             },
             "energy_requested_kwh": self.energy_requested_kwh,
             "energy_delivered_kwh": self.energy_delivered_kwh,
