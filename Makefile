@@ -28,6 +28,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
+	scripts/ensure-services
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
