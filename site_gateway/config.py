@@ -1,0 +1,176 @@
+"""The gateway's configuration file (``site.toml``): one depot, its grid connection, chargers and uplink.
+
+Example::
+
+    [site]
+    id = "depot-north"
+    import_limit_kw = 150
+    export_limit_kw = 50
+
+    [ocpp]
+    host = "0.0.0.0"
+    port = 9000
+    allow_unknown = false             # refuse charge points not listed below
+    # tls_cert = "/etc/fleetgrid/gateway.pem"   # OCPP security profile 2
+    # tls_key  = "/etc/fleetgrid/gateway.key"
+
+    [mqtt]
+    url = "mqtt://127.0.0.1:1883"     # mqtts:// for TLS
+    username = "depot-north"
+    password_env = "FLEETGRID_MQTT_PASSWORD"   # read the secret from the environment
+    outbox = "/var/lib/fleetgrid/outbox.sqlite"
+
+    [control]
+    schedule_stale_after_s = 900      # no fresh setpoints for this long: local fallback
+    default_limit_kw = 7.4            # TxDefaultProfile sent at boot
+
+    [[chargers]]
+    id = "CP-01"
+    password_env = "FLEETGRID_CP01_PASSWORD"   # HTTP basic auth (security profile 1); omit for none
+    max_charge_kw = 11
+    max_discharge_kw = 11             # only used on OCPP 2.1 or a 2.0.1 charger marked below
+    limit_unit = "W"                  # "A" for 1.6 chargers that take current limits
+    phases = 3
+    discharge_on_201 = false
+
+Secrets never sit in the file: ``password_env`` names an environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _secret(env: str | None, what: str) -> str | None:
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if value is None:
+        raise ConfigError(f"{what}: environment variable {env!r} is not set")
+    return value
+
+
+class SiteSection(_Section):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    import_limit_kw: float = Field(ge=0)
+    export_limit_kw: float = Field(0.0, ge=0)
+
+
+class OcppSection(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(9000, ge=0, le=65535)
+    allow_unknown: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    heartbeat_interval_s: int = Field(300, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> OcppSection:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+
+class MqttSection(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password_env: str | None = None
+    outbox: Path = Path("fleetgrid-outbox.sqlite")
+    keepalive_s: int = Field(30, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"must look like mqtt://host:1883 or mqtts://host:8883, got {url!r}")
+        return url
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    def password(self) -> str | None:
+        return _secret(self.password_env, "mqtt.password_env")
+
+
+class ControlSection(_Section):
+    schedule_stale_after_s: float = Field(900.0, gt=0)
+    default_limit_kw: float = Field(7.4, ge=0)
+    telemetry_interval_s: float = Field(10.0, gt=0)
+
+
+class ChargerSection(_Section):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    password_env: str | None = None
+    max_charge_kw: float = Field(22.0, ge=0)
+    max_discharge_kw: float = Field(0.0, ge=0)
+    limit_unit: Literal["W", "A"] = "W"
+    phases: int = Field(3, ge=1, le=3)
+    voltage_v: float = Field(230.0, gt=0)
+    discharge_on_201: bool = False
+
+    def password(self) -> str | None:
+        return _secret(self.password_env, f"chargers[{self.id}].password_env")
+
+
+class GatewayConfig(_Section):
+    site: SiteSection
+    ocpp: OcppSection = OcppSection()
+    mqtt: MqttSection = MqttSection()
+    control: ControlSection = ControlSection()
+    chargers: list[ChargerSection] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_chargers(self) -> GatewayConfig:
+        seen: set[str] = set()
+        for charger in self.chargers:
+            if charger.id in seen:
+                raise ValueError(f"charger {charger.id!r} is listed twice")
+            seen.add(charger.id)
+        return self
+
+    def charger(self, charge_point_id: str) -> ChargerSection | None:
+        return next((c for c in self.chargers if c.id == charge_point_id), None)
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate ``site.toml``; errors name the file, the field and what is wrong."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(file)'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc

@@ -1,0 +1,84 @@
+"""The gateway's site.toml: a full file loads, every mistake names its field, secrets come from the env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from site_gateway.config import ConfigError, load_config
+
+FULL = """
+[site]
+id = "depot-north"
+import_limit_kw = 150
+export_limit_kw = 50
+
+[ocpp]
+port = 9100
+
+[mqtt]
+url = "mqtts://broker.example:8883"
+username = "depot-north"
+password_env = "TEST_MQTT_PASSWORD"
+
+[[chargers]]
+id = "CP-01"
+password_env = "TEST_CP01_PASSWORD"
+limit_unit = "A"
+phases = 1
+
+[[chargers]]
+id = "CP-02"
+max_discharge_kw = 11
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    return path
+
+
+def test_full_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", "s3cret")
+    monkeypatch.setenv("TEST_CP01_PASSWORD", "cp-secret")
+    config = load_config(write(tmp_path, FULL))
+    assert config.site.import_limit_kw == 150
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("broker.example", 8883, True)
+    assert config.mqtt.password() == "s3cret"
+    charger = config.charger("CP-01")
+    assert charger is not None and charger.limit_unit == "A" and charger.password() == "cp-secret"
+    assert config.charger("CP-99") is None
+    assert config.ocpp.allow_unknown is False
+
+
+def test_missing_secret_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_MQTT_PASSWORD", raising=False)
+    config = load_config(write(tmp_path, FULL))
+    with pytest.raises(ConfigError, match="TEST_MQTT_PASSWORD"):
+        config.mqtt.password()
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[site]\nid = "x"\nimport_limit_kw = -1\n', "site.import_limit_kw"),
+        ("[site]\nimport_limit_kw = 10\n", "site.id"),
+        ('[site]\nid = "x"\nimport_limit_kw = 10\n[mqtt]\nurl = "http://x"\n', "mqtt.url"),
+        ('[site]\nid = "x"\nimport_limit_kw = 10\n[ocpp]\nport = 70000\n', "ocpp.port"),
+        ('[site]\nid = "x"\nimport_limit_kw = 10\n[site2]\n', "site2"),
+        ('[site]\nid = "x"\nimport_limit_kw = 10\n[[chargers]]\nid = "a"\n[[chargers]]\nid = "a"\n', "twice"),
+        ('[site]\nid = "x"\nimport_limit_kw = 10\n[ocpp]\ntls_cert = "c.pem"\n', "tls_key"),
+        ('[site\nid = "x"\n', "not valid TOML"),
+    ],
+)
+def test_bad_files_name_the_field(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named) as error:
+        load_config(write(tmp_path, text))
+    assert "site.toml" in str(error.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml")
