@@ -3,7 +3,8 @@
 - ``fleetgrid schedule SCENARIO --out DIR [--policy P] [--compare]``: plan a scenario file;
 - ``fleetgrid schedule --acn FILE --tariff FILE --out DIR [--online]``: plan real ACN-Data sessions;
 - ``fleetgrid scenario generate|schema``: make a depot day, print the scenario file schema;
-- ``fleetgrid demo``: generate a depot day and compare the MILP with the baseline policies.
+- ``fleetgrid demo``: generate a depot day and compare the MILP with the baseline policies;
+- ``fleetgrid sim-chargers --gateway ws://... --count N --protocol 1.6|2.0.1|2.1``: simulated chargers.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import typer
 
 from aggregator.cli.scenarios import app as scenario_app
 from aggregator.cli.scheduling import run_demo, run_schedule
+from aggregator.cli.simulate import sim_chargers
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -22,6 +24,7 @@ app = typer.Typer(
     help="fleetgrid: smart charging, demand response and V2G for EV fleets and depots.",
 )
 app.add_typer(scenario_app, name="scenario")
+app.command("sim-chargers")(sim_chargers)
 
 
 @app.command()

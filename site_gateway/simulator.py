@@ -1,0 +1,603 @@
+"""Simulated charging stations on the ``ocpp`` library's ChargePoint classes (1.6, 2.0.1, 2.1).
+
+Each :class:`SimulatedCharger` is one single-EVSE station (EVSE/connector 1) with a
+:class:`~site_gateway.vehicle_model.Vehicle`. Two tasks run it:
+
+- the *plant* steps the vehicle on the simulated clock: it plugs in at arrival (Authorize, start of
+  transaction, 2.x NotifyEVChargingNeeds), draws what the composite of its charging profiles allows
+  (:mod:`site_gateway.composite`) and the vehicle accepts, samples the meter every
+  ``meter_interval_s`` and ends the transaction at the target or at departure. It keeps running while
+  offline, as a real charger does;
+- the *link* holds the websocket: BootNotification once, then sends the plant's messages in order,
+  keeping them while offline and sending them (flagged ``offline`` in 2.x) on reconnection, so the
+  transaction resumes with the same id.
+
+Meter values are MeterValues in 1.6 and TransactionEvent(Updated, MeterValuePeriodic) in 2.x, as
+each version prescribes: energy register [Wh], power [W] and SoC [%].
+
+Time runs on a :class:`SimClock` (``speed`` simulated seconds per real second, injectable monotonic
+source); :class:`ChargerFleet` runs N stations against one gateway URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import websockets
+from ocpp.exceptions import OCPPError
+from ocpp.routing import on
+from ocpp.v16 import ChargePoint as ChargePoint16
+from ocpp.v16 import call as call16
+from ocpp.v16 import call_result as result16
+from ocpp.v21 import ChargePoint as ChargePoint21
+from ocpp.v21 import call as call21
+from ocpp.v21 import call_result as result21
+from ocpp.v201 import ChargePoint as ChargePoint201
+from ocpp.v201 import call as call201
+from ocpp.v201 import call_result as result201
+from websockets.exceptions import ConnectionClosed
+
+from site_gateway.composite import ProfileError, ProfileStore, Transaction
+from site_gateway.vehicle_model import Vehicle, random_vehicle
+
+log = logging.getLogger(__name__)
+
+Protocol = Literal["1.6", "2.0.1", "2.1"]
+PROTOCOLS: tuple[Protocol, ...] = ("1.6", "2.0.1", "2.1")
+SUBPROTOCOL = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1", "2.1": "ocpp2.1"}
+EVSE_ID = 1
+CONNECTOR_ID = 1
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class SimClock:
+    """Simulated time: ``start`` plus ``speed`` × the real seconds elapsed (``monotonic`` injectable)."""
+
+    def __init__(
+        self,
+        start: dt.datetime | None = None,
+        speed: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.start = start or dt.datetime.now(dt.UTC)
+        self.speed = speed
+        self._monotonic = monotonic
+        self._t0 = monotonic()
+
+    def now(self) -> dt.datetime:
+        return self.start + dt.timedelta(seconds=(self._monotonic() - self._t0) * self.speed)
+
+    async def sleep(self, sim_seconds: float) -> None:
+        await asyncio.sleep(sim_seconds / self.speed)
+
+
+@dataclass
+class MeterSample:
+    timestamp: dt.datetime
+    import_wh: float
+    export_wh: float
+    power_w: float
+    soc_percent: float
+
+
+@dataclass
+class _Outgoing:
+    """A message the plant wants sent; ``build`` runs at send time (so it sees the transaction id)."""
+
+    build: Callable[..., Any]
+    """Called with ``True`` for a 2.x message made while offline."""
+    on_result: Callable[[Any], None] | None = None
+    made_offline: bool = False
+
+
+@dataclass
+class SimulatedCharger:
+    """One simulated station. Use :meth:`run` in a task, or as part of a :class:`ChargerFleet`."""
+
+    station_id: str
+    url: str
+    """Gateway websocket URL; the station id is appended as the last path segment."""
+    protocol: Protocol
+    vehicle: Vehicle | None
+    clock: SimClock
+    max_power_w: float = 22_000.0
+    max_discharge_w: float = 0.0
+    meter_interval_s: float = 60.0
+    """Simulated seconds between meter samples."""
+    tick_s: float = 10.0
+    """Simulated seconds between plant steps."""
+    id_token: str = "SIMTOKEN"
+    response_timeout_s: float = 10.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    store: ProfileStore = field(init=False)
+    transaction: Transaction | None = field(init=False, default=None)
+    meter: list[MeterSample] = field(init=False, default_factory=list)
+    """Every meter sample taken (for tests and reports)."""
+    power_w: float = field(init=False, default=0.0)
+    import_wh: float = field(init=False, default=0.0)
+    export_wh: float = field(init=False, default=0.0)
+    booted: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    connected: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    finished: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    """Set when the vehicle's transaction has ended."""
+
+    def __post_init__(self) -> None:
+        self.store = ProfileStore(max_power_w=self.max_power_w, max_discharge_w=self.max_discharge_w)
+        self._outbox: deque[_Outgoing] = deque()
+        self._wake = asyncio.Event()
+        self._online_wanted = asyncio.Event()
+        self._online_wanted.set()
+        self._ws: Any = None
+        self._seq_no = 0
+        self._plugged = False
+        self._tx_id_16: int | None = None
+
+    # ------------------------------------------------------------------------------------ control
+
+    async def disconnect(self) -> None:
+        """Drop the connection and stay offline (the vehicle keeps following the stored profiles)."""
+        self._online_wanted.clear()
+        if self._ws is not None:
+            await self._ws.close()
+
+    def reconnect(self) -> None:
+        """Go back online; the open transaction resumes with its id."""
+        self._online_wanted.set()
+
+    async def run(self) -> None:
+        """Run plant and link until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._plant(), name=f"{self.station_id}-plant")
+            tasks.create_task(self._link(), name=f"{self.station_id}-link")
+
+    # -------------------------------------------------------------------------------------- plant
+
+    async def _plant(self) -> None:
+        last = self.clock.now()
+        next_sample = last
+        while True:
+            now = self.clock.now()
+            seconds = (now - last).total_seconds()
+            last = now
+            vehicle = self.vehicle
+            if self.transaction is not None and vehicle is not None:
+                vehicle.advance(self.power_w / 1000, seconds)
+                energy_wh = self.power_w * seconds / 3600
+                self.import_wh += max(energy_wh, 0.0)
+                self.export_wh += max(-energy_wh, 0.0)
+                departed = vehicle.departure is not None and now >= vehicle.departure
+                if departed or (vehicle.acceptance_kw() <= 0 and self.power_w >= 0):
+                    self.power_w = 0.0
+                    self._sample(now)
+                    self._stop(now, "EVDeparted" if departed else "EnergyLimitReached")
+            elif (
+                vehicle is not None and not self._plugged and now >= vehicle.arrival and self.booted.is_set()
+            ):
+                self._start(now, vehicle)
+            if self.transaction is not None and vehicle is not None:
+                offered_kw = self.store.power_at(now, EVSE_ID, self.transaction) / 1000
+                self.power_w = vehicle.power_for(offered_kw) * 1000
+                if now >= next_sample:
+                    self._sample(now)
+                    next_sample = now + dt.timedelta(seconds=self.meter_interval_s)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.tick_s / self.clock.speed)
+
+    def _sample(self, now: dt.datetime) -> None:
+        soc = 100 * self.vehicle.soc if self.vehicle else 0.0
+        sample = MeterSample(now, self.import_wh, self.export_wh, self.power_w, soc)
+        self.meter.append(sample)
+        if self.protocol == "1.6":
+            self._send(lambda: call16.MeterValues(CONNECTOR_ID, [self._meter_value(sample)], self._tx_id_16))
+        else:
+            self._send(self._tx_event_builder("Updated", "MeterValuePeriodic", sample))
+
+    def _start(self, now: dt.datetime, vehicle: Vehicle) -> None:
+        self._plugged = True
+        tx_id = f"{self.station_id}-{self.rng.getrandbits(32):08x}"
+        self.transaction = Transaction(id=tx_id, start=now)
+        if self.protocol == "1.6":
+            self._send(
+                lambda: call16.StatusNotification(CONNECTOR_ID, "NoError", "Preparing", timestamp=iso(now))
+            )
+            self._send(lambda: call16.Authorize(self.id_token))
+            self._send(
+                lambda: call16.StartTransaction(CONNECTOR_ID, self.id_token, round(self.import_wh), iso(now)),
+                self._on_start_16,
+            )
+            self._send(
+                lambda: call16.StatusNotification(CONNECTOR_ID, "NoError", "Charging", timestamp=iso(now))
+            )
+        else:
+            self._send(lambda: self._status_2x(now, "Occupied"))
+            token = {"id_token": self.id_token, "type": "ISO14443"}
+            self._send(lambda: self._call.Authorize(token))
+            self._send(self._tx_event_builder("Started", "CablePluggedIn", None, id_token=token))
+            self._send(lambda: self._charging_needs(vehicle))
+
+    def _stop(self, now: dt.datetime, reason: str) -> None:
+        assert self.transaction is not None
+        self.finished.set()
+        self.store.clear_transaction(self.transaction.id)
+        if self.protocol == "1.6":
+            meter_stop = round(self.import_wh)
+            self._send(
+                lambda: call16.StopTransaction(
+                    meter_stop, iso(now), self._tx_id_16 or 0, reason="EVDisconnected"
+                )
+            )
+            self._send(
+                lambda: call16.StatusNotification(CONNECTOR_ID, "NoError", "Available", timestamp=iso(now))
+            )
+        else:
+            trigger = "EVDeparted" if reason == "EVDeparted" else "EnergyLimitReached"
+            self._send(self._tx_event_builder("Ended", trigger, None, stopped_reason="EVDisconnected"))
+            self._send(lambda: self._status_2x(now, "Available"))
+        self.transaction = None
+
+    def _on_start_16(self, result: Any) -> None:
+        self._tx_id_16 = result.transaction_id
+        if self.transaction is not None:  # TxProfiles from the CSMS name its integer id
+            self.transaction = Transaction(id=str(result.transaction_id), start=self.transaction.start)
+
+    # --------------------------------------------------------------------------------- messages
+
+    @property
+    def _call(self) -> Any:
+        return call21 if self.protocol == "2.1" else call201
+
+    def _status_2x(self, now: dt.datetime, status: str) -> Any:
+        return self._call.StatusNotification(
+            timestamp=iso(now), connector_status=status, evse_id=EVSE_ID, connector_id=CONNECTOR_ID
+        )
+
+    def _meter_value(self, sample: MeterSample) -> dict[str, Any]:
+        values = [
+            ("Energy.Active.Import.Register", sample.import_wh, "Wh"),
+            ("Power.Active.Import", max(sample.power_w, 0.0), "W"),
+            ("SoC", sample.soc_percent, "Percent"),
+        ]
+        if self.max_discharge_w > 0:
+            values += [
+                ("Energy.Active.Export.Register", sample.export_wh, "Wh"),
+                ("Power.Active.Export", max(-sample.power_w, 0.0), "W"),
+            ]
+        sampled: list[dict[str, Any]]
+        if self.protocol == "1.6":
+            sampled = [
+                {"value": f"{value:.1f}", "measurand": m, "unit": unit, "context": "Sample.Periodic"}
+                for m, value, unit in values
+            ]
+        else:
+            sampled = [
+                {
+                    "value": round(value, 1),
+                    "measurand": m,
+                    "unit_of_measure": {"unit": unit},
+                    "context": "Sample.Periodic",
+                }
+                for m, value, unit in values
+            ]
+        return {"timestamp": iso(sample.timestamp), "sampled_value": sampled}
+
+    def _tx_event_builder(
+        self,
+        event_type: str,
+        trigger: str,
+        sample: MeterSample | None,
+        *,
+        id_token: dict[str, Any] | None = None,
+        stopped_reason: str | None = None,
+    ) -> Callable[[], Any]:
+        assert self.transaction is not None
+        tx_id = self.transaction.id
+        timestamp = iso(sample.timestamp if sample else self.clock.now())
+        state = (
+            "Charging" if self.power_w > 0 else "SuspendedEVSE" if event_type != "Ended" else "EVConnected"
+        )
+        self._seq_no += 1
+        seq_no = self._seq_no
+
+        def build(offline: bool = False) -> Any:
+            info: dict[str, Any] = {"transaction_id": tx_id, "charging_state": state}
+            if stopped_reason:
+                info["stopped_reason"] = stopped_reason
+            return self._call.TransactionEvent(
+                event_type=event_type,
+                timestamp=timestamp,
+                trigger_reason=trigger,
+                seq_no=seq_no,
+                transaction_info=info,
+                meter_value=[self._meter_value(sample)] if sample else None,
+                offline=offline,
+                evse={"id": EVSE_ID, "connector_id": CONNECTOR_ID},
+                id_token=id_token,
+            )
+
+        return build
+
+    def _charging_needs(self, vehicle: Vehicle) -> Any:
+        needs: dict[str, Any] = {
+            "requested_energy_transfer": "AC_BPT"
+            if self.protocol == "2.1" and self.max_discharge_w
+            else "AC_three_phase",
+            "ac_charging_parameters": {
+                "energy_amount": round(vehicle.energy_needed_kwh * 1000),
+                "ev_min_current": 6,
+                "ev_max_current": round(vehicle.max_charge_kw * 1000 / (230 * 3)),
+                "ev_max_voltage": 400,
+            },
+        }
+        if vehicle.departure is not None:
+            needs["departure_time"] = iso(vehicle.departure)
+        return self._call.NotifyEVChargingNeeds(charging_needs=needs, evse_id=EVSE_ID)
+
+    def _send(self, build: Callable[[], Any], on_result: Callable[[Any], None] | None = None) -> None:
+        self._outbox.append(_Outgoing(build, on_result, made_offline=not self.connected.is_set()))
+        self._wake.set()
+
+    # ----------------------------------------------------------------------------------------- link
+
+    async def _link(self) -> None:
+        backoff = 0.5
+        while True:
+            await self._online_wanted.wait()
+            try:
+                async with websockets.connect(
+                    f"{self.url.rstrip('/')}/{self.station_id}",
+                    subprotocols=[SUBPROTOCOL[self.protocol]],  # type: ignore[list-item]
+                    open_timeout=self.response_timeout_s,
+                ) as ws:
+                    self._ws = ws
+                    station: Any = _station_class(self.protocol)(self.station_id, ws, self)
+                    async with asyncio.TaskGroup() as tasks:
+                        receiver = tasks.create_task(station.start(), name=f"{self.station_id}-receive")
+                        tasks.create_task(self._drain(station, receiver), name=f"{self.station_id}-send")
+                backoff = 0.5
+            except* (ConnectionClosed, OSError, TimeoutError) as errors:
+                log.info("%s: connection lost (%s)", self.station_id, errors.exceptions[0])
+            finally:
+                self._ws = None
+                self.connected.clear()
+            if self._online_wanted.is_set():
+                await asyncio.sleep(backoff * (1 + self.rng.random()))
+                backoff = min(backoff * 2, 30.0)
+
+    async def _drain(self, station: Any, receiver: asyncio.Task[None]) -> None:
+        if not self.booted.is_set():
+            result = await station.call(self._boot(), suppress=False)
+            if result.status != "Accepted":
+                raise ConnectionClosed(None, None)
+            self.booted.set()
+            self._wake.set()
+        elif self.protocol == "1.6":
+            status = "Charging" if self.transaction else "Available"
+            await station.call(
+                call16.StatusNotification(CONNECTOR_ID, "NoError", status, timestamp=iso(self.clock.now()))
+            )
+        else:
+            status = "Occupied" if self.transaction else "Available"
+            await station.call(self._status_2x(self.clock.now(), status))
+        self.connected.set()
+        while not receiver.done():
+            if not self._outbox:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            item = self._outbox[0]
+            payload = item.build(True) if item.made_offline and self.protocol != "1.6" else item.build()
+            try:
+                result = await station.call(payload, suppress=False)
+            except OCPPError as err:  # the CSMS refused it: log and go on, as a station would
+                log.warning("%s: %s answered with %r", self.station_id, type(payload).__name__, err)
+                result = None
+            self._outbox.popleft()
+            if item.on_result is not None and result is not None:
+                item.on_result(result)
+
+    def _boot(self) -> Any:
+        if self.protocol == "1.6":
+            return call16.BootNotification(charge_point_model="SimCharger", charge_point_vendor="fleetgrid")
+        station = {"model": "SimCharger", "vendor_name": "fleetgrid"}
+        return self._call.BootNotification(charging_station=station, reason="PowerUp")
+
+    # ------------------------------------------------------------------------------------ handlers
+
+    def set_profile(self, evse_id: int, payload: dict[str, Any]) -> str:
+        """SetChargingProfile: 'Accepted' or 'Rejected'."""
+        if evse_id not in (0, EVSE_ID):
+            return "Rejected"
+        purpose = payload.get("charging_profile_purpose")
+        if purpose == "TxProfile" and self.transaction is None:
+            return "Rejected"
+        try:
+            self.store.install_payload(payload, evse_id, installed_at=self.clock.now())
+        except ProfileError as err:
+            log.warning("%s: rejected charging profile: %s", self.station_id, err)
+            return "Rejected"
+        self._wake.set()
+        return "Accepted"
+
+    def clear_profiles(
+        self,
+        profile_id: int | None,
+        evse_id: int | None,
+        purpose: str | None,
+        stack_level: int | None,
+    ) -> str:
+        removed = self.store.clear(profile_id, evse_id=evse_id, purpose=purpose, stack_level=stack_level)
+        self._wake.set()
+        return "Accepted" if removed else "Unknown"
+
+    def composite_payload(self, evse_id: int, duration: int, unit: str | None) -> dict[str, Any] | None:
+        if evse_id not in (0, EVSE_ID):
+            return None
+        schedule = self.store.composite(self.clock.now(), duration, evse_id, self.transaction)
+        return schedule.to_ocpp(self.protocol, unit or "W")
+
+
+class _Handlers:
+    """CSMS-initiated messages, for all three versions; ``self.sim`` does the work."""
+
+    sim: SimulatedCharger
+    _ocpp_version: str
+
+    def __init__(self, station_id: str, connection: Any, sim: SimulatedCharger) -> None:
+        self.sim = sim  # before the library builds its route map
+        super().__init__(station_id, connection, response_timeout=sim.response_timeout_s)  # type: ignore[call-arg]
+
+    @on("SetChargingProfile")
+    def on_set_charging_profile(self, **kwargs: Any) -> Any:
+        if self.sim.protocol == "1.6":
+            status = self.sim.set_profile(kwargs["connector_id"], kwargs["cs_charging_profiles"])
+            return result16.SetChargingProfile(status)
+        status = self.sim.set_profile(kwargs["evse_id"], kwargs["charging_profile"])
+        return self._results.SetChargingProfile(status=status)
+
+    @on("ClearChargingProfile")
+    def on_clear_charging_profile(self, **kwargs: Any) -> Any:
+        if self.sim.protocol == "1.6":
+            status = self.sim.clear_profiles(
+                kwargs.get("id"),
+                kwargs.get("connector_id"),
+                kwargs.get("charging_profile_purpose"),
+                kwargs.get("stack_level"),
+            )
+            return result16.ClearChargingProfile(status)
+        criteria = kwargs.get("charging_profile_criteria") or {}
+        status = self.sim.clear_profiles(
+            kwargs.get("charging_profile_id"),
+            criteria.get("evse_id"),
+            criteria.get("charging_profile_purpose"),
+            criteria.get("stack_level"),
+        )
+        return self._results.ClearChargingProfile(status=status)
+
+    @on("GetCompositeSchedule")
+    def on_get_composite_schedule(self, **kwargs: Any) -> Any:
+        if self.sim.protocol == "1.6":
+            connector = kwargs["connector_id"]
+            schedule = self.sim.composite_payload(
+                connector, kwargs["duration"], kwargs.get("charging_rate_unit")
+            )
+            if schedule is None:
+                return result16.GetCompositeSchedule("Rejected")
+            return result16.GetCompositeSchedule(
+                "Accepted",
+                connector_id=connector,
+                schedule_start=schedule["start_schedule"],
+                charging_schedule=schedule,
+            )
+        schedule = self.sim.composite_payload(
+            kwargs["evse_id"], kwargs["duration"], kwargs.get("charging_rate_unit")
+        )
+        if schedule is None:
+            return self._results.GetCompositeSchedule(status="Rejected")
+        return self._results.GetCompositeSchedule(status="Accepted", schedule=schedule)
+
+    @property
+    def _results(self) -> Any:
+        return result21 if self.sim.protocol == "2.1" else result201
+
+
+class _Station16(_Handlers, ChargePoint16):
+    pass
+
+
+class _Station201(_Handlers, ChargePoint201):
+    pass
+
+
+class _Station21(_Handlers, ChargePoint21):
+    pass
+
+
+def _station_class(protocol: Protocol) -> type[_Handlers]:
+    return {"1.6": _Station16, "2.0.1": _Station201, "2.1": _Station21}[protocol]
+
+
+class ChargerFleet:
+    """N simulated stations against one gateway, as an async context manager.
+
+    Stations are named ``{prefix}-{i:03d}``; vehicles arrive in the first ``arrival_spread_s`` simulated
+    seconds, drawn from ``seed``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        count: int,
+        protocol: Protocol,
+        *,
+        clock: SimClock | None = None,
+        seed: int = 0,
+        prefix: str = "sim",
+        arrival_spread_s: float = 0.0,
+        max_power_w: float = 22_000.0,
+        meter_interval_s: float = 60.0,
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        self.clock = clock or SimClock()
+        rng = random.Random(seed)
+        self.chargers = []
+        for i in range(count):
+            arrival = self.clock.start + dt.timedelta(seconds=rng.uniform(0, arrival_spread_s))
+            vehicle = random_vehicle(rng, arrival)
+            self.chargers.append(
+                SimulatedCharger(
+                    station_id=f"{prefix}-{i:03d}",
+                    url=url,
+                    protocol=protocol,
+                    vehicle=vehicle,
+                    clock=self.clock,
+                    max_power_w=max_power_w,
+                    max_discharge_w=vehicle.max_discharge_kw * 1000 if protocol == "2.1" else 0.0,
+                    meter_interval_s=meter_interval_s,
+                    rng=random.Random(rng.getrandbits(64)),
+                )
+            )
+        self._tasks: asyncio.TaskGroup | None = None
+        self._runs: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Self:
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._runs = [
+            self._tasks.create_task(charger.run(), name=f"charger-{charger.station_id}")
+            for charger in self.chargers
+        ]
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._tasks is not None
+        for task in self._runs:
+            task.cancel()
+        try:
+            await self._tasks.__aexit__(exc_type, exc, tb)
+        finally:
+            self._tasks, self._runs = None, []
+
+    async def wait_booted(self, timeout_s: float = 10.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            for charger in self.chargers:
+                await charger.booted.wait()
