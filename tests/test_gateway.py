@@ -1,0 +1,226 @@
+"""The whole gateway with real peers: simulated OCPP chargers, a test-owned Mosquitto, a centre client.
+
+A session for each of OCPP 1.6, 2.0.1 and 2.1: boot, plug in, a setpoint from MQTT becomes a charging
+profile the charger follows, and its meter values come back on MQTT as telemetry. Then: the site limit
+holds when the centre asks for too much, and with no setpoints the gateway falls back to
+earliest-deadline-first charging within the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiomqtt
+import mosquitto
+import pytest
+from mosquitto import Mosquitto
+
+from site_gateway.config import GatewayConfig
+from site_gateway.contract import (
+    AckStatus,
+    CommandAck,
+    GatewayState,
+    GatewayStatus,
+    SetpointCommand,
+    Telemetry,
+    decode_message,
+    encode,
+    setpoint_topic,
+    subscription,
+)
+from site_gateway.gateway import Gateway
+from site_gateway.simulator import PROTOCOLS, Protocol, SimClock, SimulatedCharger
+from site_gateway.vehicle_model import Vehicle
+
+broker = mosquitto.broker  # the fixture: a test-owned broker on a free port
+
+SPEED = 60.0
+"""Simulated seconds per real second for the chargers: one meter value per real second."""
+
+
+def config(
+    site_id: str, broker: Mosquitto, *, import_limit_kw: float, stale_after_s: float = 900
+) -> GatewayConfig:
+    return GatewayConfig.model_validate(
+        {
+            "site": {"id": site_id, "import_limit_kw": import_limit_kw},
+            "ocpp": {"host": "127.0.0.1", "port": 0, "allow_unknown": True},
+            "mqtt": {"url": f"mqtt://{broker.host}:{broker.port}"},
+            "control": {"schedule_stale_after_s": stale_after_s, "telemetry_interval_s": 0.5},
+            "chargers": [
+                {"id": f"cp-{n}", "max_charge_kw": 11, "max_discharge_kw": 11, "limit_unit": "W"}
+                for n in range(3)
+            ],
+        }
+    )
+
+
+class Centre:
+    """The aggregator's side of MQTT, reduced to what the tests need."""
+
+    def __init__(self, client: aiomqtt.Client, site_id: str) -> None:
+        self.client, self.site_id = client, site_id
+        self.telemetry: list[Telemetry] = []
+        self.acks: list[CommandAck] = []
+        self.statuses: list[GatewayStatus] = []
+        self._ids = itertools.count(1)
+
+    async def listen(self) -> None:
+        async for message in self.client.messages:
+            _, payload = decode_message(str(message.topic), message.payload)  # type: ignore[arg-type]
+            match payload:
+                case Telemetry():
+                    self.telemetry.append(payload)
+                case CommandAck():
+                    self.acks.append(payload)
+                case GatewayStatus():
+                    self.statuses.append(payload)
+
+    async def command(self, powers: dict[str, float], *, valid_s: float = 600) -> str:
+        now = dt.datetime.now(dt.UTC)
+        command_id = f"cmd-{next(self._ids)}"
+        command = SetpointCommand(
+            site_id=self.site_id,
+            command_id=command_id,
+            issued_at=now - dt.timedelta(seconds=1),
+            valid_until=now + dt.timedelta(seconds=valid_s),
+            setpoints=tuple({"charger_id": cp, "evse_id": 1, "power_kw": kw} for cp, kw in powers.items()),  # type: ignore[misc]
+        )
+        await self.client.publish(setpoint_topic(self.site_id), encode(command), qos=1)
+        return command_id
+
+    def ack(self, command_id: str) -> CommandAck | None:
+        return next((a for a in self.acks if a.command_id == command_id), None)
+
+    def charger_kw(self, charger_id: str) -> float | None:
+        for telemetry in reversed(self.telemetry):
+            for evse in telemetry.evses:
+                if evse.charger_id == charger_id:
+                    return evse.power_kw
+        return None
+
+
+async def until(condition: Callable[[], object], timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running_site(
+    tmp_path: Path,
+    broker: Mosquitto,
+    protocol: Protocol,
+    chargers: int,
+    *,
+    import_limit_kw: float,
+    **kwargs: float,
+) -> AsyncIterator[tuple[Gateway, Centre, list[SimulatedCharger]]]:
+    site_id = f"site-{protocol.replace('.', '')}"
+    gateway = Gateway(
+        config(site_id, broker, import_limit_kw=import_limit_kw, **kwargs),
+        outbox_path=tmp_path / "outbox.sqlite",
+        control_interval_s=0.5,
+    )
+    async with (
+        aiomqtt.Client(broker.host, broker.port, identifier=f"centre-{site_id}") as client,
+        gateway,
+        asyncio.TaskGroup() as tasks,
+    ):
+        await client.subscribe(subscription(), qos=1)
+        centre = Centre(client, site_id)
+        tasks.create_task(centre.listen(), name="centre")
+        clock = SimClock(dt.datetime.now(dt.UTC), speed=SPEED)
+        url = f"ws://127.0.0.1:{gateway.ocpp.port}"
+        sims = [
+            SimulatedCharger(
+                f"cp-{n}",
+                url,
+                protocol,
+                Vehicle(
+                    capacity_kwh=80,
+                    soc=0.2,
+                    max_charge_kw=11,
+                    arrival=clock.now(),
+                    departure=clock.now() + dt.timedelta(hours=2 + n),
+                ),
+                clock,
+                max_power_w=11_000,
+                meter_interval_s=30,
+                tick_s=5,
+            )
+            for n in range(chargers)
+        ]
+        for sim in sims:
+            tasks.create_task(sim.run(), name=f"sim-{sim.station_id}")
+        await until(lambda: all(sim.transaction is not None for sim in sims))
+        await until(
+            lambda: all(
+                f"cp-{n}/1" in gateway.evses and gateway.evses[f"cp-{n}/1"].transaction_id
+                for n in range(chargers)
+            )
+        )
+        try:
+            yield gateway, centre, sims
+        finally:
+            for task in tasks._tasks:  # type: ignore[attr-defined]
+                task.cancel()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_setpoint_from_mqtt_reaches_the_charger_and_comes_back_as_telemetry(
+    tmp_path: Path, broker: Mosquitto, protocol: Protocol
+) -> None:
+    async def scenario() -> None:
+        async with running_site(tmp_path, broker, protocol, 1, import_limit_kw=50) as (
+            _gateway,
+            centre,
+            sims,
+        ):
+            command_id = await centre.command({"cp-0": 4.0})
+            await until(lambda: centre.ack(command_id) is not None)
+            ack = centre.ack(command_id)
+            assert ack is not None and ack.status is AckStatus.ACCEPTED, ack
+            # The charger follows the profile and its meter values come back as telemetry.
+            await until(lambda: abs(sims[0].power_w - 4000) < 50)
+            await until(lambda: (kw := centre.charger_kw("cp-0")) is not None and abs(kw - 4.0) < 0.1)
+            seqs = [t.seq for t in centre.telemetry]
+            assert seqs == sorted(seqs)
+
+    asyncio.run(scenario())
+
+
+def test_site_limit_holds_when_the_centre_asks_too_much(tmp_path: Path, broker: Mosquitto) -> None:
+    async def scenario() -> None:
+        async with running_site(tmp_path, broker, "2.0.1", 3, import_limit_kw=15) as (_gateway, centre, sims):
+            command_id = await centre.command({"cp-0": 11.0, "cp-1": 11.0, "cp-2": 11.0})
+            await until(lambda: centre.ack(command_id) is not None)
+            ack = centre.ack(command_id)
+            assert ack is not None
+            assert any("site limit" in (e.detail or "") for e in ack.evses)
+            await until(lambda: sum(sim.power_w for sim in sims) > 14_000)
+            for _ in range(20):  # never above the limit while the chargers follow their profiles
+                assert sum(sim.power_w for sim in sims) <= 15_000 + 1e-6
+                await asyncio.sleep(0.1)
+
+    asyncio.run(scenario())
+
+
+def test_fallback_charges_by_deadline_within_the_limit(tmp_path: Path, broker: Mosquitto) -> None:
+    async def scenario() -> None:
+        async with running_site(tmp_path, broker, "1.6", 2, import_limit_kw=12) as (_gateway, centre, sims):
+            # No setpoint ever arrives: fallback mode, reported upstream, earliest departure first.
+            await until(lambda: any(s.state is GatewayState.FALLBACK for s in centre.statuses))
+            await until(lambda: sims[0].power_w > 10_000)
+            assert sims[0].power_w + sims[1].power_w <= 12_000 + 1e-6
+            assert sims[1].power_w <= 1_100  # cp-1 leaves an hour later: it gets what is left
+            # A fresh schedule brings the gateway back online.
+            await centre.command({"cp-0": 3.0, "cp-1": 3.0})
+            await until(lambda: centre.statuses and centre.statuses[-1].state is GatewayState.ONLINE)
+
+    asyncio.run(scenario())
