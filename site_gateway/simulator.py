@@ -124,6 +124,9 @@ class SimulatedCharger:
     id_token: str = "SIMTOKEN"
     response_timeout_s: float = 10.0
     rng: random.Random = field(default_factory=random.Random)
+    on_profile: Callable[[int, dict[str, Any]], None] | None = None
+    """Called with the EVSE id and payload of every SetChargingProfile as it arrives, before it is
+    installed (benchmarks time profile pushes with it)."""
 
     store: ProfileStore = field(init=False)
     transaction: Transaction | None = field(init=False, default=None)
@@ -422,6 +425,8 @@ class SimulatedCharger:
 
     def set_profile(self, evse_id: int, payload: dict[str, Any]) -> str:
         """SetChargingProfile: 'Accepted' or 'Rejected'."""
+        if self.on_profile is not None:
+            self.on_profile(evse_id, payload)
         if evse_id not in (0, EVSE_ID):
             return "Rejected"
         purpose = payload.get("charging_profile_purpose")

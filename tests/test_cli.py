@@ -165,3 +165,19 @@ def test_acn_needs_a_tariff(tmp_path: Path) -> None:
     result = runner.invoke(app, ["schedule", "--acn", str(sessions)])
     assert result.exit_code == 2
     assert "--tariff" in result.output
+
+
+def test_gateway_refuses_a_bad_config(tmp_path: Path) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text('[site]\nid = "depot"\nimport_limit_kw = -3\n')
+    result = runner.invoke(app, ["gateway", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "site.import_limit_kw" in result.output
+
+
+def test_example_gateway_config_is_valid() -> None:
+    from site_gateway.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "examples" / "site.toml")
+    assert config.site.id == "depot-north"
+    assert config.ocpp.port == 9000

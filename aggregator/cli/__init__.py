@@ -4,7 +4,8 @@
 - ``fleetgrid schedule --acn FILE --tariff FILE --out DIR [--online]``: plan real ACN-Data sessions;
 - ``fleetgrid scenario generate|schema``: make a depot day, print the scenario file schema;
 - ``fleetgrid demo``: generate a depot day and compare the MILP with the baseline policies;
-- ``fleetgrid sim-chargers --gateway ws://... --count N --protocol 1.6|2.0.1|2.1``: simulated chargers.
+- ``fleetgrid sim-chargers --gateway ws://... --count N --protocol 1.6|2.0.1|2.1``: simulated chargers;
+- ``fleetgrid gateway --config site.toml``: the depot's site gateway.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from aggregator.cli.gateway import gateway
 from aggregator.cli.scenarios import app as scenario_app
 from aggregator.cli.scheduling import run_demo, run_schedule
 from aggregator.cli.simulate import sim_chargers
@@ -25,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(scenario_app, name="scenario")
 app.command("sim-chargers")(sim_chargers)
+app.command("gateway")(gateway)
 
 
 @app.command()

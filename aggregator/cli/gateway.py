@@ -1,0 +1,45 @@
+"""``fleetgrid gateway --config site.toml``: run a depot's site gateway until interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def gateway(
+    config: Path = typer.Option(..., "--config", help="The site's site.toml (see site_gateway/config.py)"),
+    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR"),
+) -> None:
+    """Run the site gateway: OCPP server for the chargers, local safety control, MQTT uplink."""
+    from site_gateway.config import ConfigError, load_config
+    from site_gateway.gateway import Gateway
+
+    logging.getLogger().setLevel(log_level.upper())
+    if log_level.upper() != "DEBUG":  # the ocpp library logs every frame at INFO
+        for chatty in ("ocpp", "websockets"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        settings = load_config(config)
+        site = Gateway(settings)
+    except ConfigError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+
+    async def run() -> None:
+        async with site:
+            console.print(
+                f"gateway {settings.site.id}: OCPP on {settings.ocpp.host}:{site.ocpp.port}, "
+                f"MQTT {settings.mqtt.url}, import limit {settings.site.import_limit_kw:g} kW"
+            )
+            await site.closed()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        console.print("gateway stopped")
