@@ -224,3 +224,18 @@ def test_fallback_charges_by_deadline_within_the_limit(tmp_path: Path, broker: M
             await until(lambda: centre.statuses and centre.statuses[-1].state is GatewayState.ONLINE)
 
     asyncio.run(scenario())
+
+
+def test_fallback_engages_when_the_schedule_runs_out(tmp_path: Path, broker: Mosquitto) -> None:
+    async def scenario() -> None:
+        async with running_site(tmp_path, broker, "2.1", 1, import_limit_kw=20) as (gateway, centre, sims):
+            await centre.command({"cp-0": 5.0}, valid_s=2.0)
+            await until(lambda: centre.statuses and centre.statuses[-1].state is GatewayState.ONLINE)
+            await until(lambda: abs(sims[0].power_w - 5000) < 50)
+            # The centre goes silent; once the setpoint expires the gateway charges on its own.
+            await until(lambda: centre.statuses[-1].state is GatewayState.FALLBACK, timeout=10)
+            assert "schedule ran out" in (centre.statuses[-1].reason or ""), centre.statuses[-1]
+            assert gateway.safety.mode.value == "fallback"
+            await until(lambda: sims[0].power_w > 10_000)  # full power (11 kW) within the 20 kW limit
+
+    asyncio.run(scenario())
