@@ -7,8 +7,12 @@ mid-session finds its transaction where it left it.
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
 from datetime import datetime
+
+ID_EPOCH = 1_704_067_200
+"""2024-01-01T00:00:00Z: 1.6 transaction ids count seconds from here when a gateway starts."""
 
 
 @dataclass(slots=True)
@@ -31,9 +35,13 @@ class Session:
 class SessionRegister:
     """Running sessions by (charge point id, transaction id)."""
 
-    def __init__(self, first_transaction_id: int = 1) -> None:
+    def __init__(self, first_transaction_id: int | None = None) -> None:
+        """1.6 transaction ids start at the seconds since :data:`ID_EPOCH` by default, so a restarted
+        gateway never hands out an id a charger may still hold from before (ids stay below 2**31 until
+        2092, and a depot starts far fewer than one transaction per second)."""
         self._sessions: dict[tuple[str, str], Session] = {}
-        self._ids = itertools.count(first_transaction_id)
+        start = first_transaction_id if first_transaction_id is not None else int(time.time()) - ID_EPOCH
+        self._ids = itertools.count(start)
 
     def next_transaction_id(self) -> int:
         """A fresh OCPP 1.6 transaction id (the central system assigns them on 1.6)."""

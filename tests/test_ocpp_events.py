@@ -118,3 +118,14 @@ def test_v21_charging_needs_discharge_metering_and_end() -> None:
         assert (stopped.energy_wh, stopped.reason) == (5000.0, "EVDisconnected")
 
     run(scenario())
+
+
+def test_transaction_ids_survive_a_gateway_restart() -> None:
+    from site_gateway.charging_sessions import SessionRegister
+
+    before = SessionRegister()
+    issued = [before.next_transaction_id() for _ in range(3)]
+    after = SessionRegister()  # a restarted gateway
+    assert after.next_transaction_id() >= issued[0]
+    assert len(set(issued)) == 3
+    assert all(0 < i < 2**31 for i in issued)
