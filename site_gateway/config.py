@@ -33,6 +33,13 @@ Example::
     phases = 3
     discharge_on_201 = false
 
+    accept_unknown_tokens = true      # top level: unknown RFID cards and eMAIDs may still charge
+
+    [[tokens]]                        # local authorization list (the centre will push it later)
+    id_token = "04A2B3C4D5"
+    driver_id = "driver-17"
+    vehicle_id = "van-17"
+
 Secrets never sit in the file: ``password_env`` names an environment variable.
 """
 
@@ -137,20 +144,36 @@ class ChargerSection(_Section):
         return _secret(self.password_env, f"chargers[{self.id}].password_env")
 
 
+class TokenSection(_Section):
+    """A locally known idToken (RFID uid or ISO 15118 eMAID) and whom it belongs to."""
+
+    id_token: str = Field(min_length=1, max_length=64)
+    driver_id: str | None = None
+    vehicle_id: str | None = None
+
+
 class GatewayConfig(_Section):
     site: SiteSection
     ocpp: OcppSection = OcppSection()
     mqtt: MqttSection = MqttSection()
     control: ControlSection = ControlSection()
     chargers: list[ChargerSection] = Field(default_factory=list)
+    tokens: list[TokenSection] = Field(default_factory=list)
+    """Local authorization list: tokens mapped to enrolled drivers and vehicles."""
+    accept_unknown_tokens: bool = True
+    """Let drivers with tokens not in ``tokens`` charge (their sessions carry no driver id)."""
 
     @model_validator(mode="after")
-    def _unique_chargers(self) -> GatewayConfig:
-        seen: set[str] = set()
-        for charger in self.chargers:
-            if charger.id in seen:
-                raise ValueError(f"charger {charger.id!r} is listed twice")
-            seen.add(charger.id)
+    def _unique_ids(self) -> GatewayConfig:
+        for what, ids in (
+            ("charger", [c.id for c in self.chargers]),
+            ("token", [t.id_token for t in self.tokens]),
+        ):
+            seen: set[str] = set()
+            for ident in ids:
+                if ident in seen:
+                    raise ValueError(f"{what} {ident!r} is listed twice")
+                seen.add(ident)
         return self
 
     def charger(self, charge_point_id: str) -> ChargerSection | None:

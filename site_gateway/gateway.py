@@ -53,6 +53,7 @@ from site_gateway.ocpp_events import (
     OcppEvent,
     SessionStarted,
     SessionStopped,
+    TokenIdentity,
 )
 from site_gateway.ocpp_server import OcppServer
 from site_gateway.safety import EvseState, Mode, SafetyController, Session, Setpoint, SiteLimits
@@ -92,6 +93,13 @@ class EvseView:
     max_discharge_kw: float = 0.0
     allowed_kw: float | None = None
     """The last power limit sent to the charger."""
+
+    def needs_limit(self, power_kw: float) -> bool:
+        """Whether ``power_kw`` must go to the charger: a transaction runs and the limit it has
+        differs by more than :data:`CHANGE_THRESHOLD_KW` (or it has none from us yet)."""
+        if self.transaction_id is None:
+            return False
+        return self.allowed_kw is None or abs(self.allowed_kw - power_kw) > CHANGE_THRESHOLD_KW
 
     @property
     def delivered_kwh(self) -> float | None:
@@ -139,8 +147,16 @@ class Gateway:
             SiteLimits(config.site.import_limit_kw, config.site.export_limit_kw), clock=clock
         )
         self.ocpp = OcppServer.from_config(
-            config, sink=self._on_ocpp_event, clock=clock, passwords=charger_passwords
+            config,
+            sink=self._on_ocpp_event,
+            token_lookup=self._lookup_token,
+            accept_unknown_tokens=config.accept_unknown_tokens,
+            clock=clock,
+            passwords=charger_passwords,
         )
+        self._tokens = {
+            t.id_token: TokenIdentity(driver_id=t.driver_id, vehicle_id=t.vehicle_id) for t in config.tokens
+        }
         mqtt = config.mqtt
         self.uplink = Uplink(
             UplinkSettings(
@@ -262,6 +278,10 @@ class Gateway:
             case _:
                 pass
 
+    async def _lookup_token(self, id_token: str) -> TokenIdentity | None:
+        """The driver and vehicle of an idToken from the local authorization list."""
+        return self._tokens.get(id_token)
+
     def _session_event(self, kind: SessionEventKind, view: EvseView, **fields: object) -> None:
         fields.setdefault("transaction_id", view.transaction_id)
         self.uplink.send(SessionEvent, kind=kind, charger_id=view.charger_id, evse_id=view.evse_id, **fields)
@@ -314,14 +334,28 @@ class Gateway:
             state = GatewayState.ONLINE if change.mode is Mode.NORMAL else GatewayState.FALLBACK
             self.uplink.set_state(state, change.reason[:200])
         valid_until = now + dt.timedelta(seconds=self.config.control.schedule_stale_after_s)
+        changed = [
+            (self.evses[key], power)
+            for key, power in allocation.power_kw.items()
+            if self.evses[key].needs_limit(power)
+        ]
+        # All at once: each push is two round trips (SetChargingProfile, GetCompositeSchedule), and
+        # one charger after the other, a command for 50 chargers waited for 100 of them.
+        async with asyncio.TaskGroup() as pushes:
+            applying = [
+                (
+                    view,
+                    power,
+                    pushes.create_task(
+                        self.ocpp.apply_setpoint(view.charger_id, view.evse_id, power, valid_until),
+                        name=f"gateway-setpoint[{view.charger_id}/{view.evse_id}]",
+                    ),
+                )
+                for view, power in changed
+            ]
         outcomes: dict[str, EvseOutcome] = {}
-        for key, power in allocation.power_kw.items():
-            view = self.evses[key]
-            if view.transaction_id is None:
-                continue
-            if view.allowed_kw is not None and abs(view.allowed_kw - power) <= CHANGE_THRESHOLD_KW:
-                continue
-            outcome = await self.ocpp.apply_setpoint(view.charger_id, view.evse_id, power, valid_until)
+        for view, power, task in applying:
+            key, outcome = evse_key(view.charger_id, view.evse_id), task.result()
             if outcome.is_ok:
                 view.allowed_kw = power
             status = AckStatus.ACCEPTED if outcome.is_ok else AckStatus.REJECTED

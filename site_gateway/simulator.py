@@ -196,12 +196,18 @@ class SimulatedCharger:
             if self.transaction is not None and vehicle is not None:
                 offered_kw = self.store.power_at(now, EVSE_ID, self.transaction) / 1000
                 self.power_w = vehicle.power_for(offered_kw) * 1000
-                if now >= next_sample:
+                interval = dt.timedelta(seconds=self.meter_interval_s)
+                if now >= next_sample:  # on a fixed grid, so the rate is 1 / meter_interval_s
                     self._sample(now)
-                    next_sample = now + dt.timedelta(seconds=self.meter_interval_s)
+                    next_sample += interval
+                    if next_sample <= now:  # behind (started, or a stalled loop): no burst
+                        next_sample = now + interval
+                wait_s = min(self.tick_s, max((next_sample - now).total_seconds(), 0.0))
+            else:
+                wait_s = self.tick_s
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.tick_s / self.clock.speed)
+                await asyncio.wait_for(self._wake.wait(), wait_s / self.clock.speed)
 
     def _sample(self, now: dt.datetime) -> None:
         soc = 100 * self.vehicle.soc if self.vehicle else 0.0

@@ -82,3 +82,25 @@ def test_bad_files_name_the_field(tmp_path: Path, text: str, named: str) -> None
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_local_authorization_list(tmp_path: Path) -> None:
+    import asyncio
+
+    from site_gateway.gateway import Gateway
+
+    text = (
+        '[site]\nid = "x"\nimport_limit_kw = 10\n'
+        '[[tokens]]\nid_token = "04A2B3"\ndriver_id = "driver-17"\nvehicle_id = "van-17"\n'
+    )
+    config = load_config(write(tmp_path, text))
+    gateway = Gateway(config, mqtt_password=None, outbox_path=tmp_path / "outbox.sqlite")
+    known = asyncio.run(gateway._lookup_token("04A2B3"))
+    assert known is not None and (known.driver_id, known.vehicle_id) == ("driver-17", "van-17")
+    assert asyncio.run(gateway._lookup_token("FFFF")) is None
+
+
+def test_duplicate_token_is_refused(tmp_path: Path) -> None:
+    text = '[site]\nid = "x"\nimport_limit_kw = 10\n[[tokens]]\nid_token = "A"\n[[tokens]]\nid_token = "A"\n'
+    with pytest.raises(ConfigError, match="token 'A' is listed twice"):
+        load_config(write(tmp_path, text))
