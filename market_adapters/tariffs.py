@@ -31,6 +31,7 @@ import pandas as pd
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from market_adapters.errors import AdapterError, AdapterFormatError
+from market_adapters.rates import ChargePlan, DemandComponent, RatePeriod, Tier, to_decimal
 from optimizer.scenario import DemandCharge, Tariff
 
 ACNPORTAL_TARIFFS_URL = (
@@ -199,6 +200,63 @@ class TouTariff(BaseModel):
             f"tariff {self.name!r}: the demand charge varies over the horizon: {listed}", periods
         )
 
+    @property
+    def demand_interval_minutes(self) -> int:
+        """acnportal files do not say; US utilities bill 15-minute demand."""
+        return 15
+
+    def charge_plan(self, index: pd.DatetimeIndex) -> ChargePlan:
+        """This tariff on the steps of ``index`` (see :class:`~market_adapters.rates.BillableTariff`).
+
+        One energy period per block and price period (``Summer-Weekday 12:00-18:00``), untiered; one
+        demand charge on every step (``demand``), or one per distinct rate if the rate changes
+        within ``index`` (``demand (Summer-Weekday, Summer-Weekend)``). No fixed or minimum charge.
+        """
+        days = _local_days(index)
+        seconds = np.asarray(index.hour * 3600 + index.minute * 60 + index.second, dtype=float)
+        periods: dict[tuple[int, int], int] = {}
+        labels: list[tuple[tuple[int, int], RatePeriod]] = []
+        energy_period = np.full(len(index), -1, dtype=int)
+        demand_rate = np.zeros(len(index))
+        block_of_rate: dict[float, list[str]] = {}
+        for day in np.unique(days):
+            at = np.flatnonzero(days == day)
+            block = self.block_on(pd.Timestamp(day).date())
+            number = self.blocks.index(block)
+            starts = np.round(np.asarray(block.start_hours) * 3600)
+            position = np.searchsorted(starts, seconds[at], side="right") - 1
+            for p in np.unique(position).tolist():
+                key = (number, p)
+                if key not in periods:
+                    periods[key] = len(labels)
+                    labels.append((key, _period(block, p)))
+                energy_period[at[position == p]] = periods[key]
+            demand_rate[at] = block.demand_charge_per_kw
+            names = block_of_rate.setdefault(block.demand_charge_per_kw, [])
+            if block.id not in names:
+                names.append(block.id)
+        # Periods in the file's order (block, then hour), whatever order the days came in.
+        order = sorted(range(len(labels)), key=lambda k: labels[k][0])
+        renumber = np.empty(len(labels) + 1, dtype=int)
+        renumber[order] = np.arange(len(labels))
+        renumber[-1] = -1
+        demand = [
+            DemandComponent(
+                name="demand" if len(block_of_rate) == 1 else f"demand ({', '.join(blocks)})",
+                kind="flat",
+                period=RatePeriod(f"{rate} $/kW", (Tier(None, to_decimal(rate)),)),
+                steps=demand_rate == rate,
+            )
+            for rate, blocks in block_of_rate.items()
+            if rate > 0
+        ]
+        return ChargePlan(
+            index=index,
+            energy_period=renumber[energy_period],
+            energy_periods=tuple(labels[k][1] for k in order),
+            demand=tuple(demand),
+        )
+
     def to_optimizer_tariff(
         self,
         index: pd.DatetimeIndex,
@@ -220,6 +278,18 @@ class TouTariff(BaseModel):
             demand_charges=charges,
             demand_interval_minutes=demand_interval_minutes,
         )
+
+
+def _period(block: TariffBlock, position: int) -> RatePeriod:
+    start = block.start_hours[position]
+    end = block.start_hours[position + 1] if position + 1 < len(block.start_hours) else 24.0
+    label = f"{block.id} {_clock(start)}-{_clock(end)}"
+    return RatePeriod(label, (Tier(None, to_decimal(block.prices_per_kwh[position])),))
+
+
+def _clock(hours: float) -> str:
+    minutes = round(hours * 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 def fetch_tou_tariff(url: str, *, timeout: float = 30.0) -> TouTariff:

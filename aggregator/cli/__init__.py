@@ -5,7 +5,9 @@
 - ``fleetgrid scenario generate|schema``: make a depot day, print the scenario file schema;
 - ``fleetgrid demo``: generate a depot day and compare the MILP with the baseline policies;
 - ``fleetgrid sim-chargers --gateway ws://... --count N --protocol 1.6|2.0.1|2.1``: simulated chargers;
-- ``fleetgrid gateway --config site.toml``: the depot's site gateway.
+- ``fleetgrid gateway --config site.toml``: the depot's site gateway;
+- ``fleetgrid prices import FILE``: day-ahead prices (CSV, ENTSO-E XML) normalised to per-kWh steps;
+- ``fleetgrid tariff bill --tariff FILE --meter CSV``: a line-item bill of metered load under a tariff.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pathlib import Path
 import typer
 
 from aggregator.cli.gateway import gateway
+from aggregator.cli.prices import app as prices_app
 from aggregator.cli.scenarios import app as scenario_app
 from aggregator.cli.scheduling import run_demo, run_schedule
 from aggregator.cli.simulate import sim_chargers
+from aggregator.cli.tariff import app as tariff_app
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -26,6 +30,8 @@ app = typer.Typer(
     help="fleetgrid: smart charging, demand response and V2G for EV fleets and depots.",
 )
 app.add_typer(scenario_app, name="scenario")
+app.add_typer(prices_app, name="prices")
+app.add_typer(tariff_app, name="tariff")
 app.command("sim-chargers")(sim_chargers)
 app.command("gateway")(gateway)
 
