@@ -22,7 +22,8 @@ Example::
 
     [control]
     schedule_stale_after_s = 900      # no fresh setpoints for this long: local fallback
-    default_limit_kw = 7.4            # TxDefaultProfile sent at boot
+    default_limit_kw = 7.4            # TxDefaultProfile sent at boot; the gateway lowers it so that
+                                      # all listed chargers at it stay within import_limit_kw
 
     [[chargers]]
     id = "CP-01"
@@ -126,6 +127,9 @@ class MqttSection(_Section):
 
 class ControlSection(_Section):
     schedule_stale_after_s: float = Field(900.0, gt=0)
+    charger_response_s: float = Field(
+        5.0, ge=0, description="How long to wait for lowered chargers to show it before raising others [s]"
+    )
     default_limit_kw: float = Field(7.4, ge=0)
     telemetry_interval_s: float = Field(10.0, gt=0)
 

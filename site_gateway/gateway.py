@@ -93,6 +93,8 @@ class EvseView:
     max_discharge_kw: float = 0.0
     allowed_kw: float | None = None
     """The last power limit sent to the charger."""
+    default_limit_kw: float = 0.0
+    """The TxDefaultProfile limit the charger got at boot."""
 
     def needs_limit(self, power_kw: float) -> bool:
         """Whether ``power_kw`` must go to the charger: a transaction runs and the limit it has
@@ -106,6 +108,12 @@ class EvseView:
         if self.energy_wh is None or self.meter_start_wh is None:
             return None
         return (self.energy_wh - self.meter_start_wh) / 1000
+
+    def current_limit_kw(self) -> float:
+        """The limit the charger runs on now: the last one sent, else the boot default (or its draw)."""
+        if self.allowed_kw is not None:
+            return self.allowed_kw
+        return max(self.power_kw or 0.0, self.default_limit_kw)
 
     def safety_state(self) -> EvseState:
         if self.transaction_id is None:
@@ -146,8 +154,14 @@ class Gateway:
         self.safety = SafetyController(
             SiteLimits(config.site.import_limit_kw, config.site.export_limit_kw), clock=clock
         )
+        # The boot TxDefaultProfile must be safe before the first allocation reaches a charger: with
+        # every listed charger at it, the site stays within its import limit.
+        self.default_limit_kw = min(
+            config.control.default_limit_kw, config.site.import_limit_kw / max(1, len(config.chargers))
+        )
+        control = config.control.model_copy(update={"default_limit_kw": self.default_limit_kw})
         self.ocpp = OcppServer.from_config(
-            config,
+            config.model_copy(update={"control": control}),
             sink=self._on_ocpp_event,
             token_lookup=self._lookup_token,
             accept_unknown_tokens=config.accept_unknown_tokens,
@@ -218,6 +232,7 @@ class Gateway:
                 evse_id,
                 max_charge_kw=charger.max_charge_kw if charger else 22.0,
                 max_discharge_kw=charger.max_discharge_kw if charger else 0.0,
+                default_limit_kw=self.default_limit_kw,
             )
             self.evses[key] = view
         return view
@@ -247,6 +262,7 @@ class Gateway:
                     view.evse_id,
                     max_charge_kw=view.max_charge_kw,
                     max_discharge_kw=view.max_discharge_kw,
+                    default_limit_kw=view.default_limit_kw,
                 )
                 self._wake.set()
             case MeterReading():
@@ -326,7 +342,8 @@ class Gateway:
         """Allocate power within the site limits, send what changed, acknowledge waiting commands."""
         now = self._clock()
         evses = [view.safety_state() for view in self.evses.values()]
-        allocation, change = self.safety.step(self.base_load_kw, evses, self._current_setpoints(now))
+        base = self.base_load_kw + self.idle_reserve_kw()
+        allocation, change = self.safety.step(base, evses, self._current_setpoints(now))
         if change is not None:
             log.warning(
                 "gateway %s: %s mode since %s: %s", self.site_id, change.mode, change.since, change.reason
@@ -339,20 +356,28 @@ class Gateway:
             for key, power in allocation.power_kw.items()
             if self.evses[key].needs_limit(power)
         ]
-        # All at once: each push is two round trips (SetChargingProfile, GetCompositeSchedule), and
-        # one charger after the other, a command for 50 chargers waited for 100 of them.
-        async with asyncio.TaskGroup() as pushes:
-            applying = [
-                (
-                    view,
-                    power,
-                    pushes.create_task(
-                        self.ocpp.apply_setpoint(view.charger_id, view.evse_id, power, valid_until),
-                        name=f"gateway-setpoint[{view.charger_id}/{view.evse_id}]",
-                    ),
-                )
-                for view, power in changed
-            ]
+        # Reductions first, then increases: while chargers move from the old allocation to the new one
+        # their sum never passes the site limit. Within each wave all at once: each push is two round
+        # trips (SetChargingProfile, GetCompositeSchedule), and one charger after the other, a command
+        # for 50 chargers waited for 100 of them.
+        lower = [(view, power) for view, power in changed if power < view.current_limit_kw()]
+        higher = [(view, power) for view, power in changed if power >= view.current_limit_kw()]
+        applying = []
+        for wave in (lower, higher):
+            if wave is higher and lower:
+                await self._reductions_taken_effect(lower)
+            async with asyncio.TaskGroup() as pushes:
+                applying += [
+                    (
+                        view,
+                        power,
+                        pushes.create_task(
+                            self.ocpp.apply_setpoint(view.charger_id, view.evse_id, power, valid_until),
+                            name=f"gateway-setpoint[{view.charger_id}/{view.evse_id}]",
+                        ),
+                    )
+                    for view, power in wave
+                ]
         outcomes: dict[str, EvseOutcome] = {}
         for view, power, task in applying:
             key, outcome = evse_key(view.charger_id, view.evse_id), task.result()
@@ -368,6 +393,35 @@ class Gateway:
                 charger_id=view.charger_id, evse_id=view.evse_id, status=status, detail=detail
             )
         self._acknowledge(outcomes, allocation.power_kw)
+
+    def idle_reserve_kw(self) -> float:
+        """Room kept for connected EVSEs without a session: a vehicle may start there at any moment,
+        at the boot default limit, before the gateway hears of it."""
+        idle = 0
+        for charger_id in self.ocpp.connected:
+            views = [v for v in self.evses.values() if v.charger_id == charger_id]
+            idle += sum(v.transaction_id is None for v in views) if views else 1
+        return idle * self.default_limit_kw
+
+    async def _reductions_taken_effect(self, lowered: list[tuple[EvseView, float]]) -> None:
+        """Wait until the lowered chargers' meters show their new limits, at most ``charger_response_s``.
+
+        A charger applies a new profile with some delay; raising others before the reductions show
+        would let the site pass its limit in between.
+        """
+        deadline = asyncio.get_running_loop().time() + self.config.control.charger_response_s
+        while asyncio.get_running_loop().time() < deadline:
+            if all(
+                view.power_kw is None or view.power_kw <= power + CHANGE_THRESHOLD_KW
+                for view, power in lowered
+            ):
+                return
+            await asyncio.sleep(0.05)
+        log.info(
+            "gateway %s: reductions not yet metered after %.1f s; raising anyway",
+            self.site_id,
+            self.config.control.charger_response_s,
+        )
 
     def _acknowledge(self, outcomes: dict[str, EvseOutcome], allowed: dict[str, float]) -> None:
         commands, self._pending_acks = self._pending_acks, []

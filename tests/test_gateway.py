@@ -239,3 +239,29 @@ def test_fallback_engages_when_the_schedule_runs_out(tmp_path: Path, broker: Mos
             await until(lambda: sims[0].power_w > 10_000)  # full power (11 kW) within the 20 kW limit
 
     asyncio.run(scenario())
+
+
+def test_idle_chargers_keep_room_for_a_vehicle_that_may_arrive(tmp_path: Path, broker: Mosquitto) -> None:
+    async def scenario() -> None:
+        async with running_site(tmp_path, broker, "2.0.1", 1, import_limit_kw=12) as (gateway, centre, sims):
+            # cp-0 charges; a second charger connects with no vehicle yet. A vehicle could start there at
+            # the boot default before the gateway hears of it, so cp-0 may only use what is left.
+            idle = SimulatedCharger(
+                "cp-1",
+                f"ws://127.0.0.1:{gateway.ocpp.port}",
+                "2.0.1",
+                None,
+                sims[0].clock,
+                max_power_w=11_000,
+            )
+            async with asyncio.TaskGroup() as tasks:
+                task = tasks.create_task(idle.run(), name="idle-charger")
+                await until(lambda: "cp-1" in gateway.ocpp.connected)
+                await centre.command({"cp-0": 11.0})
+                reserve = gateway.default_limit_kw
+                await until(lambda: gateway.evses["cp-0/1"].allowed_kw is not None)
+                await until(lambda: abs(sims[0].power_w - (12_000 - 1000 * reserve)) < 100)
+                assert gateway.idle_reserve_kw() == pytest.approx(reserve)
+                task.cancel()
+
+    asyncio.run(scenario())
