@@ -362,6 +362,8 @@ class Gateway:
         # for 50 chargers waited for 100 of them.
         lower = [(view, power) for view, power in changed if power < view.current_limit_kw()]
         higher = [(view, power) for view, power in changed if power >= view.current_limit_kw()]
+        if self._transient_kw(allocation.power_kw, base) <= self.config.site.import_limit_kw:
+            lower, higher = [], changed  # no order can pass the limit: all at once
         applying = []
         for wave in (lower, higher):
             if wave is higher and lower:
@@ -393,6 +395,15 @@ class Gateway:
                 charger_id=view.charger_id, evse_id=view.evse_id, status=status, detail=detail
             )
         self._acknowledge(outcomes, allocation.power_kw)
+
+    def _transient_kw(self, allowed: dict[str, float], base_kw: float) -> float:
+        """Site import if every charger briefly kept the higher of its old and new limit."""
+        charging = (
+            max(view.current_limit_kw(), allowed.get(key, 0.0), 0.0)
+            for key, view in self.evses.items()
+            if view.transaction_id is not None
+        )
+        return base_kw + sum(charging)
 
     def idle_reserve_kw(self) -> float:
         """Room kept for connected EVSEs without a session: a vehicle may start there at any moment,
