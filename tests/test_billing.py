@@ -22,7 +22,7 @@ from market_adapters.billing import (
 )
 from market_adapters.errors import AdapterFormatError
 from market_adapters.meter import MeterDataError, read_meter_csv
-from market_adapters.tariffs import read_tou_tariff
+from market_adapters.tariffs import parse_tou_tariff, read_tou_tariff
 from market_adapters.urdb import parse_urdb_tariff, read_urdb_tariff
 from optimizer.scenario import TimeWindow
 
@@ -31,8 +31,62 @@ URDB = Path(__file__).resolve().parent / "data" / "urdb"
 LA = "America/Los_Angeles"
 
 
+SCE_TOU_EV_4 = {
+    # SCE TOU-EV-4 in acnportal's tariff format, as published in acnportal 0.3.3
+    # (shared/data/tariffs/sce_tou_ev_4_march_2019.json); written out here so the tests carry their data.
+    "name": "SCE TOU-EV-4",
+    "effective": "2019-3-1",
+    "link": "https://www1.sce.com/NR/sc3/tm2/pdf/ce141-12.pdf",
+    "schedule": [
+        {
+            "id": "Summer-Weekday",
+            "effective_start": "06-01",
+            "effective_end": "09-30",
+            "dow_mask": "WEEKDAYS",
+            "times": [0, 8, 12, 18, 23],
+            "tariffs": [0.05623, 0.0925, 0.26668, 0.0925, 0.05623],
+            "demand_charge": 15.51,
+        },
+        {
+            "id": "Summer-Weekend",
+            "effective_start": "06-01",
+            "effective_end": "09-30",
+            "dow_mask": "WEEKENDS",
+            "times": [0],
+            "tariffs": [0.05623],
+            "demand_charge": 15.51,
+        },
+        {
+            "id": "Winter-Weekday",
+            "effective_start": "10-01",
+            "effective_end": "05-31",
+            "dow_mask": "WEEKDAYS",
+            "times": [0, 8, 12, 18, 23],
+            "tariffs": [0.06087, 0.07492, 0.0869, 0.07492, 0.06087],
+            "demand_charge": 15.51,
+        },
+        {
+            "id": "Winter-Weekend",
+            "effective_start": "10-01",
+            "effective_end": "05-31",
+            "dow_mask": "WEEKENDS",
+            "times": [0],
+            "tariffs": [0.06087],
+            "demand_charge": 15.51,
+        },
+    ],
+}
+
+
 def acn_sce():
-    return read_tou_tariff(SHARED / "sce_tou_ev_4_march_2019.json")
+    return parse_tou_tariff(SCE_TOU_EV_4)
+
+
+def test_written_out_tariff_matches_the_shared_file() -> None:
+    path = SHARED / "sce_tou_ev_4_march_2019.json"
+    if not path.is_file():
+        pytest.skip(f"shared tariff not found at {path} (a sibling of the repository)")
+    assert read_tou_tariff(path) == acn_sce()
 
 
 def urdb_item(name: str) -> dict[str, Any]:
@@ -345,7 +399,9 @@ def test_cli_prints_the_bill(tmp_path: Path) -> None:
     meter = tmp_path / "meter.csv"
     meter.write_text("timestamp,kW\n" + "\n".join(f"{t.isoformat()},{v}" for t, v in shifted_day().items()))
     runner = CliRunner()
-    args = ["tariff", "bill", "--tariff", str(SHARED / "sce_tou_ev_4_march_2019.json"), "--meter", str(meter)]
+    acnportal = tmp_path / "sce_tou_ev_4.json"
+    acnportal.write_text(json.dumps(SCE_TOU_EV_4))
+    args = ["tariff", "bill", "--tariff", str(acnportal), "--meter", str(meter)]
     result = runner.invoke(cli, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "1,357.13" in result.output and "1,512.49" in result.output  # 1357.125 rounds half up
