@@ -1,0 +1,417 @@
+"""The aggregator's relational schema: SQLAlchemy 2 typed declarative models.
+
+One section per domain: people and credentials, vehicles and V2G consent, sites and chargers, programs
+and dispatch events, charging sessions, what the gateways report (telemetry, status), and the schedules
+the control loop made. Alembic migrations under ``migrations/`` are generated from this metadata and a
+test checks they stay equal.
+
+Conventions:
+
+- Every timestamp is a :class:`~aggregator.db.types.UtcDateTime`: aware UTC in, aware UTC out, on
+  SQLite and PostgreSQL alike. Columns end in ``_at``.
+- Units in the column name (``_kw``, ``_kwh``, ``_seconds``).
+- Enums are stored as their values; the wire enums of ``site_gateway.contract`` and
+  ``market_adapters.dispatch`` are reused rather than copied.
+- Constraint names follow :data:`NAMING_CONVENTION`, so migrations can address them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column, relationship
+
+from aggregator.db.types import UtcDateTime, value_enum
+from market_adapters.dispatch import GridSignal, SignalKind, SignalStatus
+from site_gateway.contract import GatewayState
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+"""A 64-bit surrogate key; ``INTEGER`` on SQLite, where only that type is an auto-incrementing rowid."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {  # noqa: RUF012 (SQLAlchemy reads it as a class attribute)
+        dt.datetime: UtcDateTime(),
+        dict[str, Any]: JSON(),
+        list[Any]: JSON(),
+    }
+
+
+class ImmutableRowError(RuntimeError):
+    """An attempt to update a row of an append-only table (its history would be lost)."""
+
+
+# ---------------------------------------------------------------------------- people and credentials
+
+
+class Role(enum.StrEnum):
+    DRIVER = "driver"
+    GRID_OPERATOR = "grid_operator"
+    TRADER = "trader"
+    GATEWAY = "gateway"
+    ADMIN = "admin"
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[Role] = mapped_column(value_enum(Role, "role"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    vehicles: Mapped[list[Vehicle]] = relationship(back_populates="owner")
+
+
+class ApiKey(Base):
+    """A machine credential (a gateway's, a script's). Only a hash of the key is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id"), index=True)
+    """The site a gateway key speaks for; ``None`` for keys not bound to a site."""
+    revoked: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+# --------------------------------------------------------------------------- vehicles and V2G consent
+
+
+class Vehicle(Base):
+    __tablename__ = "vehicles"
+    __table_args__ = (
+        CheckConstraint("battery_kwh > 0", name="battery_kwh_positive"),
+        CheckConstraint("max_charge_kw >= 0", name="max_charge_kw_not_negative"),
+        CheckConstraint("max_discharge_kw >= 0", name="max_discharge_kw_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    battery_kwh: Mapped[float]
+    max_charge_kw: Mapped[float]
+    max_discharge_kw: Mapped[float]
+    v2g_capable: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    owner: Mapped[User] = relationship(back_populates="vehicles")
+
+
+class V2gConsent(Base):
+    """One state of a vehicle's V2G consent; append-only, so the history is the table.
+
+    A driver giving (or changing) consent appends a row with ``withdrawn_at`` ``None``; withdrawing
+    appends a row that repeats the consent it ends (``given_at``, ``min_reserve_kwh``) with
+    ``withdrawn_at`` set. The vehicle's current state is its row with the highest ``id``
+    (see :mod:`aggregator.db.consents`). Updating a row raises :class:`ImmutableRowError`.
+    """
+
+    __tablename__ = "v2g_consents"
+    __table_args__ = (
+        CheckConstraint("min_reserve_kwh >= 0", name="min_reserve_kwh_not_negative"),
+        Index(None, "vehicle_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vehicle_id: Mapped[int] = mapped_column(ForeignKey("vehicles.id"))
+    min_reserve_kwh: Mapped[float]
+    """Energy [kWh] V2G must leave in the battery."""
+    given_at: Mapped[dt.datetime]
+    withdrawn_at: Mapped[dt.datetime | None]
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("v2g_consents.id"))
+    """The vehicle's previous state, ``None`` for its first."""
+
+    @property
+    def active(self) -> bool:
+        return self.withdrawn_at is None
+
+
+@event.listens_for(V2gConsent, "before_update")
+def _refuse_consent_update(mapper: Mapper[Any], connection: Any, target: V2gConsent) -> None:
+    raise ImmutableRowError(
+        f"v2g_consents row {target.id} is history and cannot be updated; append a new state instead"
+    )
+
+
+# ------------------------------------------------------------------------------- sites and chargers
+
+
+class Site(Base):
+    __tablename__ = "sites"
+    __table_args__ = (
+        CheckConstraint("import_limit_kw >= 0", name="import_limit_kw_not_negative"),
+        CheckConstraint("export_limit_kw >= 0", name="export_limit_kw_not_negative"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The site's slug; also its gateway's MQTT username and topic segment (``SITE_ID_PATTERN``)."""
+    name: Mapped[str] = mapped_column(String(200))
+    import_limit_kw: Mapped[float]
+    export_limit_kw: Mapped[float]
+    tariff_ref: Mapped[str | None] = mapped_column(String(200))
+    """Which tariff prices this site's import (a tariff file name or URDB label)."""
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    """IANA zone name of the site, for local-time tariffs and reports."""
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    chargers: Mapped[list[Charger]] = relationship(back_populates="site", order_by="Charger.id")
+
+
+class Charger(Base):
+    """One EVSE of a charging station (OCPP charge point id + EVSE id / 1.6 connector id)."""
+
+    __tablename__ = "chargers"
+    __table_args__ = (
+        UniqueConstraint("site_id", "charge_point_id", "evse_id"),
+        CheckConstraint("max_kw >= 0", name="max_kw_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    charge_point_id: Mapped[str] = mapped_column(String(64))
+    evse_id: Mapped[int]
+    max_kw: Mapped[float]
+    bidirectional: Mapped[bool] = mapped_column(default=False)
+
+    site: Mapped[Site] = relationship(back_populates="chargers")
+
+
+# ----------------------------------------------------------------------- programs and dispatch events
+
+
+class ProgramKind(enum.StrEnum):
+    DR = "dr"
+    V2G = "v2g"
+
+
+class Program(Base):
+    __tablename__ = "programs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The program's slug; what :attr:`GridSignal.program_id` names."""
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[ProgramKind] = mapped_column(value_enum(ProgramKind, "program_kind"))
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    """The grid operator who runs the program and posts its events."""
+    payment_terms: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    events: Mapped[list[DispatchEvent]] = relationship(back_populates="program", order_by="DispatchEvent.id")
+
+
+class DispatchEvent(Base):
+    """One version of a grid operator's event, as a :class:`GridSignal` carries it.
+
+    ``(source, external_event_id, modification)`` is unique: a modification is a new row, so the
+    versions an event went through are all kept, and a redelivered version is refused by the
+    constraint. Events posted through our API use source ``"api"``.
+    """
+
+    __tablename__ = "dispatch_events"
+    __table_args__ = (
+        UniqueConstraint("source", "external_event_id", "modification"),
+        CheckConstraint("window_end > window_start", name="window_ordered"),
+        Index(None, "window_start", "window_end"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    program_id: Mapped[str | None] = mapped_column(ForeignKey("programs.id"), index=True)
+    """``None`` while an adapter's event is not mapped to one of our programs."""
+    source: Mapped[str] = mapped_column(String(200))
+    external_event_id: Mapped[str] = mapped_column(String(200))
+    modification: Mapped[int] = mapped_column(default=0)
+    kind: Mapped[SignalKind] = mapped_column(value_enum(SignalKind, "signal_kind"))
+    status: Mapped[SignalStatus] = mapped_column(value_enum(SignalStatus, "signal_status"))
+    window_start: Mapped[dt.datetime]
+    window_end: Mapped[dt.datetime]
+    intervals: Mapped[list[Any]]
+    """``[{"start": ISO 8601, "end": ISO 8601, "value": float}, ...]``; unit by ``kind`` (see
+    :mod:`market_adapters.dispatch`)."""
+    currency: Mapped[str | None] = mapped_column(String(3))
+    target_sites: Mapped[list[Any]] = mapped_column(default=list)
+    """Our site ids the event names; empty for the whole portfolio."""
+    received_at: Mapped[dt.datetime]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    program: Mapped[Program | None] = relationship(back_populates="events")
+
+    @classmethod
+    def from_signal(cls, signal: GridSignal) -> DispatchEvent:
+        return cls(
+            program_id=signal.program_id,
+            source=signal.source,
+            external_event_id=signal.event_id,
+            modification=signal.modification,
+            kind=signal.kind,
+            status=signal.status,
+            window_start=signal.start,
+            window_end=signal.end,
+            intervals=[interval.model_dump(mode="json") for interval in signal.intervals],
+            currency=signal.currency,
+            target_sites=list(signal.target_sites),
+            received_at=signal.received_at,
+        )
+
+
+# ------------------------------------------------------------------------------- charging sessions
+
+
+class ChargingSession(Base):
+    """A vehicle's stay at an EVSE, from plug-in to unplug, built from the gateway's session events."""
+
+    __tablename__ = "charging_sessions"
+    __table_args__ = (
+        UniqueConstraint("charger_id", "transaction_id"),
+        Index(None, "site_id", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    charger_id: Mapped[int] = mapped_column(ForeignKey("chargers.id"))
+    evse_id: Mapped[int]
+    transaction_id: Mapped[str | None] = mapped_column(String(64))
+    """The charger's transaction id; ``None`` until the transaction starts."""
+    vehicle_id: Mapped[int | None] = mapped_column(ForeignKey("vehicles.id"), index=True)
+    """The vehicle, once the id token is matched to one."""
+    id_token: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[dt.datetime]
+    stopped_at: Mapped[dt.datetime | None]
+    energy_kwh: Mapped[float | None]
+    """Net energy into the vehicle so far [kWh] (the total once stopped)."""
+    departure_at: Mapped[dt.datetime | None]
+    energy_request_kwh: Mapped[float | None]
+
+
+# ------------------------------------------------------------------------ what the gateways report
+
+
+class TelemetryRecord(Base):
+    """One :class:`site_gateway.contract.Telemetry` message.
+
+    ``UNIQUE (site_id, seq)`` is how ingestion drops the broker's redeliveries (see
+    :func:`aggregator.db.telemetry.insert_telemetry_once`).
+    """
+
+    __tablename__ = "telemetry"
+    __table_args__ = (
+        UniqueConstraint("site_id", "seq"),
+        Index(None, "site_id", "sent_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    sent_at: Mapped[dt.datetime]
+    received_at: Mapped[dt.datetime]
+    site_import_kw: Mapped[float]
+    """Net import at the grid connection [kW]; negative when the site exports."""
+    base_load_kw: Mapped[float | None]
+
+    evses: Mapped[list[EvseTelemetryRecord]] = relationship(
+        back_populates="telemetry",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        lazy="selectin",
+        order_by="(EvseTelemetryRecord.charger_id, EvseTelemetryRecord.evse_id)",
+    )
+
+
+class EvseTelemetryRecord(Base):
+    """One EVSE's reading within a telemetry message."""
+
+    __tablename__ = "telemetry_evses"
+
+    telemetry_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("telemetry.id", ondelete="CASCADE"), primary_key=True
+    )
+    charger_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The charge point id as the gateway reported it (not a key into ``chargers``: telemetry is
+    stored even for a charger the centre does not know yet)."""
+    evse_id: Mapped[int] = mapped_column(primary_key=True)
+    power_kw: Mapped[float]
+    """Positive charging, negative discharging [kW]."""
+    energy_kwh: Mapped[float | None]
+    soc_percent: Mapped[float | None]
+
+    telemetry: Mapped[TelemetryRecord] = relationship(back_populates="evses")
+
+
+class GatewayStatusRecord(Base):
+    """The latest known status of each site's gateway (one row per site)."""
+
+    __tablename__ = "gateway_status"
+
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), primary_key=True)
+    state: Mapped[GatewayState] = mapped_column(value_enum(GatewayState, "gateway_state"))
+    reason: Mapped[str | None] = mapped_column(String(200))
+    since: Mapped[dt.datetime | None]
+    """When the gateway entered ``state``, as it reported; ``None`` when unknown (the last will)."""
+    last_seen_at: Mapped[dt.datetime]
+    """When the centre last received anything from the gateway."""
+    last_seq: Mapped[int | None] = mapped_column(BigInteger)
+    """``seq`` of the status message recorded here, so an older redelivery cannot overwrite it."""
+
+
+# ---------------------------------------------------------------------------------------- schedules
+
+
+class ScheduleStatus(enum.StrEnum):
+    OPTIMAL = "optimal"
+    FEASIBLE = "feasible"
+    """The solver's best schedule when it hit its time limit."""
+    HEURISTIC = "heuristic"
+    """Made by a rule, not the solver."""
+    SHIFTED = "shifted"
+    """The previous version moved forward in time, because no new schedule was found."""
+
+
+class ScheduleVersion(Base):
+    """Every schedule the control loop made for a site, with what it was made from."""
+
+    __tablename__ = "schedule_versions"
+    __table_args__ = (
+        CheckConstraint("step_seconds > 0", name="step_seconds_positive"),
+        Index(None, "site_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    horizon_start: Mapped[dt.datetime]
+    step_seconds: Mapped[int]
+    inputs: Mapped[dict[str, Any]]
+    """What the optimiser was given: vehicles, prices, limits, events (enough to explain the result)."""
+    result_summary: Mapped[dict[str, Any]]
+    status: Mapped[ScheduleStatus] = mapped_column(value_enum(ScheduleStatus, "schedule_status"))

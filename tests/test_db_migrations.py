@@ -1,0 +1,84 @@
+"""The Alembic migrations build exactly the models' schema, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from postgres import BACKENDS, PostgresServer, postgres_server
+from sqlalchemy import inspect
+
+from aggregator.db.migrate import alembic_config, downgrade, upgrade
+from aggregator.db.models import Base
+from aggregator.db.session import make_engine
+
+__all__ = ["postgres_server"]
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.sqlite'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    with server.fresh_database() as url:
+        yield url
+
+
+def schema_differences(url: str) -> list[object]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return list(compare_metadata(context, Base.metadata))
+    finally:
+        engine.dispose()
+
+
+def table_names(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_one_head() -> None:
+    assert len(ScriptDirectory.from_config(alembic_config()).get_heads()) == 1
+
+
+def test_upgrade_of_an_empty_database_yields_the_models_schema(empty_url: str) -> None:
+    upgrade(empty_url)
+    assert schema_differences(empty_url) == []
+    assert table_names(empty_url) == set(Base.metadata.tables) | {"alembic_version"}
+
+
+def test_upgrade_twice_changes_nothing(empty_url: str) -> None:
+    upgrade(empty_url)
+    upgrade(empty_url)
+    assert schema_differences(empty_url) == []
+
+
+def test_downgrade_to_base_removes_every_table_and_upgrade_restores_them(empty_url: str) -> None:
+    upgrade(empty_url)
+    downgrade(empty_url, "base")
+    assert table_names(empty_url) == {"alembic_version"}
+    upgrade(empty_url)
+    assert schema_differences(empty_url) == []
+
+
+def test_constraints_are_named_by_convention(empty_url: str) -> None:
+    upgrade(empty_url)
+    engine = make_engine(empty_url)
+    try:
+        inspector = inspect(engine)
+        unique = {c["name"] for c in inspector.get_unique_constraints("telemetry")}
+        checks = {c["name"] for c in inspector.get_check_constraints("users")}
+    finally:
+        engine.dispose()
+    assert "uq_telemetry_site_id_seq" in unique
+    assert checks == {"ck_users_role"}

@@ -1,0 +1,114 @@
+"""Telemetry is stored once per (site_id, seq), by constraint, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from postgres import database_url, engine, postgres_database_url, postgres_server, session
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from aggregator.db.models import EvseTelemetryRecord, Site, TelemetryRecord
+from aggregator.db.telemetry import insert_telemetry_once
+from site_gateway.contract import EvseTelemetry, Telemetry
+
+__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
+
+SENT = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
+RECEIVED = SENT + dt.timedelta(seconds=2)
+
+
+def telemetry(seq: int, site_id: str = "depot-1", import_kw: float = 30.0) -> Telemetry:
+    return Telemetry(
+        site_id=site_id,
+        seq=seq,
+        sent_at=SENT + dt.timedelta(seconds=seq),
+        site_import_kw=import_kw,
+        base_load_kw=8.0,
+        evses=(
+            EvseTelemetry(charger_id="CP-1", evse_id=1, power_kw=11.0, energy_kwh=3.5, soc_percent=40.0),
+            EvseTelemetry(charger_id="CP-2", evse_id=1, power_kw=-7.0),
+        ),
+    )
+
+
+@pytest.fixture
+def sites(session: Session) -> Session:
+    session.add_all(
+        [
+            Site(id="depot-1", name="Depot 1", import_limit_kw=100, export_limit_kw=50),
+            Site(id="depot-2", name="Depot 2", import_limit_kw=100, export_limit_kw=50),
+        ]
+    )
+    session.commit()
+    return session
+
+
+def count(session: Session, model: type[TelemetryRecord] | type[EvseTelemetryRecord]) -> int:
+    return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def test_first_delivery_is_stored_with_its_evses(sites: Session) -> None:
+    assert insert_telemetry_once(sites, telemetry(1), received_at=RECEIVED) is True
+    sites.commit()
+    record = sites.scalars(select(TelemetryRecord)).one()
+    assert (record.site_id, record.seq, record.site_import_kw, record.base_load_kw) == (
+        "depot-1",
+        1,
+        30.0,
+        8.0,
+    )
+    assert (record.sent_at, record.received_at) == (SENT + dt.timedelta(seconds=1), RECEIVED)
+    assert [(e.charger_id, e.evse_id, e.power_kw, e.energy_kwh, e.soc_percent) for e in record.evses] == [
+        ("CP-1", 1, 11.0, 3.5, 40.0),
+        ("CP-2", 1, -7.0, None, None),
+    ]
+
+
+def test_redelivery_is_dropped_and_the_first_copy_kept(sites: Session) -> None:
+    assert insert_telemetry_once(sites, telemetry(5, import_kw=30.0)) is True
+    sites.commit()
+    assert insert_telemetry_once(sites, telemetry(5, import_kw=99.0)) is False
+    sites.commit()
+    assert count(sites, TelemetryRecord) == 1
+    assert count(sites, EvseTelemetryRecord) == 2
+    assert sites.scalars(select(TelemetryRecord.site_import_kw)).one() == 30.0
+
+
+def test_duplicate_in_the_same_transaction_is_dropped(sites: Session) -> None:
+    assert [insert_telemetry_once(sites, telemetry(seq)) for seq in (1, 2, 1, 3, 2)] == [
+        True,
+        True,
+        False,
+        True,
+        False,
+    ]
+    sites.commit()
+    assert sorted(sites.scalars(select(TelemetryRecord.seq))) == [1, 2, 3]
+
+
+def test_seq_is_per_site(sites: Session) -> None:
+    assert insert_telemetry_once(sites, telemetry(1, "depot-1")) is True
+    assert insert_telemetry_once(sites, telemetry(1, "depot-2")) is True
+    sites.commit()
+    assert count(sites, TelemetryRecord) == 2
+
+
+def test_the_constraint_itself_rejects_a_duplicate(sites: Session) -> None:
+    """The guarantee is the database's, not the helper's: a plain insert of a stored (site, seq) fails."""
+    insert_telemetry_once(sites, telemetry(1))
+    sites.commit()
+    sites.add(
+        TelemetryRecord(site_id="depot-1", seq=1, sent_at=SENT, received_at=RECEIVED, site_import_kw=1.0)
+    )
+    with pytest.raises(IntegrityError):
+        sites.flush()
+    sites.rollback()
+    assert count(sites, TelemetryRecord) == 1
+
+
+def test_unknown_site_is_an_error(sites: Session) -> None:
+    with pytest.raises(IntegrityError):
+        insert_telemetry_once(sites, telemetry(1, "nowhere"))
