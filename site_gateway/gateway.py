@@ -95,6 +95,8 @@ class EvseView:
     """The last power limit sent to the charger."""
     default_limit_kw: float = 0.0
     """The TxDefaultProfile limit the charger got at boot."""
+    power_at: dt.datetime | None = None
+    """When the gateway received the latest ``power_kw`` (its own clock)."""
 
     def needs_limit(self, power_kw: float) -> bool:
         """Whether ``power_kw`` must go to the charger: a transaction runs and the limit it has
@@ -268,7 +270,7 @@ class Gateway:
             case MeterReading():
                 view = self._view(event.charge_point_id, event.evse_id)
                 if event.power_w is not None:
-                    view.power_kw = event.power_w / 1000
+                    view.power_kw, view.power_at = event.power_w / 1000, self._clock()
                 if event.energy_wh is not None:
                     view.energy_wh = event.energy_wh
                     if view.meter_start_wh is None:
@@ -367,7 +369,7 @@ class Gateway:
         applying = []
         for wave in (lower, higher):
             if wave is higher and lower:
-                await self._reductions_taken_effect(lower)
+                await self._reductions_taken_effect(lower, since=now)
             async with asyncio.TaskGroup() as pushes:
                 applying += [
                     (
@@ -414,7 +416,9 @@ class Gateway:
             idle += sum(v.transaction_id is None for v in views) if views else 1
         return idle * self.default_limit_kw
 
-    async def _reductions_taken_effect(self, lowered: list[tuple[EvseView, float]]) -> None:
+    async def _reductions_taken_effect(
+        self, lowered: list[tuple[EvseView, float]], since: dt.datetime
+    ) -> None:
         """Wait until the lowered chargers' meters show their new limits, at most ``charger_response_s``.
 
         A charger applies a new profile with some delay; raising others before the reductions show
@@ -423,9 +427,12 @@ class Gateway:
         deadline = asyncio.get_running_loop().time() + self.config.control.charger_response_s
         while asyncio.get_running_loop().time() < deadline:
             if all(
-                view.power_kw is None or view.power_kw <= power + CHANGE_THRESHOLD_KW
+                view.power_at is not None
+                and view.power_at >= since
+                and view.power_kw is not None
+                and view.power_kw <= power + CHANGE_THRESHOLD_KW
                 for view, power in lowered
-            ):
+            ):  # a reading taken after the reductions went out shows each of them
                 return
             await asyncio.sleep(0.05)
         log.info(

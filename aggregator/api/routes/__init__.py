@@ -1,0 +1,1 @@
+"""One router per audience: ``auth`` (anyone), ``users`` (any account), ``admin``."""

@@ -1,0 +1,348 @@
+"""The API's foundation on SQLite and PostgreSQL: sign-up and login, tokens and API keys, and an
+authorization matrix of every endpoint against every role."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import pytest
+from postgres import database_url, engine, postgres_database_url, postgres_server, session
+from pydantic import SecretStr, ValidationError
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from aggregator.api.app import create_app
+from aggregator.api.config import DEVELOPMENT_SECRET_KEY, Environment, InsecureSettingsError, Settings
+from aggregator.api.schemas import MAX_PAGE_LIMIT
+from aggregator.api.security import create_access_token, hash_api_key, hash_password
+from aggregator.db.models import ApiKey, Role, Site, User
+from aggregator.db.session import make_sessionmaker
+
+with warnings.catch_warnings():
+    # Starlette 1.x asks for httpx2 in its TestClient; httpx is what we depend on, and still works.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
+    from fastapi.testclient import TestClient
+
+__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
+
+SECRET = "test-secret-" + "x" * 40
+SETTINGS = Settings(secret_key=SecretStr(SECRET), access_token_minutes=15)
+PASSWORD = "correct horse battery staple"
+PASSWORD_HASH = hash_password(PASSWORD)  # argon2 is slow on purpose: hash once for every seeded account
+GATEWAY_KEY = "fgk_test-gateway-key"
+_unique = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def client(engine: Engine) -> Iterator[TestClient]:
+    with TestClient(create_app(SETTINGS, make_sessionmaker(engine))) as client:
+        yield client
+
+
+@dataclass
+class World:
+    """One account per role, a site, and the gateway's API key."""
+
+    users: dict[Role, User]
+    site: Site
+
+    def headers(self, caller: Role | None) -> dict[str, str]:
+        if caller is None:
+            return {}
+        if caller is Role.GATEWAY:
+            return {"X-API-Key": GATEWAY_KEY}
+        user = self.users[caller]
+        return {"Authorization": f"Bearer {create_access_token(user.id, user.role, SETTINGS)}"}
+
+
+@pytest.fixture
+def world(session: Session) -> World:
+    users = {
+        role: User(email=f"{role.value}@example.org", password_hash=PASSWORD_HASH, role=role) for role in Role
+    }
+    site = Site(id="depot-1", name="Depot 1", import_limit_kw=250.0, export_limit_kw=100.0)
+    session.add_all([*users.values(), site])
+    session.flush()
+    session.add(ApiKey(key_hash=hash_api_key(GATEWAY_KEY), owner_id=users[Role.GATEWAY].id, site_id=site.id))
+    session.commit()
+    return World(users, site)
+
+
+def login(client: TestClient, email: str, password: str) -> Any:
+    return client.post("/auth/token", data={"username": email, "password": password})
+
+
+# ------------------------------------------------------------------------------ people and tokens
+
+
+def test_signup_login_and_me(client: TestClient, session: Session) -> None:
+    signed_up = client.post("/auth/signup", json={"email": " Ada@Example.org ", "password": PASSWORD})
+    assert signed_up.status_code == 201, signed_up.text
+    assert signed_up.json()["email"] == "ada@example.org"
+    assert signed_up.json()["role"] == "driver"
+    assert "password" not in signed_up.text
+
+    stored = session.scalars(select(User).where(User.email == "ada@example.org")).one()
+    assert stored.password_hash.startswith("$argon2id$")
+
+    token = login(client, "ada@example.org", PASSWORD)
+    assert token.status_code == 200, token.text
+    assert token.json()["token_type"] == "bearer"
+    assert token.json()["expires_in"] == 15 * 60
+
+    me = client.get("/users/me", headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+    assert me.status_code == 200, me.text
+    assert me.json() == signed_up.json()
+
+
+def test_signup_twice_is_a_conflict(client: TestClient, world: World) -> None:
+    again = client.post("/auth/signup", json={"email": "driver@example.org", "password": PASSWORD})
+    assert again.status_code == 409
+
+
+def test_signup_refuses_a_short_password(client: TestClient, session: Session) -> None:
+    assert (
+        client.post("/auth/signup", json={"email": "b@example.org", "password": "short"}).status_code == 422
+    )
+
+
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [("driver@example.org", "wrong password"), ("nobody@example.org", PASSWORD)],
+    ids=["wrong-password", "unknown-user"],
+)
+def test_login_refused(client: TestClient, world: World, email: str, password: str) -> None:
+    refused = login(client, email, password)
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"] == "Bearer"
+    assert "access_token" not in refused.json()
+
+
+def _me_with(client: TestClient, token: str) -> int:
+    return client.get("/users/me", headers={"Authorization": f"Bearer {token}"}).status_code
+
+
+def test_expired_token_is_refused(client: TestClient, world: World) -> None:
+    driver = world.users[Role.DRIVER]
+    issued = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=16)
+    assert _me_with(client, create_access_token(driver.id, driver.role, SETTINGS, now=issued)) == 401
+    fresh = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=14)
+    assert _me_with(client, create_access_token(driver.id, driver.role, SETTINGS, now=fresh)) == 200
+
+
+def test_forged_tokens_are_refused(client: TestClient, world: World) -> None:
+    driver = world.users[Role.DRIVER]
+    other_secret = Settings(secret_key=SecretStr("another-secret-" + "y" * 40))
+    assert _me_with(client, create_access_token(driver.id, driver.role, other_secret)) == 401
+
+    claims = jwt.decode(
+        create_access_token(driver.id, driver.role, SETTINGS), options={"verify_signature": False}
+    )
+    admin_claims = {**claims, "role": "admin"}
+    assert _me_with(client, jwt.encode(admin_claims, "guessed-secret-" + "z" * 40, algorithm="HS256")) == 401
+    unsigned = jwt.encode(admin_claims, "", algorithm="none")
+    assert _me_with(client, unsigned) == 401
+    assert _me_with(client, "not-a-jwt") == 401
+
+
+def test_token_of_a_changed_role_is_refused(client: TestClient, world: World, session: Session) -> None:
+    trader = world.users[Role.TRADER]
+    token = create_access_token(trader.id, trader.role, SETTINGS)
+    trader.role = Role.DRIVER
+    session.commit()
+    assert _me_with(client, token) == 401
+
+
+# ----------------------------------------------------------------------------------------- API keys
+
+
+def test_api_key_authenticates_its_owner(client: TestClient, world: World) -> None:
+    me = client.get("/users/me", headers={"X-API-Key": GATEWAY_KEY})
+    assert me.status_code == 200, me.text
+    assert me.json()["role"] == "gateway"
+
+
+def test_unknown_and_revoked_api_keys_are_refused(client: TestClient, world: World, session: Session) -> None:
+    assert client.get("/users/me", headers={"X-API-Key": "fgk_guessed"}).status_code == 401
+    key = session.scalars(select(ApiKey)).one()
+    key.revoked = True
+    session.commit()
+    assert client.get("/users/me", headers={"X-API-Key": GATEWAY_KEY}).status_code == 401
+
+
+def test_admin_issues_a_gateway_key_shown_once(client: TestClient, world: World, session: Session) -> None:
+    admin = world.headers(Role.ADMIN)
+    gateway = client.post(
+        "/admin/users",
+        headers=admin,
+        json={"email": "gw-2@example.org", "password": PASSWORD, "role": "gateway"},
+    )
+    assert gateway.status_code == 201, gateway.text
+    issued = client.post(
+        "/admin/api-keys", headers=admin, json={"owner_id": gateway.json()["id"], "site_id": world.site.id}
+    )
+    assert issued.status_code == 201, issued.text
+    key = issued.json()["key"]
+    stored = session.get(ApiKey, issued.json()["id"])
+    assert stored is not None
+    assert stored.key_hash == hash_api_key(key) != key
+
+    me = client.get("/users/me", headers={"X-API-Key": key})
+    assert me.status_code == 200
+    assert me.json()["email"] == "gw-2@example.org"
+
+
+def test_a_site_key_must_belong_to_a_gateway(client: TestClient, world: World) -> None:
+    body = {"owner_id": world.users[Role.TRADER].id, "site_id": world.site.id}
+    assert client.post("/admin/api-keys", headers=world.headers(Role.ADMIN), json=body).status_code == 422
+    body = {"owner_id": world.users[Role.GATEWAY].id, "site_id": "no-such-site"}
+    assert client.post("/admin/api-keys", headers=world.headers(Role.ADMIN), json=body).status_code == 422
+
+
+# --------------------------------------------------------------------------------------------- sites
+
+
+def test_sites_are_paginated(client: TestClient, world: World) -> None:
+    admin = world.headers(Role.ADMIN)
+    for n in range(2, 5):
+        body = {"id": f"depot-{n}", "name": f"Depot {n}", "import_limit_kw": 100, "export_limit_kw": 0}
+        assert client.post("/admin/sites", headers=admin, json=body).status_code == 201
+    page = client.get("/admin/sites", headers=admin, params={"offset": 1, "limit": 2}).json()
+    assert page["total"] == 4
+    assert [site["id"] for site in page["items"]] == ["depot-2", "depot-3"]
+    assert (page["offset"], page["limit"]) == (1, 2)
+    too_many = client.get("/admin/sites", headers=admin, params={"limit": MAX_PAGE_LIMIT + 1})
+    assert too_many.status_code == 422
+
+
+def test_site_input_is_validated(client: TestClient, world: World) -> None:
+    admin = world.headers(Role.ADMIN)
+    base = {"id": "depot-9", "name": "Depot 9", "import_limit_kw": 100, "export_limit_kw": 0}
+    for bad in ({"id": "has space"}, {"import_limit_kw": -1}, {"timezone": "Mars/Olympus"}):
+        assert client.post("/admin/sites", headers=admin, json={**base, **bad}).status_code == 422, bad
+    assert client.post("/admin/sites", headers=admin, json={**base, "id": world.site.id}).status_code == 409
+
+
+# ------------------------------------------------------------------------------ authorization matrix
+
+Caller = Role | None  # None: anonymous
+CALLERS: list[Caller] = [*Role, None]
+EVERYONE = frozenset(CALLERS)
+SIGNED_IN = frozenset(Role)
+ADMIN = frozenset({Role.ADMIN})
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    allowed: frozenset[Caller]
+    success: int
+    request: Callable[[World], dict[str, Any]] = lambda world: {}
+
+
+def _email() -> str:
+    return f"new-{next(_unique)}@example.org"
+
+
+ENDPOINTS = [
+    Endpoint(
+        "POST",
+        "/auth/token",
+        EVERYONE,
+        200,
+        lambda world: {"data": {"username": "driver@example.org", "password": PASSWORD}},
+    ),
+    Endpoint(
+        "POST",
+        "/auth/signup",
+        EVERYONE,
+        201,
+        lambda world: {"json": {"email": _email(), "password": PASSWORD}},
+    ),
+    Endpoint("GET", "/users/me", SIGNED_IN, 200),
+    Endpoint("GET", "/admin/sites", ADMIN, 200),
+    Endpoint(
+        "POST",
+        "/admin/sites",
+        ADMIN,
+        201,
+        lambda world: {
+            "json": {"id": f"s{next(_unique)}", "name": "S", "import_limit_kw": 1, "export_limit_kw": 0}
+        },
+    ),
+    Endpoint(
+        "POST",
+        "/admin/users",
+        ADMIN,
+        201,
+        lambda world: {"json": {"email": _email(), "password": PASSWORD, "role": "grid_operator"}},
+    ),
+    Endpoint(
+        "POST",
+        "/admin/api-keys",
+        ADMIN,
+        201,
+        lambda world: {"json": {"owner_id": world.users[Role.GATEWAY].id, "site_id": world.site.id}},
+    ),
+]
+
+
+def test_the_matrix_covers_every_route(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    routes = {(method.upper(), path) for path, operations in paths.items() for method in operations}
+    assert routes == {(endpoint.method, endpoint.path) for endpoint in ENDPOINTS}
+
+
+@pytest.mark.parametrize("caller", CALLERS, ids=lambda caller: caller.value if caller else "anonymous")
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda endpoint: f"{endpoint.method} {endpoint.path}")
+def test_authorization_matrix(client: TestClient, world: World, endpoint: Endpoint, caller: Caller) -> None:
+    response = client.request(
+        endpoint.method, endpoint.path, headers=world.headers(caller), **endpoint.request(world)
+    )
+    refused = 401 if caller is None else 403
+    expected = endpoint.success if caller in endpoint.allowed else refused
+    assert response.status_code == expected, response.text
+
+
+# ---------------------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("environment", [Environment.STAGING, Environment.PRODUCTION])
+@pytest.mark.parametrize("secret", [None, "", DEVELOPMENT_SECRET_KEY, "short-secret"])
+def test_settings_refuse_weak_secrets_outside_development(
+    environment: Environment, secret: str | None
+) -> None:
+    environ = {"FLEETGRID_ENVIRONMENT": environment.value}
+    if secret is not None:
+        environ["FLEETGRID_SECRET_KEY"] = secret
+    with pytest.raises(ValidationError, match="FLEETGRID_SECRET_KEY") as raised:
+        Settings.from_env(environ)
+    assert isinstance(raised.value.errors()[0]["ctx"]["error"], InsecureSettingsError)
+
+
+def test_settings_from_env() -> None:
+    settings = Settings.from_env(
+        {
+            "FLEETGRID_ENVIRONMENT": "production",
+            "FLEETGRID_SECRET_KEY": SECRET,
+            "FLEETGRID_DATABASE_URL": "postgresql://db/fleetgrid",
+            "FLEETGRID_ACCESS_TOKEN_MINUTES": "5",
+            "UNRELATED": "ignored",
+        }
+    )
+    assert settings.environment is Environment.PRODUCTION
+    assert settings.secret_key.get_secret_value() == SECRET
+    assert SECRET not in repr(settings)
+    assert (settings.database_url, settings.access_token_minutes) == ("postgresql://db/fleetgrid", 5)
+
+
+def test_development_accepts_the_default_secret() -> None:
+    assert Settings.from_env({}).secret_key.get_secret_value() == DEVELOPMENT_SECRET_KEY
