@@ -20,7 +20,6 @@ Split in the pvlib ``iotools`` style: :func:`fetch_tou_tariff` (any URL), :func:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +30,7 @@ import pandas as pd
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from market_adapters.errors import AdapterError, AdapterFormatError
+from market_adapters.json_documents import loads_json
 from market_adapters.rates import ChargePlan, DemandComponent, RatePeriod, Tier, to_decimal
 from optimizer.scenario import DemandCharge, Tariff
 
@@ -296,7 +296,7 @@ def fetch_tou_tariff(url: str, *, timeout: float = 30.0) -> TouTariff:
     """Download an acnportal tariff file from ``url`` (any ``urllib`` URL) and parse it."""
     with urllib.request.urlopen(url, timeout=timeout) as response:
         payload = response.read()
-    return parse_tou_tariff(_loads(payload, url), source=url)
+    return parse_tou_tariff(loads_json(payload, url), source=url)
 
 
 def read_tou_tariff(path: str | Path) -> TouTariff:
@@ -308,7 +308,7 @@ def read_tou_tariff(path: str | Path) -> TouTariff:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tariff file not found: {path}")
-    return parse_tou_tariff(_loads(path.read_bytes(), str(path)), source=str(path))
+    return parse_tou_tariff(loads_json(path.read_bytes(), str(path)), source=str(path))
 
 
 def parse_tou_tariff(data: Mapping[str, Any], *, source: str = "<data>") -> TouTariff:
@@ -361,17 +361,6 @@ def _field_named_in(message: str) -> str:
     """The block field a model-level error message is about (its first field name)."""
     positions = {name: message.find(name) for name in BLOCK_FIELD_MAP.values() if name in message}
     return min(positions, key=lambda name: positions[name]) if positions else ""
-
-
-def _loads(payload: bytes, source: str) -> Any:
-    try:
-        return json.loads(payload.decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise AdapterFormatError(source, "file", "", f"is not UTF-8 text: {error}") from error
-    except json.JSONDecodeError as error:
-        raise AdapterFormatError(
-            source, "document", "", f"is not JSON: {error.msg} at line {error.lineno} column {error.colno}"
-        ) from error
 
 
 def _local_days(index: pd.DatetimeIndex) -> np.ndarray:

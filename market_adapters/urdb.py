@@ -30,7 +30,6 @@ rate, the URDB field with its position (``energyweekdayschedule[6][14]``) and th
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -43,6 +42,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from market_adapters.errors import AdapterFormatError
+from market_adapters.json_documents import loads_json
 from market_adapters.rates import ChargePlan, DemandComponent, Ratchet, RatePeriod, Tier, to_decimal
 
 URDB_API_URL = "https://api.openei.org/utility_rates"
@@ -226,7 +226,7 @@ def fetch_urdb_tariff(
     )
     with urllib.request.urlopen(f"{url}?{query}", timeout=timeout) as response:
         payload = response.read()
-    return parse_urdb_tariff(_loads(payload, url), label=label, source=f"{url} ({label})")
+    return parse_urdb_tariff(loads_json(payload, url), label=label, source=f"{url} ({label})")
 
 
 def read_urdb_tariff(path: str | Path, *, label: str | None = None) -> UrdbTariff:
@@ -238,7 +238,7 @@ def read_urdb_tariff(path: str | Path, *, label: str | None = None) -> UrdbTarif
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"URDB rate file not found: {path}")
-    return parse_urdb_tariff(_loads(path.read_bytes(), str(path)), label=label, source=str(path))
+    return parse_urdb_tariff(loads_json(path.read_bytes(), str(path)), label=label, source=str(path))
 
 
 def parse_urdb_tariff(
@@ -270,17 +270,6 @@ def _pick_item(data: Any, label: str | None, source: str) -> Mapping[str, Any]:
     if not isinstance(items[0], Mapping):
         raise AdapterFormatError(source, "API answer", "items[0]", "is not an object")
     return items[0]
-
-
-def _loads(payload: bytes, source: str) -> Any:
-    try:
-        return json.loads(payload.decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise AdapterFormatError(source, "file", "", f"is not UTF-8 text: {error}") from error
-    except json.JSONDecodeError as error:
-        raise AdapterFormatError(
-            source, "document", "", f"is not JSON: {error.msg} at line {error.lineno} column {error.colno}"
-        ) from error
 
 
 # ── checks: every outside field read once, named with its position when it is wrong ───────────────

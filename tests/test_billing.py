@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from tariff_data import SCE_TOU_EV_4
 
 from market_adapters.billing import (
     DemandWindowsVaryError,
@@ -29,53 +30,6 @@ from optimizer.scenario import TimeWindow
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tariffs"
 URDB = Path(__file__).resolve().parent / "data" / "urdb"
 LA = "America/Los_Angeles"
-
-
-SCE_TOU_EV_4 = {
-    # SCE TOU-EV-4 in acnportal's tariff format, as published in acnportal 0.3.3
-    # (shared/data/tariffs/sce_tou_ev_4_march_2019.json); written out here so the tests carry their data.
-    "name": "SCE TOU-EV-4",
-    "effective": "2019-3-1",
-    "link": "https://www1.sce.com/NR/sc3/tm2/pdf/ce141-12.pdf",
-    "schedule": [
-        {
-            "id": "Summer-Weekday",
-            "effective_start": "06-01",
-            "effective_end": "09-30",
-            "dow_mask": "WEEKDAYS",
-            "times": [0, 8, 12, 18, 23],
-            "tariffs": [0.05623, 0.0925, 0.26668, 0.0925, 0.05623],
-            "demand_charge": 15.51,
-        },
-        {
-            "id": "Summer-Weekend",
-            "effective_start": "06-01",
-            "effective_end": "09-30",
-            "dow_mask": "WEEKENDS",
-            "times": [0],
-            "tariffs": [0.05623],
-            "demand_charge": 15.51,
-        },
-        {
-            "id": "Winter-Weekday",
-            "effective_start": "10-01",
-            "effective_end": "05-31",
-            "dow_mask": "WEEKDAYS",
-            "times": [0, 8, 12, 18, 23],
-            "tariffs": [0.06087, 0.07492, 0.0869, 0.07492, 0.06087],
-            "demand_charge": 15.51,
-        },
-        {
-            "id": "Winter-Weekend",
-            "effective_start": "10-01",
-            "effective_end": "05-31",
-            "dow_mask": "WEEKENDS",
-            "times": [0],
-            "tariffs": [0.06087],
-            "demand_charge": 15.51,
-        },
-    ],
-}
 
 
 def acn_sce():

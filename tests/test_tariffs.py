@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from tariff_data import SCE_TOU_EV_4
 
 from market_adapters.errors import AdapterFormatError
 from market_adapters.tariffs import (
@@ -24,51 +25,6 @@ from market_adapters.tariffs import (
 
 TARIFFS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tariffs"
 LA = "America/Los_Angeles"
-
-SCE_TOU_EV_4: dict[str, Any] = {
-    # A copy of acnportal's sce_tou_ev_4_march_2019.json, so most tests need no shared data.
-    "name": "SCE TOU-EV-4",
-    "effective": "2019-3-1",
-    "link": "https://www1.sce.com/NR/sc3/tm2/pdf/ce141-12.pdf",
-    "schedule": [
-        {
-            "id": "Summer-Weekday",
-            "effective_start": "06-01",
-            "effective_end": "09-30",
-            "dow_mask": "WEEKDAYS",
-            "times": [0, 8, 12, 18, 23],
-            "tariffs": [0.05623, 0.0925, 0.26668, 0.0925, 0.05623],
-            "demand_charge": 15.51,
-        },
-        {
-            "id": "Summer-Weekend",
-            "effective_start": "06-01",
-            "effective_end": "09-30",
-            "dow_mask": "WEEKENDS",
-            "times": [0],
-            "tariffs": [0.05623],
-            "demand_charge": 15.51,
-        },
-        {
-            "id": "Winter-Weekday",
-            "effective_start": "10-01",
-            "effective_end": "05-31",
-            "dow_mask": "WEEKDAYS",
-            "times": [0, 8, 12, 18, 23],
-            "tariffs": [0.06087, 0.07492, 0.0869, 0.07492, 0.06087],
-            "demand_charge": 15.51,
-        },
-        {
-            "id": "Winter-Weekend",
-            "effective_start": "10-01",
-            "effective_end": "05-31",
-            "dow_mask": "WEEKENDS",
-            "times": [0],
-            "tariffs": [0.06087],
-            "demand_charge": 15.51,
-        },
-    ],
-}
 
 
 @pytest.fixture
