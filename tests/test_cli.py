@@ -9,36 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from acn_queue import event_queue, write_queue
+from tariff_data import SCE_TOU_EV_4
 from typer.testing import CliRunner
 
 from aggregator.cli import app
 from aggregator.scenario_files import read_scenario
 
 runner = CliRunner()
-TARIFF = {
-    "name": "SCE TOU-EV-4 (winter part)",
-    "effective": "2019-3-1",
-    "schedule": [
-        {
-            "id": "Winter-Weekday",
-            "effective_start": "01-01",
-            "effective_end": "12-31",
-            "dow_mask": "WEEKDAYS",
-            "times": [0, 8, 12, 18, 23],
-            "tariffs": [0.06087, 0.07492, 0.0869, 0.07492, 0.06087],
-            "demand_charge": 15.51,
-        },
-        {
-            "id": "Winter-Weekend",
-            "effective_start": "01-01",
-            "effective_end": "12-31",
-            "dow_mask": "WEEKENDS",
-            "times": [0],
-            "tariffs": [0.06087],
-            "demand_charge": 15.51,
-        },
-    ],
-}
 
 
 def run(*args: str) -> str:
@@ -144,7 +121,7 @@ def test_acn_sessions_offline_and_online(tmp_path: Path) -> None:
     )
     sessions = write_queue(tmp_path / "acn.json", queue)
     tariff = tmp_path / "tariff.json"
-    tariff.write_text(json.dumps(TARIFF))
+    tariff.write_text(json.dumps(SCE_TOU_EV_4))
     offline, online = tmp_path / "offline", tmp_path / "online"
     run("schedule", "--acn", sessions, "--tariff", tariff, "--out", offline, "--no-plot")
     run("schedule", "--acn", sessions, "--tariff", tariff, "--out", online, "--online", "--no-plot")
