@@ -1,4 +1,10 @@
-"""The FastAPI application: settings and a sessionmaker in, routes and OpenAPI docs (``/docs``) out."""
+"""The FastAPI application: settings and a sessionmaker in, routes and OpenAPI docs (``/docs``) out.
+
+Routes are grouped by who calls them: ``/auth`` and ``/users`` for everyone, ``/driver`` for drivers
+(their vehicles, consent, sessions, overrides, earnings), ``/operator`` for grid operators (their
+programs' dispatch events and delivered performance), ``/trader`` for energy traders (schedules,
+flexibility, KPIs, what-if) and ``/admin`` for administrators.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,26 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.api.config import Settings
-from aggregator.api.routes import admin, auth, users
+from aggregator.api.routes import admin, auth, drivers, operators, traders, users
 from aggregator.db.session import make_engine, make_sessionmaker
+from aggregator.replanning import ReplanRequests
 
 
-def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None) -> FastAPI:
-    """The API for ``settings``; ``sessions`` defaults to a sessionmaker on ``settings.database_url``."""
+def create_app(
+    settings: Settings,
+    sessions: sessionmaker[Session] | None = None,
+    *,
+    replans: ReplanRequests | None = None,
+) -> FastAPI:
+    """The API for ``settings``.
+
+    ``sessions`` defaults to a sessionmaker on ``settings.database_url``; ``replans`` is the control
+    loop's inbox, which routes that change a plan's inputs (an override, a dispatch event) write to.
+    """
     app = FastAPI(title="fleetgrid aggregator", docs_url="/docs", openapi_url="/openapi.json")
     app.state.settings = settings
     app.state.sessions = sessions or make_sessionmaker(make_engine(settings.database_url))
-    app.include_router(auth.router)
-    app.include_router(users.router)
-    app.include_router(admin.router)
+    app.state.replans = replans or ReplanRequests()
+    for module in (auth, users, drivers, operators, traders, admin):
+        app.include_router(module.router)
     return app

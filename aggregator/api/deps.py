@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aggregator.api.config import Settings
 from aggregator.api.security import InvalidTokenError, decode_access_token, hash_api_key
 from aggregator.db.models import ApiKey, Role, User
+from aggregator.replanning import ReplanRequests
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -74,13 +75,15 @@ def get_caller(
         user = session.get(User, claims.sub)
         if user is None or user.role is not claims.role:
             raise _unauthorized("the token's account no longer exists or its role changed; log in again")
+        if not user.is_active:
+            raise _unauthorized("this account is deactivated")
         return Caller(user)
     if key is not None:
         api_key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_api_key(key)))
         if api_key is None or api_key.revoked:
             raise _unauthorized("invalid or revoked API key")
         owner = session.get(User, api_key.owner_id)
-        if owner is None:
+        if owner is None or not owner.is_active:
             raise _unauthorized("invalid or revoked API key")
         return Caller(owner, api_key)
     raise _unauthorized("not authenticated")
@@ -110,3 +113,12 @@ def require_roles(*roles: Role) -> Callable[[Caller], Caller]:
 
 
 AdminCaller = Annotated[Caller, Depends(require_roles(Role.ADMIN))]
+
+
+def get_replans(request: Request) -> ReplanRequests:
+    replans: ReplanRequests = request.app.state.replans
+    return replans
+
+
+ReplanDep = Annotated[ReplanRequests, Depends(get_replans)]
+"""The control loop's inbox: ``replans.request(site_id, reason)`` after a change that needs a new plan."""

@@ -86,6 +86,8 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[Role] = mapped_column(value_enum(Role, "role"))
+    is_active: Mapped[bool] = mapped_column(default=True)
+    """An admin deactivates an account instead of deleting it (its ledger history stays)."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     vehicles: Mapped[list[Vehicle]] = relationship(back_populates="owner")
@@ -98,6 +100,8 @@ class ApiKey(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str | None] = mapped_column(String(100))
+    """What the key is for (``"depot-1 gateway"``), for the admin who lists keys."""
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id"), index=True)
     """The site a gateway key speaks for; ``None`` for keys not bound to a site."""
@@ -123,6 +127,13 @@ class Vehicle(Base):
     max_charge_kw: Mapped[float]
     max_discharge_kw: Mapped[float]
     v2g_capable: Mapped[bool] = mapped_column(default=False)
+    id_token: Mapped[str | None] = mapped_column(String(64), unique=True)
+    """The RFID / contract id the vehicle's driver presents at a charger; how a charging session is
+    matched to this vehicle (``ChargingSession.id_token``)."""
+    departure_time: Mapped[str | None] = mapped_column(String(5))
+    """Default departure, local ``HH:MM`` at the site; ``None`` for none (then the dwell forecast)."""
+    target_soc_percent: Mapped[float] = mapped_column(default=80.0)
+    """Default state of charge [%] wanted at departure."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     owner: Mapped[User] = relationship(back_populates="vehicles")
@@ -210,6 +221,16 @@ class Charger(Base):
 # ----------------------------------------------------------------------- programs and dispatch events
 
 
+class ProgramSite(Base):
+    """A site enrolled in a program: an event for the whole program is shared among these sites."""
+
+    __tablename__ = "program_sites"
+
+    program_id: Mapped[str] = mapped_column(ForeignKey("programs.id"), primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), primary_key=True)
+    enrolled_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class ProgramKind(enum.StrEnum):
     DR = "dr"
     V2G = "v2g"
@@ -224,9 +245,15 @@ class Program(Base):
     kind: Mapped[ProgramKind] = mapped_column(value_enum(ProgramKind, "program_kind"))
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     """The grid operator who runs the program and posts its events."""
+    currency: Mapped[str] = mapped_column(String(3), default="USD")
     payment_terms: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """How the program pays (per kWh, per kW-hour available, per event, capacity), its penalties,
+    the platform fee and wear compensation; validated by ``aggregator.settlement``."""
+    measurement: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """How delivery is measured: the baseline method and its parameters (``aggregator.settlement``)."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
+    sites: Mapped[list[Site]] = relationship(secondary="program_sites", order_by="Site.id")
     events: Mapped[list[DispatchEvent]] = relationship(back_populates="program", order_by="DispatchEvent.id")
 
 
@@ -253,6 +280,12 @@ class DispatchEvent(Base):
     modification: Mapped[int] = mapped_column(default=0)
     kind: Mapped[SignalKind] = mapped_column(value_enum(SignalKind, "signal_kind"))
     status: Mapped[SignalStatus] = mapped_column(value_enum(SignalStatus, "signal_status"))
+    price_per_kwh: Mapped[float | None]
+    """Paid per kWh delivered [currency/kWh]; ``None`` for the program's payment terms."""
+    penalty_per_kwh: Mapped[float | None]
+    """Charged per kWh short of the request [currency/kWh]; ``None`` for the program's terms."""
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    """The grid operator who posted this version through the API; ``None`` for adapter events."""
     window_start: Mapped[dt.datetime]
     window_end: Mapped[dt.datetime]
     intervals: Mapped[list[Any]]
@@ -312,6 +345,42 @@ class ChargingSession(Base):
     """Net energy into the vehicle so far [kWh] (the total once stopped)."""
     departure_at: Mapped[dt.datetime | None]
     energy_request_kwh: Mapped[float | None]
+    soc_at_start_percent: Mapped[float | None]
+    """The vehicle's state of charge when the session started, as first reported."""
+
+
+class SessionOverride(Base):
+    """A driver's instruction for one charging session; append-only, the latest row applies.
+
+    "I need the car at 07:00 with 80 %" sets ``departure_at`` and ``target_soc_percent``;
+    "charge now, no V2G this session" sets ``charge_now`` and ``no_v2g``. Fields left ``None`` keep
+    the vehicle's defaults. A session with ``no_v2g`` earns nothing from V2G events (settlement).
+    """
+
+    __tablename__ = "session_overrides"
+    __table_args__ = (
+        CheckConstraint(
+            "target_soc_percent IS NULL OR (target_soc_percent >= 0 AND target_soc_percent <= 100)",
+            name="target_soc_percent_range",
+        ),
+        Index(None, "session_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("charging_sessions.id"))
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    departure_at: Mapped[dt.datetime | None]
+    target_soc_percent: Mapped[float | None]
+    charge_now: Mapped[bool] = mapped_column(default=False)
+    """Charge at full power until the target is reached, whatever it costs."""
+    no_v2g: Mapped[bool] = mapped_column(default=False)
+    """No discharging for this session (and no V2G earnings from it)."""
+
+
+@event.listens_for(SessionOverride, "before_update")
+def _refuse_override_update(mapper: Mapper[Any], connection: Any, target: SessionOverride) -> None:
+    raise ImmutableRowError(f"session_overrides row {target.id} is history; append a new override instead")
 
 
 # ------------------------------------------------------------------------ what the gateways report
@@ -411,7 +480,48 @@ class ScheduleVersion(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     horizon_start: Mapped[dt.datetime]
     step_seconds: Mapped[int]
+    trigger: Mapped[str] = mapped_column(String(200), default="cadence")
+    """Why it was made: ``cadence``, ``arrival``, ``departure``, ``override``, ``event``,
+    ``gateway_online``, ``what_if`` ... (with detail, e.g. ``override:session 12``)."""
     inputs: Mapped[dict[str, Any]]
-    """What the optimiser was given: vehicles, prices, limits, events (enough to explain the result)."""
+    """What the optimiser was given: ``{"scenario": <optimizer Scenario JSON>, "sessions": {vehicle id
+    in the scenario: charging_sessions.id}, "events": [dispatch_events.id, ...]}``; enough to explain
+    and to re-run the result."""
     result_summary: Mapped[dict[str, Any]]
     status: Mapped[ScheduleStatus] = mapped_column(value_enum(ScheduleStatus, "schedule_status"))
+    plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """The schedule: ``{"site_import_kw": [...], "vehicles": {scenario vehicle id: {"power_kw":
+    [...], "evse_id": str}}}``, one value per step from ``horizon_start`` (positive charging)."""
+    counterfactual: Mapped[dict[str, Any] | None] = mapped_column(JSON())
+    """The same plan made without the dispatch events, when there were any: the site's and each
+    vehicle's expected import without the event, for performance and vehicle attribution."""
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("schedule_versions.id"))
+
+
+class CommandStatus(enum.StrEnum):
+    PENDING = "pending"
+    """Published (or queued to be), no acknowledgement yet."""
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    ERROR = "error"
+
+
+class SetpointCommandRecord(Base):
+    """Each :class:`site_gateway.contract.SetpointCommand` the centre published, and the gateway's ack."""
+
+    __tablename__ = "setpoint_commands"
+    __table_args__ = (Index(None, "site_id", "issued_at"),)
+
+    command_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    schedule_version_id: Mapped[int | None] = mapped_column(ForeignKey("schedule_versions.id"))
+    issued_at: Mapped[dt.datetime]
+    valid_until: Mapped[dt.datetime]
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[CommandStatus] = mapped_column(
+        value_enum(CommandStatus, "command_status"), default=CommandStatus.PENDING
+    )
+    acked_at: Mapped[dt.datetime | None]
+    ack_outcomes: Mapped[list[Any]] = mapped_column(default=list)
+    """The gateway's per-EVSE outcomes (:class:`site_gateway.contract.EvseOutcome` JSON)."""
+    ack_detail: Mapped[str | None] = mapped_column(String(500))

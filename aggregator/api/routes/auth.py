@@ -24,7 +24,7 @@ def login(
     """Exchange e-mail (as ``username``) and password for a bearer access token."""
     user = session.scalar(select(User).where(User.email == form.username.strip().lower()))
     verified = verify_password(form.password, user.password_hash if user else None)
-    if user is None or not verified:
+    if user is None or not verified or not user.is_active:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="wrong e-mail or password",
