@@ -7,7 +7,8 @@
 - ``fleetgrid sim-chargers --gateway ws://... --count N --protocol 1.6|2.0.1|2.1``: simulated chargers;
 - ``fleetgrid gateway --config site.toml``: the depot's site gateway;
 - ``fleetgrid prices import FILE``: day-ahead prices (CSV, ENTSO-E XML) normalised to per-kWh steps;
-- ``fleetgrid tariff bill --tariff FILE --meter CSV``: a line-item bill of metered load under a tariff.
+- ``fleetgrid tariff bill --tariff FILE --meter CSV``: a line-item bill of metered load under a tariff;
+- ``fleetgrid admin ...``: bootstrap the central database (accounts, sites, chargers, programs, keys).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import typer
 
+from aggregator.cli.admin import app as admin_app
 from aggregator.cli.gateway import gateway
 from aggregator.cli.prices import app as prices_app
 from aggregator.cli.scenarios import app as scenario_app
@@ -32,6 +34,7 @@ app = typer.Typer(
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(prices_app, name="prices")
 app.add_typer(tariff_app, name="tariff")
+app.add_typer(admin_app, name="admin")
 app.command("sim-chargers")(sim_chargers)
 app.command("gateway")(gateway)
 
