@@ -9,7 +9,6 @@ from typing import Any
 import jwt
 import pytest
 from api_world import (
-    ADMIN,
     CALLERS,
     EVERYONE,
     GATEWAY_KEY,
@@ -228,30 +227,6 @@ ENDPOINTS = [
         lambda world: {"json": {"email": _email(), "password": PASSWORD}},
     ),
     Endpoint("GET", "/users/me", SIGNED_IN, 200),
-    Endpoint("GET", "/admin/sites", ADMIN, 200),
-    Endpoint(
-        "POST",
-        "/admin/sites",
-        ADMIN,
-        201,
-        lambda world: {
-            "json": {"id": f"s{next(unique)}", "name": "S", "import_limit_kw": 1, "export_limit_kw": 0}
-        },
-    ),
-    Endpoint(
-        "POST",
-        "/admin/users",
-        ADMIN,
-        201,
-        lambda world: {"json": {"email": _email(), "password": PASSWORD, "role": "grid_operator"}},
-    ),
-    Endpoint(
-        "POST",
-        "/admin/api-keys",
-        ADMIN,
-        201,
-        lambda world: {"json": {"owner_id": world.users[Role.GATEWAY].id, "site_id": world.site.id}},
-    ),
 ]
 
 

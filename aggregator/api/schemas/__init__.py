@@ -1,19 +1,18 @@
 """What the API accepts and returns: one family of pydantic models per resource.
 
 ``<Resource>Create`` is a request body, ``<Resource>Public`` what a response shows (never a password
-hash or key hash), :class:`Page` a slice of a list.
+hash or key hash), :class:`Page` a slice of a list. This module holds what every router shares
+(pages, accounts, tokens); each router's own resources have a module here (``admin``, ``operators``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from aggregator.db.models import Role
-from site_gateway.contract import SITE_ID_PATTERN
 
 MAX_PAGE_LIMIT = 100
 DEFAULT_PAGE_LIMIT = 50
@@ -68,54 +67,3 @@ class TokenPublic(BaseModel):
     token_type: Literal["bearer"] = "bearer"
     expires_in: int
     """Seconds until the token expires."""
-
-
-# -------------------------------------------------------------------------------------------- sites
-
-
-def _known_timezone(name: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as error:
-        raise ValueError(f"unknown IANA time zone {name!r}") from error
-    return name
-
-
-class SiteCreate(BaseModel):
-    id: Annotated[str, Field(pattern=SITE_ID_PATTERN)]
-    """The site's slug; also its gateway's MQTT username and topic segment."""
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    import_limit_kw: Annotated[float, Field(ge=0)]
-    export_limit_kw: Annotated[float, Field(ge=0)]
-    tariff_ref: Annotated[str | None, Field(max_length=200)] = None
-    timezone: Annotated[str, AfterValidator(_known_timezone)] = "UTC"
-
-
-class SitePublic(SiteCreate):
-    model_config = ConfigDict(from_attributes=True)
-
-    created_at: dt.datetime
-
-
-# ----------------------------------------------------------------------------------------- API keys
-
-
-class ApiKeyCreate(BaseModel):
-    owner_id: int
-    """The account the key acts as; a key bound to a site must belong to a ``gateway`` account."""
-    site_id: str | None = None
-
-
-class ApiKeyPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    owner_id: int
-    site_id: str | None
-    revoked: bool
-    created_at: dt.datetime
-
-
-class ApiKeyCreated(ApiKeyPublic):
-    key: str
-    """The key itself, shown in this response only; the server keeps a hash."""
