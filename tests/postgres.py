@@ -31,7 +31,7 @@ import psycopg
 import pytest
 from mosquitto import free_port
 from psycopg import sql
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, delete, text
 from sqlalchemy.orm import Session
 
 from aggregator.db.migrate import upgrade
@@ -207,5 +207,8 @@ def session(engine: Engine) -> Iterator[Session]:
         yield session
         session.rollback()
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # The ledger refuses DELETE unless a purge is asked for (see migration 0003).
+            connection.execute(text("SET LOCAL fleetgrid.ledger_purge = 'on'"))
         for table in reversed(Base.metadata.sorted_tables):
             connection.execute(delete(table))

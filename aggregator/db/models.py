@@ -32,6 +32,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     event,
+    inspect,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column, relationship
 
@@ -525,3 +526,140 @@ class SetpointCommandRecord(Base):
     ack_outcomes: Mapped[list[Any]] = mapped_column(default=list)
     """The gateway's per-EVSE outcomes (:class:`site_gateway.contract.EvseOutcome` JSON)."""
     ack_detail: Mapped[str | None] = mapped_column(String(500))
+
+
+# ---------------------------------------------------------------------------------------- settlement
+
+
+class LedgerAccountKind(enum.StrEnum):
+    """What a ledger account records; its owner ref says whose (see :mod:`aggregator.settlement.ledger`)."""
+
+    PROGRAM_RECEIVABLE = "program_receivable"
+    """What a program (its grid operator) owes us; owner ``program:<id>``."""
+    PENALTIES = "penalties"
+    """Penalties a program withholds for under-delivery; owner ``program:<id>``."""
+    PLATFORM_REVENUE = "platform_revenue"
+    """Our fee; owner ``platform``."""
+    WEAR_COMPENSATION_EXPENSE = "wear_compensation_expense"
+    """Battery wear we compensate drivers for; owner ``platform``."""
+    DRIVER_PAYABLE = "driver_payable"
+    """What we owe a driver; owner ``user:<id>``."""
+
+
+class SettlementRunKind(enum.StrEnum):
+    EVENT = "event"
+    PERIOD = "period"
+
+
+class SettlementRun(Base):
+    """One version of the settlement of a scope (an event, or a program's period); append-only.
+
+    ``inputs`` is the canonical form of what was booked and ``inputs_hash`` its SHA-256, so a re-run
+    with the same inputs is recognised. A run with changed inputs is the scope's next ``version``; it
+    reverses the previous version's transactions and books its own. ``UNIQUE (scope, version)`` is
+    what stops two concurrent runs of a scope from both booking.
+    """
+
+    __tablename__ = "settlement_runs"
+    __table_args__ = (
+        UniqueConstraint("scope", "version"),
+        CheckConstraint("version >= 1", name="version_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scope: Mapped[str] = mapped_column(String(300))
+    """What is settled: ``event:<event ref>`` or ``period:<program id>:<start>/<end>``."""
+    kind: Mapped[SettlementRunKind] = mapped_column(value_enum(SettlementRunKind, "settlement_run_kind"))
+    version: Mapped[int]
+    inputs_hash: Mapped[str] = mapped_column(String(64))
+    """Hex SHA-256 of the canonical JSON of ``inputs``."""
+    inputs: Mapped[dict[str, Any]]
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("settlement_runs.id"))
+    """The scope's previous version, ``None`` for version 1."""
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class LedgerAccount(Base):
+    """An account of the double-entry ledger: ``(kind, owner_ref, currency)`` is unique."""
+
+    __tablename__ = "ledger_accounts"
+    __table_args__ = (UniqueConstraint("kind", "owner_ref", "currency"), Index(None, "owner_ref"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[LedgerAccountKind] = mapped_column(value_enum(LedgerAccountKind, "ledger_account_kind"))
+    owner_ref: Mapped[str] = mapped_column(String(100))
+    """``program:<id>``, ``user:<id>`` or ``platform``."""
+    currency: Mapped[str] = mapped_column(String(3))
+    """ISO 4217 code; every entry on the account is in it."""
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class LedgerTransaction(Base):
+    """A balanced set of entries, booked at once; append-only.
+
+    Its entries sum to zero in each currency: checked before insert by
+    :func:`aggregator.settlement.ledger.post_transaction` and, on PostgreSQL, at commit by a deferred
+    constraint trigger (migration 0003). A correction is a new transaction with ``reverses_id`` set
+    (``UNIQUE``, so a transaction is reversed at most once), never an update.
+    """
+
+    __tablename__ = "ledger_transactions"
+    __table_args__ = (UniqueConstraint("reverses_id"), Index(None, "occurred_at"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("settlement_runs.id"), index=True)
+    """The settlement run that booked it; ``None`` for a transaction booked by hand."""
+    description: Mapped[str] = mapped_column(String(500))
+    occurred_at: Mapped[dt.datetime]
+    """When what it books happened (an event's start, a period's start); balances over a time range
+    select by it. A reversal keeps the reversed transaction's ``occurred_at``."""
+    booked_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    reverses_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("ledger_transactions.id"))
+
+    entries: Mapped[list[LedgerEntry]] = relationship(
+        back_populates="transaction", order_by="LedgerEntry.id", lazy="selectin"
+    )
+
+
+class LedgerEntry(Base):
+    """One line of a transaction: ``amount_minor`` in the account's currency's minor unit (cents),
+    positive for a debit, negative for a credit; append-only."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        CheckConstraint("amount_minor <> 0", name="amount_minor_not_zero"),
+        Index(None, "account_id", "transaction_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    transaction_id: Mapped[int] = mapped_column(BigId, ForeignKey("ledger_transactions.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    memo: Mapped[str] = mapped_column(String(300), default="")
+
+    transaction: Mapped[LedgerTransaction] = relationship(back_populates="entries")
+    account: Mapped[LedgerAccount] = relationship(lazy="joined")
+
+
+def _refuse_ledger_update(mapper: Mapper[Any], connection: Any, target: Any) -> None:
+    # A row is flushed as "dirty" when only a collection of it changed (entries added to a new
+    # transaction); only a changed column is an update.
+    state = inspect(target)
+    changed = [prop.key for prop in mapper.column_attrs if state.attrs[prop.key].history.has_changes()]
+    if changed:
+        raise ImmutableRowError(
+            f"{target.__tablename__} row {target.id} is settlement history and cannot be changed "
+            f"({', '.join(changed)}); book a reversing transaction (or a new settlement run) instead"
+        )
+
+
+def _refuse_ledger_delete(mapper: Mapper[Any], connection: Any, target: Any) -> None:
+    raise ImmutableRowError(
+        f"{target.__tablename__} row {target.id} is settlement history and cannot be deleted; "
+        "book a reversing transaction (or a new settlement run) instead"
+    )
+
+
+for _ledger_model in (SettlementRun, LedgerAccount, LedgerTransaction, LedgerEntry):
+    event.listen(_ledger_model, "before_update", _refuse_ledger_update)
+    event.listen(_ledger_model, "before_delete", _refuse_ledger_delete)
