@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import EvseTelemetryRecord, Site, TelemetryRecord
-from aggregator.db.telemetry import insert_telemetry_once
+from aggregator.db.telemetry import insert_telemetry_many, insert_telemetry_once
 from site_gateway.contract import EvseTelemetry, Telemetry
 
 __all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
@@ -112,3 +115,98 @@ def test_the_constraint_itself_rejects_a_duplicate(sites: Session) -> None:
 def test_unknown_site_is_an_error(sites: Session) -> None:
     with pytest.raises(IntegrityError):
         insert_telemetry_once(sites, telemetry(1, "nowhere"))
+
+
+# ---------------------------------------------------------------------------------------- batches
+
+
+def evse_rows(session: Session) -> list[tuple[int, str, int, float, float | None, float | None]]:
+    query = select(
+        TelemetryRecord.seq,
+        EvseTelemetryRecord.charger_id,
+        EvseTelemetryRecord.evse_id,
+        EvseTelemetryRecord.power_kw,
+        EvseTelemetryRecord.energy_kwh,
+        EvseTelemetryRecord.soc_percent,
+    ).join(TelemetryRecord)
+    return sorted((seq, cp, evse, kw, kwh, soc) for seq, cp, evse, kw, kwh, soc in session.execute(query))
+
+
+def test_a_batch_is_stored_with_each_message_its_own_evses_and_times(sites: Session) -> None:
+    received = [RECEIVED + dt.timedelta(seconds=i) for i in range(3)]
+    batch = [telemetry(1), telemetry(2, "depot-2", import_kw=12.5), telemetry(3)]
+    assert insert_telemetry_many(sites, batch, received_at=received) == [True, True, True]
+    sites.commit()
+    records = sites.scalars(select(TelemetryRecord).order_by(TelemetryRecord.received_at)).all()
+    assert [(r.site_id, r.seq, r.site_import_kw, r.received_at) for r in records] == [
+        ("depot-1", 1, 30.0, received[0]),
+        ("depot-2", 2, 12.5, received[1]),
+        ("depot-1", 3, 30.0, received[2]),
+    ]
+    assert [r.sent_at for r in records] == [SENT + dt.timedelta(seconds=seq) for seq in (1, 2, 3)]
+    assert evse_rows(sites) == [
+        row
+        for seq in (1, 2, 3)
+        for row in [(seq, "CP-1", 1, 11.0, 3.5, 40.0), (seq, "CP-2", 1, -7.0, None, None)]
+    ]
+
+
+def test_a_batch_drops_what_was_stored_before_and_repeats_within_itself(sites: Session) -> None:
+    assert insert_telemetry_once(sites, telemetry(2, import_kw=1.0)) is True
+    sites.commit()
+    batch = [
+        telemetry(1),
+        telemetry(2),
+        telemetry(3, import_kw=3.0),
+        telemetry(3, import_kw=9.0),
+        telemetry(1),
+    ]
+    assert insert_telemetry_many(sites, batch, received_at=RECEIVED) == [True, False, True, False, False]
+    assert insert_telemetry_many(sites, []) == []
+    sites.commit()
+    kw = {seq: kw for seq, kw in sites.execute(select(TelemetryRecord.seq, TelemetryRecord.site_import_kw))}
+    assert kw == {1: 30.0, 2: 1.0, 3: 3.0}  # the first copy of each is the one kept
+    assert count(sites, EvseTelemetryRecord) == 6
+
+
+def test_a_batch_with_an_unknown_site_fails_whole(sites: Session) -> None:
+    with pytest.raises(IntegrityError):
+        insert_telemetry_many(sites, [telemetry(1), telemetry(2, "nowhere")])
+    sites.rollback()
+    assert count(sites, TelemetryRecord) == 0
+
+
+def test_received_times_must_match_the_messages(sites: Session) -> None:
+    with pytest.raises(ValueError, match="received_at has 1 times for 2 telemetry messages"):
+        insert_telemetry_many(sites, [telemetry(1), telemetry(2)], received_at=[RECEIVED])
+
+
+_offsets = itertools.count()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    deliveries=st.lists(st.tuples(st.sampled_from(["depot-1", "depot-2"]), st.integers(1, 12)), max_size=40),
+    cuts=st.lists(st.integers(0, 40), max_size=4),
+)
+def test_any_deliveries_in_any_batches_store_each_message_once(
+    sites: Session, deliveries: list[tuple[str, int]], cuts: list[int]
+) -> None:
+    """However redeliveries fall into batches, each (site, seq) is stored exactly once, by the first
+    delivery, and the results say which ones those were."""
+    base = 100 * next(_offsets)  # examples share the database: each uses its own seqs
+    messages = [telemetry(base + seq, site, import_kw=float(i)) for i, (site, seq) in enumerate(deliveries)]
+    bounds = [0, *sorted(c for c in cuts if c < len(messages)), len(messages)]
+    results: list[bool] = []
+    for start, end in itertools.pairwise(bounds):
+        results += insert_telemetry_many(sites, messages[start:end])
+        sites.commit()
+    first: dict[tuple[str, int], int] = {}
+    for i, key in enumerate(deliveries):
+        first.setdefault(key, i)
+    assert results == [first[key] == i for i, key in enumerate(deliveries)]
+    query = select(TelemetryRecord.site_id, TelemetryRecord.seq, TelemetryRecord.site_import_kw).where(
+        TelemetryRecord.seq > base, TelemetryRecord.seq <= base + 12
+    )
+    stored = {(site, seq - base): kw for site, seq, kw in sites.execute(query)}
+    assert stored == {key: float(i) for key, i in first.items()}

@@ -13,20 +13,26 @@ import mosquitto
 import pytest
 from mosquitto import Mosquitto
 from postgres import database_url, engine, postgres_database_url, postgres_server, session
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import (
     Charger,
     ChargingSession,
+    CommandStatus,
     EvseTelemetryRecord,
     GatewayStatusRecord,
+    Role,
+    SetpointCommandRecord,
     Site,
     TelemetryRecord,
+    User,
+    Vehicle,
 )
 from aggregator.db.session import make_sessionmaker
 from aggregator.ingestion import Counters, Ingestion, IngestionSettings
+from aggregator.replanning import ReplanRequests
 from site_gateway.contract import (
     KIND_FOR_MODEL,
     QOS,
@@ -42,6 +48,7 @@ from site_gateway.contract import (
     build,
     encode,
     telemetry_topic,
+    topic,
     topic_for,
 )
 from site_gateway.uplink import Backoff, Uplink, UplinkSettings
@@ -97,10 +104,23 @@ def telemetry(seq: int, import_kw: float, **fields: Any) -> SiteMessage:
     return message(Telemetry, seq, site_import_kw=import_kw, evses=evses, **fields)
 
 
+def command(command_id: str, site_id: str = SITE) -> SetpointCommandRecord:
+    """A setpoint command as the control loop records it when publishing."""
+    return SetpointCommandRecord(
+        command_id=command_id,
+        site_id=site_id,
+        issued_at=T0,
+        valid_until=T0 + dt.timedelta(minutes=15),
+        payload={},
+    )
+
+
 def test_ingestion_stores_deduplicates_rejects_and_keeps_going(
     broker: Mosquitto, engine: Engine, seeded: Session
 ) -> None:
     departure = T0 + dt.timedelta(hours=9)
+    seeded.add(command("c-1"))
+    seeded.commit()
     sent = [
         telemetry(1, 40.0),
         telemetry(2, 41.0),
@@ -196,6 +216,10 @@ def test_ingestion_stores_deduplicates_rejects_and_keeps_going(
     assert (status.state, status.reason, status.last_seq) == (GatewayState.FALLBACK, "no setpoints", 9)
     assert status.last_seen_at == T0 + dt.timedelta(hours=1)
 
+    acked = db.get(SetpointCommandRecord, "c-1")
+    assert acked is not None
+    assert (acked.status, acked.acked_at) == (CommandStatus.ACCEPTED, T0 + dt.timedelta(minutes=10))
+
 
 def test_the_last_will_applies_in_arrival_order_and_a_persistent_session_catches_up(
     broker: Mosquitto, engine: Engine, seeded: Session
@@ -287,3 +311,247 @@ def test_messages_from_a_real_uplink_are_stored(
     status = seeded.get(GatewayStatusRecord, SITE)
     assert status is not None
     assert status.state in (GatewayState.ONLINE, GatewayState.OFFLINE)  # offline once the uplink exits
+
+
+# ---------------------------------------------------------------------------- batches, acks, replans
+
+OTHER = "depot-south"
+
+
+@pytest.fixture
+def two_sites(seeded: Session) -> Session:
+    seeded.add(Site(id=OTHER, name="Depot South", import_limit_kw=100.0, export_limit_kw=0.0))
+    seeded.add(Charger(site_id=SITE, charge_point_id="cp-2", evse_id=1, max_kw=11.0))
+    seeded.commit()
+    return seeded
+
+
+def wire(*messages: SiteMessage) -> list[tuple[str, object]]:
+    """As the broker hands them over: topic and JSON bytes."""
+    return [(topic(m.site_id, KIND_FOR_MODEL[type(m)]), encode(m)) for m in messages]
+
+
+def offline(engine: Engine, **options: Any) -> Ingestion:
+    """An ingestion fed through :meth:`Ingestion.handle_batch` (never connected to a broker)."""
+    return Ingestion(
+        IngestionSettings(host="127.0.0.1"),
+        make_sessionmaker(engine),
+        clock=lambda: T0 + dt.timedelta(hours=1),
+        **options,
+    )
+
+
+def session_event(seq: int, kind: str, transaction_id: str | None = "tx-1", **fields: Any) -> SiteMessage:
+    where: dict[str, Any] = {"charger_id": "cp-1", "evse_id": 1}
+    return message(SessionEvent, seq, kind=kind, transaction_id=transaction_id, **(where | fields))
+
+
+def soc_telemetry(seq: int, soc: float | None, charger_id: str = "cp-1") -> SiteMessage:
+    evses = [{"charger_id": charger_id, "evse_id": 1, "power_kw": 7.0, "soc_percent": soc}]
+    return message(Telemetry, seq, site_import_kw=20.0, evses=evses)
+
+
+def stored_seqs(db: Session, site_id: str) -> list[int]:
+    db.expire_all()
+    query = (
+        select(TelemetryRecord.seq).where(TelemetryRecord.site_id == site_id).order_by(TelemetryRecord.seq)
+    )
+    return list(db.scalars(query))
+
+
+def test_a_batch_keeps_every_valid_message_when_one_breaks_its_transaction(
+    engine: Engine, two_sites: Session
+) -> None:
+    """160 telemetry messages (with redeliveries inside the batch), a session start, a contract
+    breaker, an unknown site and one message the database refuses (a seq beyond 64 bits) in the
+    middle: the batch fails, is stored message by message, and only the refused one is lost."""
+    replans = ReplanRequests()
+    ing = offline(engine, replans=replans)
+    first = [telemetry(seq, 40.0) for seq in range(1, 101)]
+    again = [telemetry(seq, 99.0) for seq in range(1, 11)]  # redeliveries: the first copy wins
+    other = [telemetry(seq, 30.0, site_id=OTHER) for seq in range(1, 51)]  # same seqs, other site
+    refused = build(Telemetry, site_id=SITE, seq=2**63, sent_at=T0, site_import_kw=1.0)
+    batch = [
+        *wire(*first[:60], session_event(101, "started")),
+        (telemetry_topic(SITE), b'{"site_id": "depot-north", "seq": 0}'),
+        *wire(refused, telemetry(5, 1.0, site_id="depot-unknown"), *first[60:], *again, *other),
+    ]
+
+    asyncio.run(ing.handle_batch(batch))
+
+    assert ing.stats[TopicKind.TELEMETRY] == Counters(
+        received=163, stored=150, duplicates=10, rejected=2, failed=1
+    )
+    assert ing.stats[TopicKind.SESSION] == Counters(received=1, stored=1)
+    assert (ing.stats.fallbacks, ing.stats.batches) == (1, 162)  # each valid message on its own
+    assert stored_seqs(two_sites, SITE) == list(range(1, 101))
+    assert stored_seqs(two_sites, OTHER) == list(range(1, 51))
+    assert two_sites.scalar(select(func.count()).select_from(EvseTelemetryRecord)) == 150
+    kw = two_sites.scalars(select(TelemetryRecord.site_import_kw).where(TelemetryRecord.seq <= 10))
+    assert set(kw) == {40.0, 30.0}
+    assert replans.take() == {SITE: ["arrival:cp-1/1"]}
+
+    # the next batch commits at once: 100 redeliveries and one new message
+    asyncio.run(ing.handle_batch(wire(*first, telemetry(101, 41.0))))
+    assert (ing.stats.fallbacks, ing.stats.batches) == (1, 163)
+    assert ing.stats[TopicKind.TELEMETRY].stored == 151
+    assert ing.stats[TopicKind.TELEMETRY].duplicates == 110
+    assert stored_seqs(two_sites, SITE) == list(range(1, 102))
+
+
+def test_a_telemetry_batch_costs_the_same_statements_whatever_its_size(
+    engine: Engine, seeded: Session
+) -> None:
+    """Bulk inserts, and no query per message (the open session waiting for a state of charge is
+    matched in memory)."""
+    ing = offline(engine)
+    asyncio.run(ing.handle_batch(wire(session_event(1, "started"), telemetry(2, 1.0))))
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        asyncio.run(ing.handle_batch(wire(*[soc_telemetry(seq, None) for seq in range(3, 13)])))
+        ten = len(statements)
+        statements.clear()
+        asyncio.run(ing.handle_batch(wire(*[soc_telemetry(seq, None) for seq in range(13, 313)])))
+        three_hundred = len(statements)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert ing.stats[TopicKind.TELEMETRY].stored == 311
+    assert three_hundred == ten <= 5
+
+
+def test_acks_update_their_command_once_and_other_acks_are_rejected(
+    engine: Engine, two_sites: Session
+) -> None:
+    two_sites.add_all([command("c-1"), command("c-2", site_id=OTHER)])
+    two_sites.commit()
+    outcome = {"charger_id": "cp-1", "evse_id": 1, "status": "rejected", "detail": "Rejected: profile"}
+    ing = offline(engine)
+    acks = [
+        message(CommandAck, 1, command_id="c-1", status="rejected", evses=[outcome], error="x" * 1500),
+        message(CommandAck, 2, command_id="c-1", status="accepted"),  # a second answer: changes nothing
+        message(CommandAck, 3, command_id="c-2", status="accepted"),  # another site's command
+        message(CommandAck, 4, command_id="c-404", status="accepted"),  # never sent
+        message(CommandAck, 5, command_id=None, status="error", error="unreadable command"),
+    ]
+
+    asyncio.run(ing.handle_batch(wire(*acks)))
+
+    assert ing.stats[TopicKind.ACK] == Counters(received=5, stored=1, duplicates=1, rejected=3)
+    two_sites.expire_all()
+    acked = two_sites.get(SetpointCommandRecord, "c-1")
+    assert acked is not None
+    assert (acked.status, acked.acked_at) == (CommandStatus.REJECTED, T0 + dt.timedelta(minutes=1))
+    assert acked.ack_outcomes == [outcome]
+    assert acked.ack_detail == "x" * 500  # the column's length
+    untouched = two_sites.get(SetpointCommandRecord, "c-2")
+    assert untouched is not None
+    assert (untouched.status, untouched.acked_at, untouched.ack_outcomes) == (CommandStatus.PENDING, None, [])
+    assert two_sites.get(SetpointCommandRecord, "c-404") is None
+
+
+def test_replans_are_asked_for_arrivals_needs_departures_and_a_gateway_back_online(
+    engine: Engine, seeded: Session
+) -> None:
+    replans = ReplanRequests()
+    ing = offline(engine, replans=replans)
+    first = wire(
+        message(GatewayStatus, 1, state="online", since=T0),  # no status before: unknown
+        message(GatewayStatus, 2, state="fallback", reason="stale setpoints", since=T0),
+        message(GatewayStatus, 3, state="online", since=T0),  # from fallback: still connected
+        message(GatewayStatus, 4, state="offline", reason="connection lost"),  # the last will
+        session_event(5, "started"),
+    )
+    second = wire(
+        message(GatewayStatus, 6, state="online", since=T0),
+        message(GatewayStatus, 6, state="online", since=T0),  # a redelivery
+        session_event(5, "started"),  # a redelivery
+        session_event(7, "ev_charging_needs", energy_request_kwh=20.0),
+        session_event(7, "ev_charging_needs", energy_request_kwh=20.0),
+        session_event(8, "stopped", energy_kwh=19.5),
+        message(SessionEvent, 9, kind="plugged_in", charger_id="cp-1", evse_id=1),
+    )
+    asyncio.run(ing.handle_batch(first))
+    asyncio.run(ing.handle_batch(second))
+    assert replans.take() == {
+        SITE: ["gateway_online", "arrival:cp-1/1", "gateway_online", "needs:cp-1/1", "departure:cp-1/1"]
+    }
+
+
+def test_sessions_get_their_vehicle_and_the_first_soc_reported_after_they_start(
+    engine: Engine, two_sites: Session
+) -> None:
+    driver = User(email="driver@example.com", password_hash="-", role=Role.DRIVER)
+    van = Vehicle(owner=driver, name="van", battery_kwh=60.0, max_charge_kw=11.0, max_discharge_kw=0.0)
+    van.id_token = "RFID1"
+    two_sites.add(van)
+    two_sites.commit()
+
+    ing = offline(engine)
+    asyncio.run(
+        ing.handle_batch(
+            wire(
+                soc_telemetry(1, 30.0),  # sent before the session started: not its start
+                session_event(2, "started", id_token="RFID1"),
+                soc_telemetry(3, None),
+                soc_telemetry(4, 42.0),
+                soc_telemetry(5, 43.0),
+                session_event(6, "started", "tx-2", charger_id="cp-2", id_token="NOBODY"),
+                session_event(7, "started", "tx-3", charger_id="cp-1", evse_id=2),  # unknown charger
+            )
+        )
+    )
+    # after a restart, the open session still waiting for its state of charge is found again
+    restarted = offline(engine)
+    asyncio.run(
+        restarted.handle_batch(
+            wire(
+                soc_telemetry(8, 55.0, charger_id="cp-2"),
+                session_event(9, "stopped", energy_kwh=10.0),
+                session_event(10, "started", "tx-4"),  # the id token comes with the stop
+                session_event(11, "stopped", "tx-4", id_token="RFID1", energy_kwh=1.0),
+            )
+        )
+    )
+
+    two_sites.expire_all()
+    rows = {s.transaction_id: s for s in two_sites.scalars(select(ChargingSession))}
+    assert (rows["tx-1"].vehicle_id, rows["tx-1"].soc_at_start_percent) == (van.id, 42.0)
+    assert (rows["tx-2"].vehicle_id, rows["tx-2"].soc_at_start_percent) == (None, 55.0)
+    assert (rows["tx-4"].vehicle_id, rows["tx-4"].soc_at_start_percent) == (van.id, None)
+    assert "tx-3" not in rows
+
+
+def test_a_backlog_from_the_broker_is_stored_in_bounded_batches(
+    broker: Mosquitto, engine: Engine, two_sites: Session
+) -> None:
+    """What the broker kept for the centre's persistent session while it was away (240 messages,
+    20 of them redeliveries) arrives as a burst: all stored, batches at most 16 messages."""
+    backlog = [telemetry(seq, float(seq)) for seq in range(1, 121)]
+    backlog += [telemetry(seq, 0.0, site_id=OTHER) for seq in range(1, 101)]
+    backlog += [telemetry(seq, -1.0) for seq in range(101, 121)]
+    settings = IngestionSettings(
+        host=broker.host, port=broker.port, timeout_s=5.0, batch_max_messages=16, max_pending=64
+    )
+
+    async def scenario() -> Ingestion:
+        async with Ingestion(settings, make_sessionmaker(engine)) as ing:
+            await ing.wait_subscribed(TIMEOUT_S)  # the broker now keeps a session for the centre
+        async with aiomqtt.Client(broker.host, broker.port, timeout=5) as client:
+            await publish(client, *backlog)
+        async with Ingestion(settings, make_sessionmaker(engine)) as ing:
+            counters = ing.stats[TopicKind.TELEMETRY]
+            await wait_until(lambda: counters.stored + counters.duplicates == len(backlog))
+        return ing
+
+    ing = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert ing.stats[TopicKind.TELEMETRY] == Counters(received=240, stored=220, duplicates=20)
+    assert ing.stats.batches >= 240 // 16 and ing.stats.fallbacks == 0
+    assert stored_seqs(two_sites, SITE) == list(range(1, 121))
+    assert stored_seqs(two_sites, OTHER) == list(range(1, 101))
+    two_sites.expire_all()
+    assert two_sites.scalar(select(func.max(TelemetryRecord.site_import_kw))) == 120.0  # first copies
