@@ -1,10 +1,736 @@
-"""Energy traders: schedules, planned against actual import, flexibility, KPIs, what-if re-optimisation."""
+"""Energy traders: schedules, planned against actual import, flexibility, KPIs, what-if re-optimisation.
+
+Traders see the whole portfolio: every site and every schedule version. Nothing here changes a plan;
+``POST /trader/what-if`` re-solves a copy and stores nothing. Schedules come out as JSON or, with
+``?format=csv`` or ``Accept: text/csv``, as CSV with a header (times ISO-8601 with offset).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import datetime as dt
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from aggregator.api.deps import require_roles
-from aggregator.db.models import Role
+import numpy as np
+import pandas as pd
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from pydantic import AwareDatetime, BaseModel
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from aggregator import schedules
+from aggregator.api.deps import SessionDep, require_roles
+from aggregator.api.paging import PageParams, TimeRangeParams
+from aggregator.api.schemas import Page
+from aggregator.api.schemas.traders import (
+    Flexibility,
+    FlexibilityHour,
+    KpiReport,
+    Kpis,
+    PlannedVsActual,
+    PlannedVsActualInterval,
+    PlannedVsActualTotals,
+    PlanStep,
+    PlanVehicle,
+    PortfolioFlexibilityHour,
+    PortfolioSchedule,
+    PortfolioSite,
+    PortfolioStep,
+    ScheduleVersionPublic,
+    ScheduleVersionSummary,
+    SiteFlexibility,
+    SiteKpis,
+    SiteSchedule,
+    WhatIf,
+    WhatIfPlan,
+    WhatIfRequest,
+    WhatIfStep,
+)
+from aggregator.db.models import Role, ScheduleStatus, ScheduleVersion, Site
+from aggregator.metering import evse_power_intervals, site_import_intervals
+from aggregator.schedules import GRID, StoredPlan
+from optimizer import ScenarioError, build_problem, evaluate, schedule
 
 router = APIRouter(prefix="/trader", tags=["traders"], dependencies=[Depends(require_roles(Role.TRADER))])
+
+MAX_WINDOW = dt.timedelta(days=31)
+"""Longest ``start``..``end`` of the per-interval reports."""
+HOUR = dt.timedelta(hours=1)
+CSV = "text/csv"
+RENDERED_PLANS = 256
+"""How many rendered current plans each app keeps (one per site is what the hot path needs)."""
+CSV_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {CSV: {}}}}
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _not_found(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail=detail)
+
+
+def _invalid(field: str, message: str, where: str = "query") -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors, naming the field."""
+    detail = [{"loc": [where, field], "msg": message, "type": "value_error"}]
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
+
+
+def _require_site(session: Session, site_id: str) -> Site:
+    site = session.get(Site, site_id)
+    if site is None:
+        raise _not_found(f"no site {site_id!r}")
+    return site
+
+
+def _data_error(error: schedules.ScheduleDataError) -> HTTPException:
+    return HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, detail=str(error))
+
+
+def _wants_csv(request: Request, format: str | None) -> bool:
+    if format is not None:
+        return format == "csv"
+    return CSV in request.headers.get("accept", "")
+
+
+def _json(model: BaseModel) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+def _csv(text: str, filename: str) -> Response:
+    return Response(
+        text,
+        media_type=f"{CSV}; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _float_or_none(value: Any) -> float | None:
+    """``value`` as a float, ``None`` for NaN (unknown)."""
+    return None if pd.isna(value) else float(value)
+
+
+Format = Annotated[
+    Literal["json", "csv"] | None,
+    Query(description="json or csv; default from the Accept header (text/csv), else json"),
+]
+
+
+class Window:
+    """A required, bounded ``[start, end)``, aligned to whole ``grid`` intervals."""
+
+    def __init__(self, grid: dt.timedelta) -> None:
+        self.grid = grid
+
+    def __call__(
+        self,
+        start: Annotated[AwareDatetime, Query(description="From (inclusive), ISO-8601 with offset")],
+        end: Annotated[AwareDatetime, Query(description="Until (exclusive), ISO-8601 with offset")],
+    ) -> tuple[dt.datetime, dt.datetime]:
+        minutes = int(self.grid.total_seconds() // 60)
+        for name, value in (("start", start), ("end", end)):
+            if not schedules.aligned(value, self.grid):
+                raise _invalid(name, f"must be on a whole {minutes}-minute boundary, got {value.isoformat()}")
+        if end <= start:
+            raise _invalid("end", f"must be after start ({start.isoformat()}), got {end.isoformat()}")
+        if end - start > MAX_WINDOW:
+            raise _invalid("end", f"the window may span at most {MAX_WINDOW.days} days")
+        return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+
+
+QuarterHourWindow = Annotated[tuple[dt.datetime, dt.datetime], Depends(Window(GRID))]
+HourWindow = Annotated[tuple[dt.datetime, dt.datetime], Depends(Window(HOUR))]
+
+
+# ----------------------------------------------------------------------------------- versions
+
+
+def _summary(version: Any) -> ScheduleVersionSummary:
+    """The list view of a :class:`ScheduleVersion` or of a row of its columns."""
+    summary = version.result_summary or {}
+
+    def number(key: str) -> float | None:
+        value = summary.get(key)
+        return float(value) if isinstance(value, int | float) else None
+
+    return ScheduleVersionSummary(
+        id=version.id,
+        site_id=version.site_id,
+        created_at=version.created_at,
+        horizon_start=version.horizon_start,
+        step_seconds=version.step_seconds,
+        trigger=version.trigger,
+        status=version.status,
+        supersedes_id=version.supersedes_id,
+        objective=number("objective"),
+        total_cost=number("total_cost"),
+        currency=summary.get("currency") if isinstance(summary.get("currency"), str) else None,
+        peak_import_kw=number("peak_import_kw"),
+    )
+
+
+@router.get("/schedules")
+def list_schedules(
+    session: SessionDep,
+    page: PageParams,
+    window: TimeRangeParams,
+    site_id: Annotated[str | None, Query(description="Only this site's versions")] = None,
+) -> Page[ScheduleVersionSummary]:
+    """Schedule versions, newest first; ``start``/``end`` filter on when they were created."""
+    if site_id is not None:
+        _require_site(session, site_id)
+    # The list needs neither the plan nor the inputs: only these columns are read.
+    columns = [
+        ScheduleVersion.id,
+        ScheduleVersion.site_id,
+        ScheduleVersion.created_at,
+        ScheduleVersion.horizon_start,
+        ScheduleVersion.step_seconds,
+        ScheduleVersion.trigger,
+        ScheduleVersion.status,
+        ScheduleVersion.supersedes_id,
+        ScheduleVersion.result_summary,
+    ]
+    base: Select[Any] = select(*columns)  # type: ignore[assignment]  # ten columns: mypy's tuple is too long
+    query = window.apply(base, ScheduleVersion.created_at)
+    if site_id is not None:
+        query = query.where(ScheduleVersion.site_id == site_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.execute(
+        query.order_by(ScheduleVersion.created_at.desc(), ScheduleVersion.id.desc())
+        .offset(page.offset)
+        .limit(page.limit)
+    ).all()
+    items = [_summary(row) for row in rows]
+    return Page[ScheduleVersionSummary](items=items, total=total, offset=page.offset, limit=page.limit)
+
+
+@router.get("/schedules/{version_id}")
+def get_schedule(version_id: int, session: SessionDep) -> ScheduleVersionPublic:
+    """One version in full: its inputs (why it was made), its summary and its plan."""
+    version = session.get(ScheduleVersion, version_id)
+    if version is None:
+        raise _not_found(f"no schedule version {version_id}")
+    try:
+        plan = schedules.plan_of(version)
+    except schedules.ScheduleDataError as error:
+        raise _data_error(error) from error
+    return ScheduleVersionPublic(
+        **_summary(version).model_dump(),
+        n_steps=plan.n_steps,
+        horizon_end=plan.horizon_end,
+        inputs=version.inputs,
+        result_summary=version.result_summary,
+        plan=version.plan,
+        counterfactual=version.counterfactual,
+    )
+
+
+# ---------------------------------------------------------------------------------- schedules
+
+
+@dataclass
+class RenderedPlan:
+    """A version's current-plan response, made once: the JSON, and the CSV when first asked for."""
+
+    plan: StoredPlan
+    json: bytes
+    csv: str | None = None
+
+
+class RenderedPlans:
+    """The last :data:`RENDERED_PLANS` rendered plans, by ``(version id, created_at)``.
+
+    A stored version never changes, so its response can be kept; ``created_at`` in the key guards
+    against an id reused after rows were deleted (SQLite reuses the highest rowid).
+    """
+
+    def __init__(self, size: int = RENDERED_PLANS) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[int, dt.datetime], RenderedPlan] = OrderedDict()
+
+    def get(self, key: tuple[int, dt.datetime]) -> RenderedPlan | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[int, dt.datetime], value: RenderedPlan) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+_cache_lock = threading.Lock()
+
+
+def get_rendered_plans(request: Request) -> RenderedPlans:
+    """The app's cache of rendered plans (made on first use)."""
+    state = request.app.state
+    with _cache_lock:
+        cache: RenderedPlans | None = getattr(state, "trader_rendered_plans", None)
+        if cache is None:
+            cache = state.trader_rendered_plans = RenderedPlans()
+    return cache
+
+
+RenderedPlansDep = Annotated[RenderedPlans, Depends(get_rendered_plans)]
+
+
+def _render_site_schedule(session: Session, site_id: str, version_id: int) -> RenderedPlan:
+    row = session.execute(
+        select(
+            ScheduleVersion.created_at,
+            ScheduleVersion.status,
+            ScheduleVersion.trigger,
+            ScheduleVersion.horizon_start,
+            ScheduleVersion.step_seconds,
+            ScheduleVersion.plan,
+            ScheduleVersion.inputs["sessions"].label("sessions"),
+        ).where(ScheduleVersion.id == version_id)
+    ).one()
+    try:
+        plan = schedules.read_plan(
+            version_id, site_id, row.horizon_start, row.step_seconds, row.plan, row.sessions
+        )
+    except schedules.ScheduleDataError as error:
+        raise _data_error(error) from error
+    starts = list(plan.index.to_pydatetime())
+    ids = [vehicle.id for vehicle in plan.vehicles]
+    powers = [vehicle.power_kw.tolist() for vehicle in plan.vehicles]
+    site_import = plan.site_import_kw.tolist()
+    steps = [
+        PlanStep.model_construct(
+            start=start,
+            end=start + plan.step,
+            site_import_kw=site_import[k],
+            vehicles_kw={vehicle_id: power[k] for vehicle_id, power in zip(ids, powers, strict=True)},
+        )
+        for k, start in enumerate(starts)
+    ]
+    body = SiteSchedule(
+        site_id=site_id,
+        version_id=version_id,
+        created_at=row.created_at,
+        status=row.status,
+        trigger=row.trigger,
+        horizon_start=plan.horizon_start,
+        horizon_end=plan.horizon_end,
+        step_seconds=row.step_seconds,
+        vehicles=[PlanVehicle(id=v.id, evse_id=v.evse_id, session_id=v.session_id) for v in plan.vehicles],
+        steps=steps,
+    )
+    return RenderedPlan(plan, body.model_dump_json().encode())
+
+
+@router.get("/sites/{site_id}/schedule", response_model=SiteSchedule, responses=CSV_RESPONSES)
+def get_site_schedule(
+    site_id: str, session: SessionDep, request: Request, rendered: RenderedPlansDep, format: Format = None
+) -> Response:
+    """The site's current plan (its latest version) per step: net import and each vehicle's power [kW].
+
+    CSV columns: ``start``, ``end``, ``site_import_kw``, then one ``<vehicle id>_kw`` per vehicle.
+    """
+    latest = schedules.latest_version(session, site_id)
+    if latest is None:
+        _require_site(session, site_id)
+        raise _not_found(f"site {site_id!r} has no schedule version yet")
+    found = rendered.get(latest)
+    if found is None:
+        found = _render_site_schedule(session, site_id, latest[0])
+        rendered.put(latest, found)
+    if not _wants_csv(request, format):
+        return Response(found.json, media_type="application/json")
+    if found.csv is None:
+        plan = found.plan
+        frame = plan.frame()
+        frame.insert(0, "end", frame.index + plan.step)
+        frame.columns = ["end", "site_import_kw", *(f"{vehicle.id}_kw" for vehicle in plan.vehicles)]
+        found.csv = schedules.to_csv(frame)
+    return _csv(found.csv, f"{site_id}-schedule-{found.plan.version_id}.csv")
+
+
+@router.get("/portfolio/schedule", response_model=PortfolioSchedule, responses=CSV_RESPONSES)
+def get_portfolio_schedule(session: SessionDep, request: Request, format: Format = None) -> Response:
+    """The sum over sites of their latest plans' net import, on a common 15-minute grid (UTC-aligned).
+
+    A site's value for an interval is its plan's time-weighted mean over it; an interval its plan
+    does not cover completely is null for it and left out of the sum. CSV columns: ``start``,
+    ``end``, ``import_kw``, then one ``<site id>_kw`` per site.
+    """
+    latest = schedules.latest_version_ids(session)
+    per_site: dict[str, pd.Series] = {}
+    for site_id, version_id in sorted(latest.items()):
+        try:
+            plan = schedules.load_plan(session, version_id)
+        except schedules.ScheduleDataError as error:
+            raise _data_error(error) from error
+        gridded = schedules.on_grid(plan.frame()[["site_import_kw"]], plan.step, {"site_import_kw": "mean"})
+        per_site[site_id] = gridded["site_import_kw"]
+    table = pd.DataFrame(per_site).sort_index() if per_site else pd.DataFrame()
+    total = table.sum(axis=1, min_count=1) if per_site else pd.Series(dtype=float)
+    if _wants_csv(request, format):
+        frame = pd.DataFrame(
+            {"end": [stamp + GRID for stamp in table.index], "import_kw": total},
+            index=table.index.rename("start"),
+        )
+        for site_id in per_site:
+            frame[f"{site_id}_kw"] = table[site_id]
+        return _csv(schedules.to_csv(frame), "portfolio-schedule.csv")
+    steps = [
+        PortfolioStep(
+            start=stamp,
+            end=stamp + GRID,
+            import_kw=float(total[stamp]),
+            sites_kw={site_id: _float_or_none(table.at[stamp, site_id]) for site_id in per_site},
+        )
+        for stamp in table.index
+    ]
+    sites = [PortfolioSite(site_id=site_id, version_id=latest[site_id]) for site_id in per_site]
+    return _json(PortfolioSchedule(step_seconds=int(GRID.total_seconds()), sites=sites, steps=steps))
+
+
+# ---------------------------------------------------------------------------- planned vs actual
+
+
+def _planned_import(
+    session: Session, site_id: str, index: pd.DatetimeIndex
+) -> tuple[list[StoredPlan | None], pd.Series]:
+    plans = schedules.plans_in_force(session, site_id, index)
+    tables = {
+        plan.version_id: schedules.on_grid(
+            plan.frame()[["site_import_kw"]], plan.step, {"site_import_kw": "mean"}
+        )
+        for plan in plans
+        if plan is not None
+    }
+    table = schedules.in_force_table(plans, index, tables, ["site_import_kw"])
+    return plans, table["site_import_kw"]
+
+
+@router.get("/sites/{site_id}/planned-vs-actual")
+def planned_vs_actual(site_id: str, session: SessionDep, window: QuarterHourWindow) -> PlannedVsActual:
+    """Per 15-minute interval: the planned net import of the version in force and the measured mean.
+
+    The version in force at an interval is the latest created at or before the interval's start
+    whose horizon covers it. Measured is the mean of the site's telemetry sent in the interval
+    (:func:`aggregator.metering.site_import_intervals`). Null where unknown. ``start`` and ``end``
+    must be on quarter hours.
+    """
+    _require_site(session, site_id)
+    start, end = window
+    index = schedules.grid_index(start, end)
+    try:
+        plans, planned = _planned_import(session, site_id, index)
+    except schedules.ScheduleDataError as error:
+        raise _data_error(error) from error
+    measured = site_import_intervals(session, site_id, start, end, GRID)
+    deviation = measured.mean_kw.to_numpy() - planned.to_numpy()
+    hours = GRID.total_seconds() / 3600
+    compared = ~np.isnan(deviation)
+    intervals = [
+        PlannedVsActualInterval(
+            start=stamp,
+            end=stamp + GRID,
+            version_id=plan.version_id if plan is not None else None,
+            planned_import_kw=_float_or_none(planned.iloc[k]),
+            measured_import_kw=_float_or_none(measured.mean_kw.iloc[k]),
+            samples=int(measured.samples.iloc[k]),
+            deviation_kw=_float_or_none(deviation[k]),
+        )
+        for k, (stamp, plan) in enumerate(zip(index, plans, strict=True))
+    ]
+    totals = PlannedVsActualTotals(
+        intervals=len(index),
+        intervals_compared=int(compared.sum()),
+        planned_energy_kwh=float(np.nansum(planned.to_numpy()) * hours),
+        measured_energy_kwh=float(np.nansum(measured.mean_kw.to_numpy()) * hours),
+        mean_absolute_deviation_kw=float(np.abs(deviation[compared]).mean()) if compared.any() else None,
+    )
+    return PlannedVsActual(
+        site_id=site_id,
+        start=start,
+        end=end,
+        step_seconds=int(GRID.total_seconds()),
+        intervals=intervals,
+        totals=totals,
+    )
+
+
+# ---------------------------------------------------------------------------------- flexibility
+
+
+@router.get("/flexibility")
+def flexibility(session: SessionDep, window: HourWindow) -> Flexibility:
+    """Per hour, per site and for the portfolio: the up and down kW the current plans leave room for.
+
+    Against each site's current plan (its latest version) and the scenario it was made from, per plan
+    step (see :func:`aggregator.schedules.flexibility_frame`):
+
+    - down = how far import could drop: planned charging of plugged vehicles that could pause, plus
+      discharge headroom (up to the vehicle's and EVSE's ``max_discharge_kw``) of vehicles whose
+      scenario allows discharge (V2G consent), limited by the site's export limit;
+    - up = how far import could rise: charge headroom of plugged vehicles up to the tighter of vehicle
+      and EVSE ``max_charge_kw``, limited by the site's import limit.
+
+    An hour's figure is the smallest over its steps, so it can be held for the whole hour; null where
+    the plan does not cover the hour. Power headroom only: state of charge and targets are not
+    checked. The portfolio sums the sites with a figure (``sites`` says how many). ``start`` and
+    ``end`` must be whole hours.
+    """
+    start, end = window
+    index = schedules.grid_index(start, end, HOUR)
+    site_ids = list(session.scalars(select(Site.id).order_by(Site.id)))
+    latest = schedules.latest_version_ids(session)
+    sites = []
+    columns: dict[str, pd.DataFrame] = {}
+    for site_id in site_ids:
+        version_id = latest.get(site_id)
+        hourly = pd.DataFrame(np.nan, index=index, columns=["up_kw", "down_kw"])
+        if version_id is not None:
+            try:
+                plan = schedules.load_plan(session, version_id)
+                scenario = schedules.scenario_of(version_id, schedules.load_inputs(session, version_id))
+            except schedules.ScheduleDataError as error:
+                raise _data_error(error) from error
+            steps = schedules.flexibility_frame(plan, scenario)
+            gridded = schedules.on_grid(steps, plan.step, {"up_kw": "min", "down_kw": "min"}, HOUR)
+            hourly = gridded.reindex(index)
+        columns[site_id] = hourly
+        sites.append(
+            SiteFlexibility(
+                site_id=site_id,
+                version_id=version_id,
+                hours=[
+                    FlexibilityHour(
+                        start=stamp,
+                        end=stamp + HOUR,
+                        up_kw=_float_or_none(row.up_kw),
+                        down_kw=_float_or_none(row.down_kw),
+                    )
+                    for stamp, row in zip(index, hourly.itertuples(), strict=True)
+                ],
+            )
+        )
+    up = np.array([frame["up_kw"].to_numpy(dtype=float) for frame in columns.values()]).reshape(
+        -1, len(index)
+    )
+    down = np.array([frame["down_kw"].to_numpy(dtype=float) for frame in columns.values()]).reshape(
+        -1, len(index)
+    )
+    known = ~np.isnan(up)
+    portfolio = [
+        PortfolioFlexibilityHour(
+            start=stamp,
+            end=stamp + HOUR,
+            up_kw=float(np.nansum(up[:, k])) if known[:, k].any() else None,
+            down_kw=float(np.nansum(down[:, k])) if known[:, k].any() else None,
+            sites=int(known[:, k].sum()),
+        )
+        for k, stamp in enumerate(index)
+    ]
+    return Flexibility(start=start, end=end, sites=sites, portfolio=portfolio)
+
+
+# ------------------------------------------------------------------------------------------ KPIs
+
+
+_FLOWS = {"site_import_kw": "mean", "ev_charge_kwh": "sum", "ev_discharge_kwh": "sum", "energy_cost": "sum"}
+
+
+def _site_kpis(
+    session: Session, site_id: str, start: dt.datetime, end: dt.datetime
+) -> tuple[SiteKpis, pd.Series, pd.Series]:
+    """A site's KPIs, and its planned and measured net import per 15-min interval (for the portfolio)."""
+    index = schedules.grid_index(start, end)
+    plans = schedules.plans_in_force(session, site_id, index)
+    tables: dict[int, pd.DataFrame] = {}
+    currencies = set()
+    for plan in plans:
+        if plan is None or plan.version_id in tables:
+            continue
+        scenario = schedules.scenario_of(plan.version_id, schedules.load_inputs(session, plan.version_id))
+        currencies.add(scenario.currency)
+        flows = plan.flows()
+        flows["energy_cost"] = schedules.energy_cost_per_step(plan, scenario)
+        tables[plan.version_id] = schedules.on_grid(flows, plan.step, _FLOWS)  # type: ignore[arg-type]
+    table = schedules.in_force_table(plans, index, tables, list(_FLOWS))
+    measured = site_import_intervals(session, site_id, start, end, GRID)
+    evses = evse_power_intervals(session, site_id, start, end, GRID)
+    charged = sum(float(np.nansum(np.maximum(e.energy_kwh.to_numpy(), 0.0))) for e in evses.values())
+
+    versions = session.execute(
+        select(ScheduleVersion.status, ScheduleVersion.result_summary)
+        .where(ScheduleVersion.site_id == site_id)
+        .where(ScheduleVersion.created_at >= start)
+        .where(ScheduleVersion.created_at < end)
+        .order_by(ScheduleVersion.created_at, ScheduleVersion.id)
+    ).all()
+    statuses = Counter(row.status.value for row in versions)
+    unmet: dict[str, float] = {}
+    for row in versions:  # oldest first: the latest version holding a vehicle wins
+        vehicles = (row.result_summary or {}).get("vehicles", {})
+        if isinstance(vehicles, Mapping):
+            for vehicle_id, outcome in vehicles.items():
+                if isinstance(outcome, Mapping) and isinstance(outcome.get("unmet_kwh"), int | float):
+                    unmet[vehicle_id] = float(outcome["unmet_kwh"])
+    planned_any = bool(table["site_import_kw"].notna().any())
+    currency = next(iter(currencies)) if len(currencies) == 1 else None
+    kpis = SiteKpis(
+        site_id=site_id,
+        currency=currency,
+        energy_cost_planned=float(table["energy_cost"].sum()) if planned_any and currency else None,
+        peak_import_kw_planned=_float_or_none(table["site_import_kw"].max()),
+        peak_import_kw_measured=_float_or_none(measured.mean_kw.max()),
+        energy_to_vehicles_kwh_planned=float(table["ev_charge_kwh"].sum()),
+        energy_to_vehicles_kwh_measured=charged,
+        v2g_export_kwh_planned=float(table["ev_discharge_kwh"].sum()),
+        unmet_energy_kwh=sum(unmet.values()),
+        schedule_versions=len(versions),
+        statuses=dict(statuses),
+        share_optimal=statuses[ScheduleStatus.OPTIMAL.value] / len(versions) if versions else None,
+    )
+    return kpis, table["site_import_kw"], measured.mean_kw
+
+
+@router.get("/kpis")
+def kpis(session: SessionDep, window: QuarterHourWindow) -> KpiReport:
+    """Per site and for the portfolio over ``[start, end)`` (quarter hours).
+
+    Planned figures come from the plan in force in each 15-minute interval (as in planned-vs-actual):
+    energy cost (import priced at the version's tariff minus export revenue), peak net import,
+    charging and V2G discharging energy. Measured: peak of the 15-minute mean net import and charging
+    energy from EVSE telemetry. Unmet energy: for each vehicle, what the latest version created in the
+    window expected to leave short (keyed by the scenario's vehicle id). Versions: those created in
+    the window, by status, and the share solved optimal. The portfolio's peaks are of the summed
+    15-minute series (over the sites known in each interval), not sums of the sites' peaks.
+    """
+    start, end = window
+    site_ids = list(session.scalars(select(Site.id).order_by(Site.id)))
+    sites, planned, measured = [], {}, {}
+    for site_id in site_ids:
+        try:
+            site, planned[site_id], measured[site_id] = _site_kpis(session, site_id, start, end)
+        except schedules.ScheduleDataError as error:
+            raise _data_error(error) from error
+        sites.append(site)
+    priced = [site for site in sites if site.energy_cost_planned is not None]
+    currencies = {site.currency for site in priced}
+    currency = next(iter(currencies)) if len(currencies) == 1 else None
+    statuses: Counter[str] = Counter()
+    for site in sites:
+        statuses.update(site.statuses)
+    versions = sum(site.schedule_versions for site in sites)
+    planned_sum = pd.DataFrame(planned).sum(axis=1, min_count=1) if planned else pd.Series(dtype=float)
+    measured_sum = pd.DataFrame(measured).sum(axis=1, min_count=1) if measured else pd.Series(dtype=float)
+    portfolio = Kpis(
+        currency=currency,
+        energy_cost_planned=sum(site.energy_cost_planned or 0.0 for site in priced) if currency else None,
+        peak_import_kw_planned=_float_or_none(planned_sum.max()) if len(planned_sum) else None,
+        peak_import_kw_measured=_float_or_none(measured_sum.max()) if len(measured_sum) else None,
+        energy_to_vehicles_kwh_planned=sum(site.energy_to_vehicles_kwh_planned for site in sites),
+        energy_to_vehicles_kwh_measured=sum(site.energy_to_vehicles_kwh_measured for site in sites),
+        v2g_export_kwh_planned=sum(site.v2g_export_kwh_planned for site in sites),
+        unmet_energy_kwh=sum(site.unmet_energy_kwh for site in sites),
+        schedule_versions=versions,
+        statuses=dict(statuses),
+        share_optimal=statuses[ScheduleStatus.OPTIMAL.value] / versions if versions else None,
+    )
+    return KpiReport(start=start, end=end, sites=sites, portfolio=portfolio)
+
+
+# --------------------------------------------------------------------------------------- what-if
+
+
+@router.post("/what-if")
+def what_if(body: WhatIfRequest, session: SessionDep) -> WhatIf:
+    """Re-solve the site's latest scenario with changed import prices, beside the stored plan.
+
+    Exactly one change: ``import_price_per_kwh`` (a series with one price per step of the horizon),
+    ``price_multiplier`` or ``price_offset_per_kwh`` (applied to every step's import price). Export
+    prices and everything else stay. Nothing is stored and nothing is published.
+    """
+    _require_site(session, body.site_id)
+    version_id = schedules.latest_version_id(session, body.site_id)
+    if version_id is None:
+        raise _not_found(f"site {body.site_id!r} has no schedule version to re-solve")
+    version = session.get(ScheduleVersion, version_id)
+    assert version is not None
+    try:
+        stored = schedules.plan_of(version)
+        scenario = schedules.scenario_of(version_id, version.inputs)
+    except schedules.ScheduleDataError as error:
+        raise _data_error(error) from error
+    old_prices, _ = schedules.tariff_prices(scenario)
+    if body.import_price_per_kwh is not None:
+        if len(body.import_price_per_kwh) != scenario.n_steps:
+            raise _invalid(
+                "import_price_per_kwh",
+                f"must hold one price per step of version {version_id}'s horizon: {scenario.n_steps} "
+                f"values, got {len(body.import_price_per_kwh)}",
+                where="body",
+            )
+        new_prices = np.asarray(body.import_price_per_kwh, dtype=float)
+    elif body.price_multiplier is not None:
+        new_prices = old_prices * body.price_multiplier
+    else:
+        assert body.price_offset_per_kwh is not None
+        new_prices = old_prices + body.price_offset_per_kwh
+    raw = scenario.model_dump(mode="json")
+    raw["tariff"]["import_price_per_kwh"] = [float(p) for p in new_prices]
+    changed = type(scenario).model_validate(raw)
+    try:
+        problem, new_problem = build_problem(scenario), build_problem(changed)
+        result = schedule(new_problem, time_limit=body.time_limit_s)
+    except ScenarioError as error:
+        raise _invalid(error.field, str(error), where="body") from error
+
+    by_id = {vehicle.id: vehicle.power_kw for vehicle in stored.vehicles}
+    powers = np.array([by_id.get(v.id, np.zeros(problem.n_steps)) for v in problem.vehicles]).reshape(
+        -1, problem.n_steps
+    )
+    charge, discharge = np.maximum(powers, 0.0), np.maximum(-powers, 0.0)
+    stored_eval = evaluate(problem, charge, discharge)
+    stored_at_new = evaluate(new_problem, charge, discharge)
+    new_import = result.evaluation.import_kw - result.evaluation.export_kw
+    starts = list(stored.index.to_pydatetime())
+    return WhatIf(
+        site_id=body.site_id,
+        version_id=version_id,
+        horizon_start=stored.horizon_start,
+        step_seconds=version.step_seconds,
+        currency=scenario.currency,
+        stored=WhatIfPlan(
+            status=version.status.value,
+            total_cost=stored_eval.total_cost,
+            energy_cost=stored_eval.costs["energy_cost"] - stored_eval.costs["export_revenue"],
+            peak_import_kw=float(stored.site_import_kw.max()),
+            site_import_kw=stored.site_import_kw.tolist(),
+            import_price_per_kwh=old_prices.tolist(),
+        ),
+        stored_total_cost_at_new_prices=stored_at_new.total_cost,
+        what_if=WhatIfPlan(
+            status=result.status.value,
+            total_cost=result.total_cost,
+            energy_cost=result.costs["energy_cost"] - result.costs["export_revenue"],
+            peak_import_kw=float(new_import.max()),
+            site_import_kw=new_import.tolist(),
+            import_price_per_kwh=new_prices.tolist(),
+        ),
+        solve_seconds=result.build_seconds + result.solve_seconds,
+        steps=[
+            WhatIfStep(
+                start=start,
+                stored_import_kw=float(stored.site_import_kw[k]),
+                what_if_import_kw=float(new_import[k]),
+                stored_price_per_kwh=float(old_prices[k]),
+                what_if_price_per_kwh=float(new_prices[k]),
+            )
+            for k, start in enumerate(starts)
+        ],
+    )
