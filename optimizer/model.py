@@ -53,24 +53,33 @@ COST_TERMS: dict[str, int] = {
 
 
 def build_model(problem: Problem) -> pyo.ConcreteModel:
-    """Build the scheduling model of ``problem``; the outline reads as the model's structure."""
+    """Build the scheduling model of ``problem``: one site's families and its cost as the objective."""
     m = pyo.ConcreteModel(name=problem.name)
-    m.cost_terms = {}
     # Pyomo allocates several objects per variable and constraint; Python's cyclic garbage collector
     # would walk them all again and again while they are being made (it tripled the build time).
     with PauseGC():
-        add_index_sets(m, problem)
-        add_ev_power(m, problem)
-        add_ev_charge_discharge_exclusive(m, problem)
-        add_ev_energy_balance(m, problem)
-        add_ev_departure_target(m, problem)
-        add_site_power_balance(m, problem)
-        add_demand_charges(m, problem)
-        add_dr_events(m, problem)
-        add_v2g_dispatches(m, problem)
-        add_charging_urgency(m, problem)
+        add_site(m, problem)
         add_objective(m, problem)
     return m
+
+
+def add_site(m: pyo.Block, problem: Problem) -> None:
+    """Every family of one site's model on ``m``; the outline reads as the model's structure.
+
+    ``m`` is the model itself (:func:`build_model`) or one site's block of a portfolio model
+    (:mod:`optimizer.portfolio`). The site's cost terms end up in ``m.cost_terms`` (see :func:`site_cost`).
+    """
+    m.cost_terms = {}
+    add_index_sets(m, problem)
+    add_ev_power(m, problem)
+    add_ev_charge_discharge_exclusive(m, problem)
+    add_ev_energy_balance(m, problem)
+    add_ev_departure_target(m, problem)
+    add_site_power_balance(m, problem)
+    add_demand_charges(m, problem)
+    add_dr_events(m, problem)
+    add_v2g_dispatches(m, problem)
+    add_charging_urgency(m, problem)
 
 
 def add_index_sets(m: pyo.ConcreteModel, problem: Problem) -> None:
@@ -433,8 +442,14 @@ def add_charging_urgency(m: pyo.ConcreteModel, problem: Problem) -> None:
     )
 
 
-def add_objective(m: pyo.ConcreteModel, problem: Problem) -> None:
+def site_cost(m: pyo.Block) -> Any:
+    """The cost [currency] of the site built on ``m`` by :func:`add_site`: every term of ``m.cost_terms``
+    with its sign in :data:`COST_TERMS`, plus the charging-urgency preference where there is one."""
     expr = pyo.quicksum(COST_TERMS[name] * term for name, term in m.cost_terms.items())
     if hasattr(m, "charging_urgency"):
         expr = expr + m.charging_urgency
-    m.total_cost = pyo.Objective(expr=expr, sense=pyo.minimize)
+    return expr
+
+
+def add_objective(m: pyo.ConcreteModel, problem: Problem) -> None:
+    m.total_cost = pyo.Objective(expr=site_cost(m), sense=pyo.minimize)

@@ -191,7 +191,9 @@ def _solve_exclusivity_relaxed_first(model: pyo.ConcreteModel, options: SolverOp
     the time that is left.
     """
     solve = _SOLVERS[options.interface]
-    exclusive = list(model.is_charging.values()) if hasattr(model, "is_charging") else []
+    # The model, or every site's block of a portfolio model (optimizer.portfolio), with V2G vehicles.
+    sites = [block for block in model.block_data_objects() if block.component("is_charging") is not None]
+    exclusive = [var for block in sites for var in block.is_charging.values()]
     if not exclusive:
         return solve(model, options)
     started = time.perf_counter()
@@ -202,18 +204,18 @@ def _solve_exclusivity_relaxed_first(model: pyo.ConcreteModel, options: SolverOp
     finally:
         for var in exclusive:
             var.domain = pyo.Binary
-    if not outcome.has_solution or _round_exclusivity(model):
+    if not outcome.has_solution or all(_round_exclusivity(block) for block in sites):
         return outcome
     left = max(0.0, options.time_limit - (time.perf_counter() - started))
     log.info("%s charges and discharges at once without the binaries: solving the MILP", model.name)
     return solve(model, replace(options, time_limit=left))
 
 
-def _round_exclusivity(model: pyo.ConcreteModel, tolerance_kw: float = 1e-6) -> bool:
+def _round_exclusivity(site: pyo.Block, tolerance_kw: float = 1e-6) -> bool:
     """Set ``is_charging`` to 0 or 1 from the loaded powers; False if a vehicle charges and discharges."""
-    charge, discharge = model.charge_kw, model.discharge_kw
+    charge, discharge = site.charge_kw, site.discharge_kw
     rounded = []
-    for index, var in model.is_charging.items():
+    for index, var in site.is_charging.items():
         charging = (charge[index].value or 0.0) > tolerance_kw
         discharging = (discharge[index].value or 0.0) > tolerance_kw
         if charging and discharging:
@@ -237,12 +239,13 @@ def _gap(objective: float, bound: float | None) -> float | None:
     return abs(objective - bound) / max(abs(objective), 1e-9) if abs(objective - bound) > 1e-9 else 0.0
 
 
-def _powers(model: pyo.ConcreteModel, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+def _powers(site: pyo.Block, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """Charge and discharge [kW], vehicle × step, from the model (or portfolio block) of ``problem``."""
     shape = (len(problem.vehicles), problem.n_steps)
     charge, discharge = np.zeros(shape), np.zeros(shape)
-    for (i, t), var in model.charge_kw.items():
+    for (i, t), var in site.charge_kw.items():
         charge[i, t] = var.value or 0.0
-    for (i, t), var in model.discharge_kw.items():
+    for (i, t), var in site.discharge_kw.items():
         discharge[i, t] = var.value or 0.0
     # Clean solver round-off so the returned schedule respects its bounds exactly.
     limits_c = np.array([v.max_charge_kw for v in problem.vehicles])[:, None] if shape[0] else 0.0

@@ -1,0 +1,469 @@
+"""The rolling-horizon control loop: plan every site on a cadence and on request, store, publish.
+
+::
+
+    async with MqttSetpointPublisher(MqttPublisherSettings(host="broker")) as publisher:
+        async with ControlLoop(make_sessionmaker(engine), publisher, replans, ControlSettings()) as loop:
+            ...                                          # runs until the block exits
+            version_id = await loop.plan_site("depot-north", "what_if")
+
+One plan of one site (:meth:`ControlLoop.plan_site`):
+
+1. inputs from the database (:func:`aggregator.planning.site_plan_inputs`, in a worker thread);
+2. solve (worker thread, ``solver_time_limit_s``). With dispatch events, the counterfactual (the site
+   without them) is solved first: its import is the baseline of the events, and it is stored;
+3. store a :class:`~aggregator.db.models.ScheduleVersion` superseding the site's previous one. Its
+   status is the solver's (``optimal`` / ``feasible``). When the solver finds no schedule (time-out
+   without an incumbent, a failure, an input the optimizer refuses), the previous version shifted to
+   the new horizon start is stored instead (``shifted``), else the earliest-deadline-first heuristic
+   of :mod:`optimizer.baselines` (``heuristic``). With neither (an input refused and no earlier
+   version), the version is an empty ``heuristic`` plan and no command is sent: the gateway's own
+   earliest-deadline-first fallback keeps the site within its limits;
+4. turn the plan into a :class:`~site_gateway.contract.SetpointCommand`
+   (:func:`aggregator.setpoints.setpoint_command`), record it as a pending
+   :class:`~aggregator.db.models.SetpointCommandRecord` and publish it. A site whose gateway is
+   offline is planned and published all the same: QoS 1 keeps the command at the broker.
+
+The loop plans each site when its cadence comes round (aligned to the clock: every ``cadence`` from
+midnight UTC) and at once when :class:`~aggregator.replanning.ReplanRequests` names it; requests that
+arrive together are merged into one plan whose trigger lists their reasons. Time is the injected
+``clock``; the loop checks it at least every ``poll_s`` real seconds.
+
+Sites are planned one by one. A dispatch event shared by several sites is to be split among them by
+a joint (portfolio) optimisation: :data:`SolveGroup` is that seam. :meth:`ControlLoop.plan_group` builds
+the inputs of a group of sites, hands them to the loop's ``solve_group`` in one call and stores each
+result; today's :func:`solve_sites_independently` solves each site alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from aggregator.db.models import (
+    CommandStatus,
+    GatewayStatusRecord,
+    ScheduleStatus,
+    ScheduleVersion,
+    SetpointCommandRecord,
+    Site,
+    utcnow,
+)
+from aggregator.planning import PlanInputs, PlanningSettings, floor_time, site_plan_inputs
+from aggregator.replanning import ReplanRequests
+from aggregator.schedules import plan_json
+from aggregator.setpoints import SetpointPublisher, setpoint_command
+from optimizer.errors import ScenarioError
+from optimizer.online import DEFAULT_URGENCY_WEIGHT
+from optimizer.problem import build_problem
+from optimizer.results import ScheduleResult, SolveStatus
+from optimizer.scenario import Scenario
+from optimizer.solve import SolverOptions, optimize
+from site_gateway.contract import GatewayState, SetpointCommand
+
+log = logging.getLogger(__name__)
+
+TRIGGER_MAX_CHARS = 200
+"""Length of ``schedule_versions.trigger``."""
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+    """For :meth:`ControlSettings.from_mapping`: unknown keys are refused."""
+
+    cadence: dt.timedelta = dt.timedelta(minutes=15)
+    """Every site is planned at least this often (on the clock's multiples of it)."""
+    solver_time_limit_s: float = 10.0
+    """Wall-clock limit of each solve [s]; on time-out the best schedule found is used."""
+    mip_gap: float = 0.005
+    setpoint_validity: dt.timedelta = dt.timedelta(hours=1)
+    """How long a published command holds; the gateway falls back to local rules after it."""
+    urgency_weight: float = DEFAULT_URGENCY_WEIGHT
+    """Least-laxity tie-breaker [currency/kWh per step]: charge early where it costs nothing."""
+    poll_s: float = 1.0
+    """Longest real wait between two looks at the clock [s]."""
+    planning: PlanningSettings = field(default_factory=PlanningSettings)
+    """Horizon, step, defaults and tariffs of the plans."""
+
+    def __post_init__(self) -> None:
+        for name in ("cadence", "setpoint_validity"):
+            if getattr(self, name) <= dt.timedelta(0):
+                raise ValueError(f"control settings: {name} must be positive, got {getattr(self, name)}")
+        if self.poll_s <= 0 or self.solver_time_limit_s < 0:
+            raise ValueError(
+                f"control settings: poll_s must be > 0 and solver_time_limit_s >= 0, got {self.poll_s} "
+                f"and {self.solver_time_limit_s}"
+            )
+
+    @property
+    def horizon(self) -> dt.timedelta:
+        return self.planning.horizon
+
+    def solver_options(self) -> SolverOptions:
+        return SolverOptions(time_limit=self.solver_time_limit_s, mip_gap=self.mip_gap)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> ControlSettings:
+        """Settings from a configuration table (durations as seconds or ISO 8601, ``planning`` a nested
+        table); :class:`ValueError` naming the first bad field."""
+        try:
+            return TypeAdapter(cls).validate_python(dict(values))
+        except ValidationError as error:
+            first = error.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"control settings: {where}: {first['msg']}") from error
+
+
+# ------------------------------------------------------------------------------------------ solving
+
+
+@dataclass
+class SiteSolution:
+    """What the solver made of one site's inputs."""
+
+    inputs: PlanInputs
+    scenario: Scenario
+    """What was solved: the inputs' scenario with the dispatch events (and their baselines)."""
+    result: ScheduleResult | None
+    """``None`` when the optimizer refused the inputs (see ``error``)."""
+    counterfactual: ScheduleResult | None = None
+    """The site solved without its dispatch events, when it has any."""
+    error: str | None = None
+
+    @property
+    def solver_failed(self) -> bool:
+        """No schedule from the solver: refused inputs, or its fallback heuristic."""
+        return self.result is None or self.result.status is SolveStatus.HEURISTIC
+
+
+SolveGroup = Callable[[Sequence[PlanInputs], SolverOptions, float], list[SiteSolution]]
+"""Solve a group of sites together: (inputs per site, solver options, urgency weight) → one solution
+per site, in order. The seam for a portfolio optimisation that splits shared dispatch events."""
+
+
+def solve_site(inputs: PlanInputs, options: SolverOptions, urgency_weight: float) -> SiteSolution:
+    """Solve one site: the counterfactual first if dispatch events apply, then the plan with them."""
+    counterfactual = None
+    scenario = inputs.scenario
+    try:
+        if inputs.events:
+            counterfactual = _solve(inputs.scenario, options, urgency_weight)
+            scenario = inputs.scenario_with_events(counterfactual.evaluation.import_kw.tolist())
+        return SiteSolution(inputs, scenario, _solve(scenario, options, urgency_weight), counterfactual)
+    except ScenarioError as error:
+        log.error("site %s: the optimizer refused the inputs: %s", inputs.site_id, error)
+        return SiteSolution(inputs, scenario, None, counterfactual, error=str(error))
+
+
+def solve_sites_independently(
+    group: Sequence[PlanInputs], options: SolverOptions, urgency_weight: float
+) -> list[SiteSolution]:
+    """Each site alone (a dispatch event shared by sites is asked in full of each)."""
+    return [solve_site(inputs, options, urgency_weight) for inputs in group]
+
+
+def _solve(scenario: Scenario, options: SolverOptions, urgency_weight: float) -> ScheduleResult:
+    problem = dataclasses.replace(build_problem(scenario), charging_urgency_weight=urgency_weight)
+    return optimize(problem, options)
+
+
+def shifted_plan(
+    previous: ScheduleVersion,
+    inputs: PlanInputs,
+    horizon_start: dt.datetime,
+    step: dt.timedelta,
+    n_steps: int,
+) -> dict[str, Any] | None:
+    """``previous``'s plan moved to start at ``horizon_start``, for the sessions still open; steps it
+    does not cover are 0. ``None`` if it cannot be shifted (another step, or nothing left of it)."""
+    if previous.step_seconds != int(step.total_seconds()) or horizon_start < previous.horizon_start:
+        return None
+    offset = (horizon_start - previous.horizon_start) // step
+    imports = list(previous.plan.get("site_import_kw", []))
+    if offset >= len(imports):
+        return None
+
+    def moved(values: Sequence[float]) -> list[float]:
+        kept = list(values[offset : offset + n_steps])
+        return kept + [0.0] * (n_steps - len(kept))
+
+    vehicles = {
+        vehicle_id: {**planned, "power_kw": moved(planned["power_kw"])}
+        for vehicle_id, planned in previous.plan.get("vehicles", {}).items()
+        if vehicle_id in inputs.sessions
+    }
+    return {"site_import_kw": moved(imports), "vehicles": vehicles}
+
+
+def _json_ready(document: Any) -> Any:
+    """JSON types only, and no NaN or infinity (PostgreSQL's JSON refuses them): those become null."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value
+
+    return finite(json.loads(json.dumps(document, default=float)))
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+
+@dataclass
+class ControlStats:
+    plans: int = 0
+    """Schedule versions stored."""
+    failures: int = 0
+    """Plans where the solver gave no schedule, and plans that an error stopped."""
+    fallbacks: int = 0
+    """Versions stored as ``shifted`` or as the ``heuristic`` because the solver gave no schedule."""
+    published: int = 0
+
+
+class ControlLoop:
+    """Async context manager running the control loop (see the module docstring)."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        publisher: SetpointPublisher,
+        replans: ReplanRequests,
+        settings: ControlSettings | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+        *,
+        plan_inputs: Callable[[Session, str, dt.datetime, PlanningSettings], PlanInputs] = site_plan_inputs,
+        solve_group: SolveGroup = solve_sites_independently,
+    ) -> None:
+        self._sessions = sessions
+        self._publisher = publisher
+        self.replans = replans
+        self.settings = settings or ControlSettings()
+        self._clock = clock
+        self._plan_inputs = plan_inputs
+        self._solve_group = solve_group
+        self.stats = ControlStats()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: asyncio.TaskGroup | None = None
+        self._loop: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._loop = self._tasks.create_task(self._run(), name="control-loop")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._tasks is not None and self._loop is not None
+        self._loop.cancel()
+        try:
+            await self._tasks.__aexit__(exc_type, exc, tb)
+        finally:
+            self._tasks = None
+
+    @property
+    def running(self) -> bool:
+        return self._loop is not None and not self._loop.done()
+
+    # ----------------------------------------------------------------------------------- one plan
+
+    async def plan_site(self, site_id: str, trigger: str, *, publish: bool = True) -> int:
+        """Plan ``site_id`` now, store the version, publish its command; the version's id.
+
+        Raises :class:`~aggregator.planning.SiteNotFoundError` for an unknown site.
+        """
+        return (await self.plan_group([site_id], trigger, publish=publish))[site_id]
+
+    async def plan_group(
+        self, site_ids: Sequence[str], trigger: str, *, publish: bool = True
+    ) -> dict[str, int]:
+        """Plan a group of sites with one call of ``solve_group``; site id → version id."""
+        locks = [self._locks.setdefault(site_id, asyncio.Lock()) for site_id in sorted(set(site_ids))]
+        for lock in locks:
+            await lock.acquire()
+        try:
+            now = self._clock()
+            group = [await asyncio.to_thread(self._build_inputs, site_id, now) for site_id in site_ids]
+            solutions = await asyncio.to_thread(
+                self._solve_group, group, self.settings.solver_options(), self.settings.urgency_weight
+            )
+            versions = {}
+            for solution in solutions:
+                version_id, command = await asyncio.to_thread(self._store, solution, trigger, now)
+                versions[solution.inputs.site_id] = version_id
+                if command is not None and publish:
+                    await self._publisher.publish(command)
+                    self.stats.published += 1
+            return versions
+        finally:
+            for lock in locks:
+                lock.release()
+
+    def _build_inputs(self, site_id: str, now: dt.datetime) -> PlanInputs:
+        with self._sessions() as session:
+            return self._plan_inputs(session, site_id, now, self.settings.planning)
+
+    def _store(
+        self, solution: SiteSolution, trigger: str, now: dt.datetime
+    ) -> tuple[int, SetpointCommand | None]:
+        """One transaction: the new version (or its fallback), its command record."""
+        inputs, planning = solution.inputs, self.settings.planning
+        site_id, start = inputs.site_id, inputs.scenario.start
+        with self._sessions() as session, session.begin():
+            previous = session.scalars(
+                select(ScheduleVersion)
+                .where(ScheduleVersion.site_id == site_id)
+                .order_by(ScheduleVersion.id.desc())
+                .limit(1)
+            ).first()
+            status, plan, summary = self._outcome(solution, previous, planning)
+            version = ScheduleVersion(
+                site_id=site_id,
+                created_at=now,
+                horizon_start=start,
+                step_seconds=int(planning.step.total_seconds()),
+                trigger=trigger[:TRIGGER_MAX_CHARS],
+                inputs=_json_ready(inputs.to_json(solution.scenario)),
+                result_summary=_json_ready(summary),
+                status=status,
+                plan=_json_ready(plan),
+                counterfactual=(
+                    _json_ready(plan_json(solution.counterfactual))
+                    if solution.counterfactual is not None
+                    else None
+                ),
+                supersedes_id=previous.id if previous is not None else None,
+            )
+            session.add(version)
+            session.flush()
+            command = setpoint_command(
+                site_id,
+                plan,
+                inputs.evses,
+                horizon_start=start,
+                step=planning.step,
+                now=now,
+                validity=self.settings.setpoint_validity,
+            )
+            if command is not None:
+                session.add(
+                    SetpointCommandRecord(
+                        command_id=command.command_id,
+                        site_id=site_id,
+                        schedule_version_id=version.id,
+                        issued_at=command.issued_at,
+                        valid_until=command.valid_until,
+                        payload=command.model_dump(mode="json"),
+                        status=CommandStatus.PENDING,
+                    )
+                )
+                gateway = session.get(GatewayStatusRecord, site_id)
+                if gateway is not None and gateway.state is GatewayState.OFFLINE:
+                    log.info(
+                        "site %s: gateway offline; command %s queued at the broker",
+                        site_id,
+                        command.command_id,
+                    )
+            version_id = version.id
+        self.stats.plans += 1
+        if solution.solver_failed:
+            self.stats.failures += 1
+        if status is ScheduleStatus.SHIFTED or (
+            solution.solver_failed and status is ScheduleStatus.HEURISTIC
+        ):
+            self.stats.fallbacks += 1
+        log.info("site %s: schedule version %d (%s, %s)", site_id, version_id, status.value, trigger)
+        return version_id, command
+
+    @staticmethod
+    def _outcome(
+        solution: SiteSolution, previous: ScheduleVersion | None, planning: PlanningSettings
+    ) -> tuple[ScheduleStatus, dict[str, Any], dict[str, Any]]:
+        """Status, plan and summary of the version to store, falling back as the module docstring says."""
+        inputs, result = solution.inputs, solution.result
+        if result is not None and not solution.solver_failed:
+            return ScheduleStatus(result.status.value), plan_json(result), result.summary()
+        why = solution.error or (result.message if result is not None else "no schedule")
+        if previous is not None:
+            shifted = shifted_plan(previous, inputs, inputs.scenario.start, planning.step, planning.n_steps)
+            if shifted is not None:
+                log.warning(
+                    "site %s: no new schedule (%s); version %d shifted", inputs.site_id, why, previous.id
+                )
+                summary = {"status": "shifted", "message": why, "shifted_from": previous.id}
+                return ScheduleStatus.SHIFTED, shifted, summary
+        if result is not None:
+            log.warning("site %s: no schedule from the solver (%s); heuristic used", inputs.site_id, why)
+            return ScheduleStatus.HEURISTIC, plan_json(result), result.summary()
+        log.error("site %s: no schedule at all (%s); the gateway's own fallback applies", inputs.site_id, why)
+        empty = {"site_import_kw": [0.0] * planning.n_steps, "vehicles": {}}
+        return ScheduleStatus.HEURISTIC, empty, {"status": "heuristic", "message": why, "empty": True}
+
+    # ---------------------------------------------------------------------------------------- loop
+
+    async def _run(self) -> None:
+        cadence = self.settings.cadence
+        next_due: dict[str, dt.datetime] = {}
+        pending: dict[str, list[str]] = {}
+        while True:
+            now = self._clock()
+            site_ids = await asyncio.to_thread(self._site_ids)
+            for site_id in site_ids:
+                if next_due.get(site_id, now) <= now:
+                    pending.setdefault(site_id, []).insert(0, "cadence")
+                    next_due[site_id] = floor_time(now, cadence) + cadence
+            for site_id, reasons in sorted(pending.items()):
+                if site_id not in site_ids:
+                    log.warning(
+                        "control: re-plan asked for unknown site %r (%s)", site_id, ", ".join(reasons)
+                    )
+                    continue
+                trigger = ",".join(dict.fromkeys(reasons))
+                try:
+                    await self.plan_site(site_id, trigger)
+                except Exception:  # one site's failure must not stop the others or the loop
+                    self.stats.failures += 1
+                    log.exception("control: planning site %s failed", site_id)
+            pending = {}
+            wait = min(
+                [(due - self._clock()).total_seconds() for due in next_due.values()],
+                default=self.settings.poll_s,
+            )
+            for site_id, reasons in (
+                await self.replans.wait(min(max(wait, 0.0), self.settings.poll_s))
+            ).items():
+                pending.setdefault(site_id, []).extend(reasons)
+
+    def _site_ids(self) -> set[str]:
+        with self._sessions() as session:
+            return set(session.scalars(select(Site.id)))
+
+
+__all__ = [
+    "ControlLoop",
+    "ControlSettings",
+    "ControlStats",
+    "SiteSolution",
+    "SolveGroup",
+    "shifted_plan",
+    "solve_site",
+    "solve_sites_independently",
+]

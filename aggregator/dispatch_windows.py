@@ -1,0 +1,137 @@
+"""Dispatch events that apply to one site over a planning horizon, as windows on the step grid.
+
+Which events: the latest version of each (highest ``modification`` per ``(source,
+external_event_id)``), not cancelled, not a price signal (no commitment), overlapping the horizon, of a
+program the site is enrolled in (``program_sites``), whose ``target_sites`` name the site or are empty
+(the whole program). Each interval of an event is one :class:`EventWindow`, clipped to the horizon and
+widened to the step grid (a commitment is never shortened). Price and penalty per kWh come from the
+event row, else the program's ``payment_terms`` ``per_kwh`` / ``penalty_per_kwh``, else 0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from aggregator.db.models import DispatchEvent, Program, ProgramSite
+from market_adapters.dispatch import SignalKind, SignalStatus
+
+
+@dataclass(frozen=True)
+class EventWindow:
+    """One interval of a dispatch event, on the horizon's step grid, before it has a baseline."""
+
+    event_id: int
+    """``dispatch_events.id`` of the version used."""
+    position: int
+    """Which of the event's intervals."""
+    kind: SignalKind
+    start: dt.datetime
+    end: dt.datetime
+    value_kw: float
+    """Reduction, cap or export [kW], by ``kind``."""
+    price_per_kwh: float
+    penalty_per_kwh: float
+
+    @property
+    def scenario_id(self) -> str:
+        return f"dispatch-{self.event_id}-{self.position}"
+
+
+def site_event_windows(
+    session: Session,
+    site_id: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    step: dt.timedelta,
+    notes: list[str] | None = None,
+) -> list[EventWindow]:
+    """The windows of every event that applies to ``site_id`` between ``start`` (on the step grid) and
+    ``end``; an interval that cannot be used is skipped with a line in ``notes``."""
+    notes = notes if notes is not None else []
+
+    def floor(moment: dt.datetime) -> dt.datetime:
+        return start + ((moment - start) // step) * step
+
+    latest = (
+        select(
+            DispatchEvent.source,
+            DispatchEvent.external_event_id,
+            func.max(DispatchEvent.modification).label("modification"),
+        )
+        .group_by(DispatchEvent.source, DispatchEvent.external_event_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(DispatchEvent, Program)
+        .join(
+            latest,
+            (DispatchEvent.source == latest.c.source)
+            & (DispatchEvent.external_event_id == latest.c.external_event_id)
+            & (DispatchEvent.modification == latest.c.modification),
+        )
+        .join(Program, Program.id == DispatchEvent.program_id)
+        .join(ProgramSite, (ProgramSite.program_id == Program.id) & (ProgramSite.site_id == site_id))
+        .where(
+            DispatchEvent.status != SignalStatus.CANCELLED,
+            DispatchEvent.kind != SignalKind.PRICE,
+            DispatchEvent.window_start < end,
+            DispatchEvent.window_end > start,
+        )
+        .order_by(DispatchEvent.id)
+    ).all()
+    windows: list[EventWindow] = []
+    for event, program in rows:
+        targets = event.target_sites or []
+        if targets and site_id not in targets:
+            continue
+        terms = program.payment_terms or {}
+        price = event.price_per_kwh if event.price_per_kwh is not None else _term(terms, "per_kwh_delivered")
+        penalty = (
+            event.penalty_per_kwh
+            if event.penalty_per_kwh is not None
+            else _term(terms, "penalty_per_kwh_short")
+        )
+        for position, interval in enumerate(event.intervals or []):
+            parsed = _interval(interval)
+            if parsed is None:
+                notes.append(f"dispatch event {event.id}: interval {position} is malformed; skipped")
+                continue
+            first, last, value = parsed
+            if value < 0:
+                notes.append(f"dispatch event {event.id}: interval {position} value {value} kW skipped")
+                continue
+            first = max(floor(first), start)
+            last = min(floor(last - dt.timedelta(microseconds=1)) + step, end)
+            if last <= first:
+                continue
+            windows.append(EventWindow(event.id, position, event.kind, first, last, value, price, penalty))
+    return windows
+
+
+def _interval(interval: object) -> tuple[dt.datetime, dt.datetime, float] | None:
+    """``(start, end, value)`` of one stored interval, ``None`` if it is not one."""
+    if not isinstance(interval, dict):
+        return None
+    try:
+        first = dt.datetime.fromisoformat(interval["start"])
+        last = dt.datetime.fromisoformat(interval["end"])
+        value = float(interval["value"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if first.utcoffset() is None or last.utcoffset() is None or not math.isfinite(value):
+        return None
+    return first, last, value
+
+
+def _term(terms: Mapping[str, object], name: str) -> float:
+    value = terms.get(name)
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) and value >= 0 else 0.0
+
+
+__all__ = ["EventWindow", "site_event_windows"]

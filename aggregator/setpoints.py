@@ -1,0 +1,235 @@
+"""From a site's plan to the :class:`~site_gateway.contract.SetpointCommand` its gateway follows, and
+how commands reach the broker.
+
+:func:`setpoint_command` turns a stored plan (``schedule_versions.plan``) into one command: one
+:class:`~site_gateway.contract.EvseSetpoint` per planned EVSE, carrying the planned power of every
+step from the horizon start until ``valid_until`` as a schedule of periods (equal neighbouring steps
+merged). EVSEs without a planned vehicle are not named, so the gateway keeps its own limits there.
+
+:class:`SetpointPublisher` is what the control loop needs; :class:`MqttSetpointPublisher` is the real
+one (aiomqtt, QoS 1, the contract's topic, reconnecting with jittered exponential backoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import logging
+import random as _random
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import aiomqtt
+
+from site_gateway.contract import (
+    QOS,
+    EvseSetpoint,
+    SetpointCommand,
+    SetpointPeriod,
+    encode,
+    setpoint_topic,
+)
+from site_gateway.uplink import Backoff
+
+log = logging.getLogger(__name__)
+
+
+def setpoint_command(
+    site_id: str,
+    plan: Mapping[str, Any],
+    evses: Mapping[str, tuple[str, int]],
+    *,
+    horizon_start: dt.datetime,
+    step: dt.timedelta,
+    now: dt.datetime,
+    validity: dt.timedelta,
+) -> SetpointCommand | None:
+    """The command for ``plan`` issued at ``now``, valid for ``validity``; ``None`` if no EVSE is planned.
+
+    ``evses`` maps the plan's EVSE ids to (charge point id, EVSE id). Power is grid side [kW],
+    positive charging, negative discharging; a period starts at its step's start (the first may lie
+    before ``now``: the gateway applies the period in force).
+    """
+    valid_until = now + validity
+    setpoints: dict[tuple[str, int], EvseSetpoint] = {}
+    for vehicle_id, planned in sorted(plan.get("vehicles", {}).items()):
+        address = evses.get(planned["evse_id"])
+        if address is None:
+            log.warning("plan of %s: vehicle %s on unknown EVSE %r", site_id, vehicle_id, planned["evse_id"])
+            continue
+        periods: list[SetpointPeriod] = []
+        for k, power in enumerate(planned["power_kw"]):
+            start = horizon_start + k * step
+            if start >= valid_until:
+                break
+            if start + step <= now:
+                continue
+            power = round(float(power), 3)
+            if periods and periods[-1].power_kw == power:
+                continue
+            periods.append(SetpointPeriod(start=start, power_kw=power))
+        if not periods:
+            continue
+        charger_id, evse_id = address
+        setpoints[address] = EvseSetpoint(charger_id=charger_id, evse_id=evse_id, schedule=tuple(periods))
+    if not setpoints:
+        return None
+    return SetpointCommand(
+        site_id=site_id,
+        command_id=uuid.uuid4().hex,
+        issued_at=now,
+        valid_until=valid_until,
+        setpoints=tuple(setpoints[key] for key in sorted(setpoints)),
+    )
+
+
+class SetpointPublisher(Protocol):
+    """Hands a command to the site's gateway (or queues it to be)."""
+
+    async def publish(self, command: SetpointCommand) -> None: ...
+
+
+@dataclass(frozen=True)
+class MqttPublisherSettings:
+    host: str
+    port: int = 1883
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_id: str = "fleetgrid-centre-setpoints"
+    keepalive_s: int = 30
+    timeout_s: float = 10.0
+    """Limit on every wait for the broker: CONNACK, PUBACK."""
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+class MqttSetpointPublisher:
+    """Publishes commands with QoS 1 on ``fleetgrid/v1/site/{site_id}/setpoint``.
+
+    :meth:`publish` queues the command and returns at once; a task owning the connection sends the
+    queue in order and takes a command off only after the broker's PUBACK. While the broker is away
+    commands wait (in memory; each is also a ``setpoint_commands`` row), and a command whose
+    ``valid_until`` has passed by the time it could be sent is dropped. The gateway's persistent MQTT
+    session keeps QoS 1 commands for a gateway that is offline.
+    """
+
+    def __init__(
+        self,
+        settings: MqttPublisherSettings,
+        *,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        random: Callable[[], float] = _random.random,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._random = random
+        self._sleep = sleep
+        self._queue: collections.deque[SetpointCommand] = collections.deque()
+        self._wake = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.published = 0
+        self.expired = 0
+        self._tasks: asyncio.TaskGroup | None = None
+        self._connection: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._connection = self._tasks.create_task(self._run(), name="setpoint-publisher-connection")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._tasks is not None and self._connection is not None
+        self._connection.cancel()
+        try:
+            await self._tasks.__aexit__(exc_type, exc, tb)
+        finally:
+            self._tasks = None
+            self.connected.clear()
+
+    async def publish(self, command: SetpointCommand) -> None:
+        self._queue.append(command)
+        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            got_through = False
+            lost: BaseException | None = None
+            try:
+                async with self._client() as client:
+                    got_through = True
+                    self.connected.set()
+                    async with asyncio.TaskGroup() as tasks:
+                        tasks.create_task(self._watch(client), name="setpoint-publisher-watch")
+                        tasks.create_task(self._drain(client), name="setpoint-publisher-drain")
+            except* aiomqtt.MqttError as errors:
+                lost = errors.exceptions[0]
+            finally:
+                self.connected.clear()
+            if got_through:
+                attempt = 0
+            delay = self.settings.backoff.delay(attempt, self._random)
+            attempt += 1
+            log.warning(
+                "setpoints: MQTT connection to %s:%s lost or refused (%s); retry %d in %.1f s",
+                self.settings.host,
+                self.settings.port,
+                lost,
+                attempt,
+                delay,
+            )
+            await self._sleep(delay)
+
+    @staticmethod
+    async def _watch(client: aiomqtt.Client) -> None:
+        """Raise :class:`aiomqtt.MqttError` when the connection drops (an idle publisher would not see it)."""
+        async for _ in client.messages:  # nothing is subscribed: this only ends with the connection
+            pass
+        raise aiomqtt.MqttError("connection closed")
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        return aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password,
+            identifier=s.client_id,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            keepalive=s.keepalive_s,
+            timeout=s.timeout_s,
+        )
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            command = self._queue[0]
+            if command.valid_until <= self._clock():
+                self._queue.popleft()
+                self.expired += 1
+                log.warning(
+                    "setpoints: command %s for %s expired unsent", command.command_id, command.site_id
+                )
+                continue
+            await client.publish(
+                setpoint_topic(command.site_id), encode(command), qos=QOS, timeout=self.settings.timeout_s
+            )
+            self._queue.popleft()
+            self.published += 1
+
+
+__all__ = ["MqttPublisherSettings", "MqttSetpointPublisher", "SetpointPublisher", "setpoint_command"]
