@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.api.config import Settings
-from aggregator.api.routes import admin, auth, drivers, operators, traders, users
+from aggregator.api.routes import admin, auth, drivers, operators, settlement, traders, users
 from aggregator.db.session import make_engine, make_sessionmaker
 from aggregator.replanning import ReplanRequests
 
@@ -32,6 +32,6 @@ def create_app(
     app.state.settings = settings
     app.state.sessions = sessions or make_sessionmaker(make_engine(settings.database_url))
     app.state.replans = replans or ReplanRequests()
-    for module in (auth, users, drivers, operators, traders, admin):
+    for module in (auth, users, drivers, operators, traders, admin, settlement):
         app.include_router(module.router)
     return app

@@ -663,3 +663,74 @@ def _refuse_ledger_delete(mapper: Mapper[Any], connection: Any, target: Any) -> 
 for _ledger_model in (SettlementRun, LedgerAccount, LedgerTransaction, LedgerEntry):
     event.listen(_ledger_model, "before_update", _refuse_ledger_update)
     event.listen(_ledger_model, "before_delete", _refuse_ledger_delete)
+
+
+# ------------------------------------------------------------------------------------------ disputes
+
+
+class DisputeEventKind(enum.StrEnum):
+    """What happened to a dispute; the resolutions are :attr:`ADJUSTED` and :attr:`REJECTED`."""
+
+    OPENED = "opened"
+    COMMENT = "comment"
+    ADJUSTED = "adjusted"
+    """Resolved in the disputing party's favour with an adjusting ledger transaction."""
+    REJECTED = "rejected"
+    """Resolved without a change to the ledger, with a note saying why."""
+
+
+class Dispute(Base):
+    """A driver's or grid operator's objection to one ledger entry of their own account; append-only.
+
+    ``account_owner_ref`` is the entry's account owner (``user:<id>``, ``program:<id>``): whose line
+    it is. What happened since is :class:`DisputeEvent` rows (see :mod:`aggregator.settlement.disputes`).
+    """
+
+    __tablename__ = "disputes"
+    __table_args__ = (Index(None, "account_owner_ref", "opened_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ledger_entry_id: Mapped[int] = mapped_column(BigId, ForeignKey("ledger_entries.id"), index=True)
+    account_owner_ref: Mapped[str] = mapped_column(String(100))
+    opened_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    reason: Mapped[str] = mapped_column(String(2000))
+    opened_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DisputeEvent(Base):
+    """One step of a dispute's history (opened, a comment, its resolution); append-only.
+
+    A resolution sets ``resolves_id`` to its dispute (``UNIQUE``: a dispute is resolved at most once,
+    even by two admins at the same moment); an adjustment names its ledger transaction.
+    """
+
+    __tablename__ = "dispute_events"
+    __table_args__ = (
+        UniqueConstraint("resolves_id"),
+        UniqueConstraint("adjustment_transaction_id"),
+        CheckConstraint("resolves_id IS NULL OR resolves_id = dispute_id", name="resolves_own_dispute"),
+        Index(None, "dispute_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dispute_id: Mapped[int] = mapped_column(ForeignKey("disputes.id"))
+    kind: Mapped[DisputeEventKind] = mapped_column(value_enum(DisputeEventKind, "dispute_event_kind"))
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    note: Mapped[str] = mapped_column(String(2000), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    resolves_id: Mapped[int | None] = mapped_column(ForeignKey("disputes.id"))
+    """The dispute, on its resolution (``adjusted``/``rejected``); ``None`` on other events."""
+    adjustment_transaction_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("ledger_transactions.id"))
+    """The adjusting ledger transaction of an ``adjusted`` resolution."""
+
+
+def _refuse_dispute_change(mapper: Mapper[Any], connection: Any, target: Any) -> None:
+    raise ImmutableRowError(
+        f"{target.__tablename__} row {target.id} is a dispute's history and cannot be changed or "
+        "deleted; append a dispute event instead"
+    )
+
+
+for _dispute_model in (Dispute, DisputeEvent):
+    event.listen(_dispute_model, "before_update", _refuse_dispute_change)
+    event.listen(_dispute_model, "before_delete", _refuse_dispute_change)

@@ -45,8 +45,9 @@ from aggregator.api.schemas.operators import (
     ProgramSummary,
     SitePerformance,
 )
-from aggregator.db.models import DispatchEvent, Program, Role, ScheduleVersion, User
+from aggregator.db.models import DispatchEvent, Program, Role, User
 from aggregator.metering import DEFAULT_STEP, interval_index, site_import_intervals
+from aggregator.settlement.event_measurement import committed_kw, expected_import_kw
 from aggregator.settlement.performance import EventPerformance, event_performance
 from market_adapters.dispatch import SignalStatus
 
@@ -413,100 +414,6 @@ def cancel_event(
 
 
 # ------------------------------------------------------------------------------------- performance
-
-
-def committed_kw(
-    intervals: Sequence[EventInterval], index: pd.DatetimeIndex, end: dt.datetime, step: dt.timedelta
-) -> pd.Series:
-    """The event's kW per interval of ``index``: the time-weighted mean of its intervals over each
-    ``[t, t + step)`` (cut at the window's ``end``); ``0`` where no interval covers it."""
-    values = []
-    for t in index:
-        slot_start, slot_end = t.to_pydatetime(), min(t.to_pydatetime() + step, end)
-        weighted, covered = 0.0, 0.0
-        for interval in intervals:
-            overlap = (min(slot_end, interval.end) - max(slot_start, interval.start)).total_seconds()
-            if overlap > 0:
-                weighted += interval.value * overlap
-                covered += overlap
-        values.append(weighted / covered if covered else 0.0)
-    return pd.Series(values, index=index, dtype=float)
-
-
-def expected_import_kw(
-    session: Session, site_id: str, index: pd.DatetimeIndex, end: dt.datetime, step: dt.timedelta
-) -> pd.Series:
-    """The site's expected import without dispatch events [kW] per interval of ``index``.
-
-    For an interval starting at ``t``: the ``counterfactual["site_import_kw"]`` of the site's latest
-    :class:`ScheduleVersion` created before ``t``, aligned by its ``horizon_start`` and
-    ``step_seconds`` and averaged over the interval (cut at ``end``). ``NaN`` where that version has
-    no counterfactual or does not cover the whole interval, or there is no version.
-    """
-    columns = (
-        ScheduleVersion.created_at,
-        ScheduleVersion.horizon_start,
-        ScheduleVersion.step_seconds,
-        ScheduleVersion.counterfactual,
-    )
-    first, last = index[0].to_pydatetime(), index[-1].to_pydatetime()
-    earlier = session.execute(
-        select(*columns)
-        .where(ScheduleVersion.site_id == site_id, ScheduleVersion.created_at < first)
-        .order_by(ScheduleVersion.created_at.desc(), ScheduleVersion.id.desc())
-        .limit(1)
-    ).all()
-    during = session.execute(
-        select(*columns)
-        .where(ScheduleVersion.site_id == site_id)
-        .where(ScheduleVersion.created_at >= first, ScheduleVersion.created_at < last)
-        .order_by(ScheduleVersion.created_at, ScheduleVersion.id)
-    ).all()
-    versions = [*earlier, *during]
-    values = []
-    for t in index:
-        slot_start = t.to_pydatetime()
-        made_before = [version for version in versions if version.created_at < slot_start]
-        if not made_before:
-            values.append(math.nan)
-            continue
-        version = made_before[-1]
-        values.append(
-            _plan_mean(
-                version.counterfactual,
-                version.horizon_start,
-                dt.timedelta(seconds=version.step_seconds),
-                slot_start,
-                min(slot_start + step, end),
-            )
-        )
-    return pd.Series(values, index=index, dtype=float)
-
-
-def _plan_mean(
-    counterfactual: dict[str, Any] | None,
-    horizon_start: dt.datetime,
-    plan_step: dt.timedelta,
-    start: dt.datetime,
-    end: dt.datetime,
-) -> float:
-    """Time-weighted mean of the plan's ``site_import_kw`` over ``[start, end)``; ``NaN`` if not covered."""
-    series = (counterfactual or {}).get("site_import_kw")
-    if not isinstance(series, list) or start < horizon_start:
-        return math.nan
-    first = int((start - horizon_start) // plan_step)
-    last = math.ceil((end - horizon_start) / plan_step)
-    if last > len(series):
-        return math.nan
-    weighted = 0.0
-    for k in range(first, last):
-        value = series[k]
-        if value is None:
-            return math.nan
-        step_start = horizon_start + k * plan_step
-        overlap = (min(end, step_start + plan_step) - max(start, step_start)).total_seconds()
-        weighted += float(value) * overlap
-    return weighted / (end - start).total_seconds()
 
 
 def _number(value: Any) -> float | None:

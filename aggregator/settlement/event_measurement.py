@@ -1,0 +1,184 @@
+"""What a dispatch event asked of each interval, and what the plan in force expected without it.
+
+Both are read per interval of the event's window (15 minutes by default, the index of
+:func:`aggregator.metering.interval_index`):
+
+- :func:`committed_kw`: the event's kW per interval, the time-weighted mean of its signal intervals;
+- :func:`expected_import_kw`: the site's import [kW] without the event, from the counterfactual of the
+  :class:`~aggregator.db.models.ScheduleVersion` *in force* at each interval: the site's latest
+  version created before the interval starts;
+- :func:`vehicle_counterfactual_kw`: one charging session's power [kW] (positive charging) in that
+  same counterfactual, found through the version's ``inputs["sessions"]`` (scenario vehicle id →
+  ``charging_sessions.id``).
+
+A plan value is the time-weighted mean of the plan's steps over the interval (cut at the window's
+end); ``NaN`` where the version in force has no counterfactual, does not cover the whole interval,
+does not plan the session, or where no version was made before the interval.
+
+The grid operators' API (:mod:`aggregator.api.routes.operators`) and settlement
+(:mod:`aggregator.settlement.event_settlement`) both measure with these, so an operator's view of an
+event and what it is paid agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import pandas as pd
+from sqlalchemy import Row, select
+from sqlalchemy.orm import Session
+
+from aggregator.db.models import ScheduleVersion
+
+
+class IntervalLike(Protocol):
+    """A signal interval: ``value`` [kW] over ``[start, end)`` (aware)."""
+
+    @property
+    def start(self) -> dt.datetime: ...
+
+    @property
+    def end(self) -> dt.datetime: ...
+
+    @property
+    def value(self) -> float: ...
+
+
+def committed_kw(
+    intervals: Sequence[IntervalLike], index: pd.DatetimeIndex, end: dt.datetime, step: dt.timedelta
+) -> pd.Series:
+    """The event's kW per interval of ``index``: the time-weighted mean of its intervals over each
+    ``[t, t + step)`` (cut at the window's ``end``); ``0`` where no interval covers it."""
+    values = []
+    for t in index:
+        slot_start, slot_end = t.to_pydatetime(), min(t.to_pydatetime() + step, end)
+        weighted, covered = 0.0, 0.0
+        for interval in intervals:
+            overlap = (min(slot_end, interval.end) - max(slot_start, interval.start)).total_seconds()
+            if overlap > 0:
+                weighted += interval.value * overlap
+                covered += overlap
+        values.append(weighted / covered if covered else 0.0)
+    return pd.Series(values, index=index, dtype=float)
+
+
+def expected_import_kw(
+    session: Session, site_id: str, index: pd.DatetimeIndex, end: dt.datetime, step: dt.timedelta
+) -> pd.Series:
+    """The site's expected import without dispatch events [kW] per interval of ``index`` (module doc):
+    the ``counterfactual["site_import_kw"]`` of the version in force at each interval."""
+
+    def site_import(version: Row[Any]) -> list[Any] | None:
+        series = (version.counterfactual or {}).get("site_import_kw")
+        return series if isinstance(series, list) else None
+
+    return _in_force_series(session, site_id, index, end, step, site_import)
+
+
+def vehicle_counterfactual_kw(
+    session: Session,
+    site_id: str,
+    charging_session_id: int,
+    index: pd.DatetimeIndex,
+    end: dt.datetime,
+    step: dt.timedelta,
+) -> pd.Series:
+    """Charging session ``charging_session_id``'s power without dispatch events [kW, positive
+    charging] per interval of ``index`` (module doc): its vehicle's ``power_kw`` in the counterfactual
+    of the version in force at each interval."""
+
+    def vehicle_power(version: Row[Any]) -> list[Any] | None:
+        sessions = (version.inputs or {}).get("sessions") or {}
+        keys = [key for key, value in sessions.items() if value == charging_session_id]
+        vehicles = (version.counterfactual or {}).get("vehicles") or {}
+        planned = vehicles.get(keys[0]) if keys else None
+        series = planned.get("power_kw") if isinstance(planned, dict) else None
+        return series if isinstance(series, list) else None
+
+    return _in_force_series(session, site_id, index, end, step, vehicle_power)
+
+
+def _in_force_series(
+    session: Session,
+    site_id: str,
+    index: pd.DatetimeIndex,
+    end: dt.datetime,
+    step: dt.timedelta,
+    pick: Callable[[Row[Any]], list[Any] | None],
+) -> pd.Series:
+    """Per interval of ``index``: the mean of ``pick(version in force)`` over the interval (or ``NaN``)."""
+    versions = _versions_in_force(session, site_id, index)
+    values = []
+    for t in index:
+        slot_start = t.to_pydatetime()
+        made_before = [version for version in versions if version.created_at < slot_start]
+        if not made_before:
+            values.append(math.nan)
+            continue
+        version = made_before[-1]
+        values.append(
+            plan_mean(
+                pick(version),
+                version.horizon_start,
+                dt.timedelta(seconds=version.step_seconds),
+                slot_start,
+                min(slot_start + step, end),
+            )
+        )
+    return pd.Series(values, index=index, dtype=float)
+
+
+def _versions_in_force(session: Session, site_id: str, index: pd.DatetimeIndex) -> list[Row[Any]]:
+    """The site's versions that are in force at some interval of ``index``, oldest first: the last one
+    made before the first interval, and every one made before the last interval starts."""
+    columns = (
+        ScheduleVersion.id,
+        ScheduleVersion.created_at,
+        ScheduleVersion.horizon_start,
+        ScheduleVersion.step_seconds,
+        ScheduleVersion.inputs,
+        ScheduleVersion.counterfactual,
+    )
+    first, last = index[0].to_pydatetime(), index[-1].to_pydatetime()
+    earlier = session.execute(
+        select(*columns)
+        .where(ScheduleVersion.site_id == site_id, ScheduleVersion.created_at < first)
+        .order_by(ScheduleVersion.created_at.desc(), ScheduleVersion.id.desc())
+        .limit(1)
+    ).all()
+    during = session.execute(
+        select(*columns)
+        .where(ScheduleVersion.site_id == site_id)
+        .where(ScheduleVersion.created_at >= first, ScheduleVersion.created_at < last)
+        .order_by(ScheduleVersion.created_at, ScheduleVersion.id)
+    ).all()
+    return [*earlier, *during]
+
+
+def plan_mean(
+    series: Sequence[Any] | None,
+    horizon_start: dt.datetime,
+    plan_step: dt.timedelta,
+    start: dt.datetime,
+    end: dt.datetime,
+) -> float:
+    """Time-weighted mean of a plan's per-step ``series`` [kW] over ``[start, end)``; ``NaN`` if the
+    series is missing or does not cover the whole span."""
+    if series is None or start < horizon_start:
+        return math.nan
+    first = int((start - horizon_start) // plan_step)
+    last = math.ceil((end - horizon_start) / plan_step)
+    if last > len(series):
+        return math.nan
+    weighted = 0.0
+    for k in range(first, last):
+        value = series[k]
+        if value is None:
+            return math.nan
+        step_start = horizon_start + k * plan_step
+        overlap = (min(end, step_start + plan_step) - max(start, step_start)).total_seconds()
+        weighted += float(value) * overlap
+    return weighted / (end - start).total_seconds()

@@ -1,0 +1,250 @@
+"""Settle a dispatch event from the database: price what it delivered, share it, and book it once.
+
+1. :func:`~aggregator.settlement.event_inputs.settlement_inputs` gathers the event's measurement and
+   its vehicles' contributions from the database (see :mod:`aggregator.settlement.event_inputs`).
+2. :func:`event_booking` (pure) prices the performance with
+   :func:`~aggregator.settlement.terms.event_revenue` and turns it into an
+   :class:`~aggregator.settlement.runs.EventBooking`, in integer minor units: the net pot is allocated
+   to the drivers with :func:`~aggregator.settlement.allocation.allocate`, pro rata to the sum of the
+   positive contributions of their sessions (a session that hurt does not reduce its driver's other
+   sessions: its effect is already in the pot); drivers who get nothing are listed with the reason; the
+   wear compensation line is split among the drivers by their discharged energy the same way. A pot
+   that nobody contributed to is left unallocated (the platform's).
+3. :func:`settle_dispatch_event` books it through :func:`aggregator.settlement.runs.settle_event`: a
+   re-run with unchanged data stores nothing; late meter data books a new version that reverses the
+   previous one.
+
+A cancelled event settles to nothing (an all-zero booking, which reverses anything booked for it
+before): :class:`~aggregator.settlement.terms.PaymentTerms` have no cancellation payment.
+:func:`settle_period_events` settles every ended (or cancelled) event that started in a calendar month
+(UTC), one run per event. Capacity payments (``capacity_per_kw_month``) are not booked here: which
+drivers a month's capacity payment belongs to is not defined yet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session
+
+from aggregator.db.models import DispatchEvent
+from aggregator.settlement.allocation import AllocationError, allocate
+from aggregator.settlement.event_inputs import (
+    EventNotEndedError,
+    EventSettlementInputs,
+    NoTelemetryError,
+    SettlementInputError,
+    UnknownEventError,
+    settlement_inputs,
+)
+from aggregator.settlement.performance import MEASURED_KINDS
+from aggregator.settlement.runs import EventBooking, RunOutcome, SessionFactory, settle_event
+from aggregator.settlement.terms import EventRevenue, LineKind, PaymentTerms, event_revenue
+from market_adapters.dispatch import SignalStatus
+
+__all__ = [
+    "EventNotEndedError",
+    "EventSettlement",
+    "EventSettlementInputs",
+    "NoTelemetryError",
+    "PeriodSettlement",
+    "SettlementInputError",
+    "UnknownEventError",
+    "event_booking",
+    "event_revenue_of",
+    "events_in_period",
+    "period_bounds",
+    "settle_dispatch_event",
+    "settle_event_from_db",
+    "settle_period_events",
+    "settlement_inputs",
+]
+
+PERIOD_PATTERN = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+# ------------------------------------------------------------------------------------------- booking
+
+
+def event_revenue_of(inputs: EventSettlementInputs, terms: PaymentTerms | None = None) -> EventRevenue | None:
+    """The event's revenue lines under ``terms`` (default :attr:`EventSettlementInputs.terms`);
+    ``None`` for a cancelled event."""
+    if inputs.performance is None:
+        return None
+    return event_revenue(
+        terms or inputs.terms,
+        inputs.performance,
+        available_kw=inputs.available_kw,
+        discharged_kwh=sum(inputs.discharged_kwh_by_driver().values()),
+        event_hours=inputs.event_hours,
+    )
+
+
+def event_booking(inputs: EventSettlementInputs, terms: PaymentTerms | None = None) -> EventBooking:
+    """What the event books (module doc, step 2): integer minor units of the terms' currency, balancing.
+
+    ``terms`` default to :attr:`EventSettlementInputs.terms`.
+    """
+    terms = terms or inputs.terms
+    base: dict[str, Any] = {
+        "program_id": inputs.program_id,
+        "currency": terms.currency,
+        "event_ref": inputs.event_ref,
+        "occurred_at": inputs.window_start,
+        "wear_funded_by_platform": terms.wear_funded_by_platform,
+    }
+    revenue = event_revenue_of(inputs, terms)
+    if revenue is None or inputs.attribution is None:
+        return EventBooking(**base, gross_minor=0)
+    weights: dict[int, float] = defaultdict(float)
+    reasons: dict[int, list[str]] = defaultdict(list)
+    for vehicle in inputs.vehicles:
+        contribution = inputs.attribution.vehicles[vehicle.session_id]
+        driver = vehicle.driver_id
+        weights[driver] += max(contribution.weight_kwh, 0.0)
+        if contribution.exclusion is not None:
+            exclusion = contribution.exclusion
+            reasons[driver].append(f"{exclusion.reason.value} ({exclusion.detail})")
+        elif contribution.missing_intervals == len(vehicle.metered_kw):
+            reasons[driver].append(f"session {vehicle.session_id}: no metered and planned power to compare")
+        elif contribution.delivered_kwh <= 0:
+            reasons[driver].append(
+                f"session {vehicle.session_id}: delivered {contribution.delivered_kwh:.3f} kWh "
+                "against its counterfactual"
+            )
+    pot = revenue.net_pot_minor
+    unallocated = 0
+    try:
+        shares = allocate(pot, dict(weights))
+    except AllocationError:
+        shares, unallocated = dict.fromkeys(weights, 0), pot
+    wear_total = revenue.amount(LineKind.WEAR_COMPENSATION)
+    wear = allocate(wear_total, inputs.discharged_kwh_by_driver()) if wear_total else {}
+    zero_reasons = {
+        driver: "; ".join(reasons[driver])
+        or ("the event left nothing to share" if pot == 0 else "no contribution")
+        for driver, share in shares.items()
+        if share == 0
+    }
+    return EventBooking(
+        **base,
+        gross_minor=revenue.gross_minor,
+        threshold_reduction_minor=revenue.amount(LineKind.THRESHOLD_REDUCTION),
+        penalty_minor=revenue.amount(LineKind.PENALTY),
+        platform_fee_minor=revenue.amount(LineKind.PLATFORM_FEE),
+        driver_shares_minor={driver: share for driver, share in shares.items() if share},
+        wear_minor_by_driver={driver: amount for driver, amount in wear.items() if amount},
+        unallocated_minor=unallocated,
+        zero_reasons=zero_reasons,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class EventSettlement:
+    """One event's settlement: what it was made from, its revenue lines, its booking, what the run did."""
+
+    inputs: EventSettlementInputs
+    revenue: EventRevenue | None
+    booking: EventBooking
+    outcome: RunOutcome
+
+
+def settle_event_from_db(
+    sessions: SessionFactory, event_id: int, *, dry_run: bool = False, now: dt.datetime | None = None
+) -> EventSettlement:
+    """Gather, price and book event ``event_id`` (module doc); ``now`` defaults to the clock."""
+    now = now or dt.datetime.now(dt.UTC)
+    with sessions() as session:
+        inputs = settlement_inputs(session, event_id, now=now)
+    booking = event_booking(inputs)
+    outcome = settle_event(sessions, booking.event_ref, booking, dry_run=dry_run)
+    return EventSettlement(inputs, event_revenue_of(inputs), booking, outcome)
+
+
+def settle_dispatch_event(
+    sessions: SessionFactory, event_id: int, *, dry_run: bool = False, now: dt.datetime | None = None
+) -> RunOutcome:
+    """Settle event ``event_id``; what :func:`~aggregator.settlement.runs.settle_event` did."""
+    return settle_event_from_db(sessions, event_id, dry_run=dry_run, now=now).outcome
+
+
+def period_bounds(period: str) -> tuple[dt.datetime, dt.datetime]:
+    """``"YYYY-MM"`` as ``[first of the month, first of the next)`` in UTC."""
+    match = PERIOD_PATTERN.match(period)
+    if match is None or not 1 <= int(match.group(2)) <= 12:
+        raise ValueError(f"period {period!r} is not a month as YYYY-MM")
+    year, month = int(match.group(1)), int(match.group(2))
+    start = dt.datetime(year, month, 1, tzinfo=dt.UTC)
+    end = dt.datetime(year + month // 12, month % 12 + 1, 1, tzinfo=dt.UTC)
+    return start, end
+
+
+def events_in_period(session: Session, start: dt.datetime, end: dt.datetime, now: dt.datetime) -> list[int]:
+    """Public ids of the events whose latest version starts in ``[start, end)``, has a program, commits
+    something, and has ended by ``now`` or was cancelled; by start."""
+    chains = (
+        select(
+            DispatchEvent.source,
+            DispatchEvent.external_event_id,
+            func.min(DispatchEvent.id).label("event_id"),
+            func.max(DispatchEvent.modification).label("latest"),
+        )
+        .group_by(DispatchEvent.source, DispatchEvent.external_event_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(chains.c.event_id, DispatchEvent)
+        .join(
+            DispatchEvent,
+            and_(
+                DispatchEvent.source == chains.c.source,
+                DispatchEvent.external_event_id == chains.c.external_event_id,
+                DispatchEvent.modification == chains.c.latest,
+            ),
+        )
+        .where(DispatchEvent.window_start >= start, DispatchEvent.window_start < end)
+        .where(DispatchEvent.program_id.is_not(None))
+        .order_by(DispatchEvent.window_start, chains.c.event_id)
+    ).all()
+    return [
+        int(event_id)
+        for event_id, row in rows
+        if row.status is SignalStatus.CANCELLED or (row.kind in MEASURED_KINDS and row.window_end <= now)
+    ]
+
+
+@dataclass(frozen=True)
+class PeriodSettlement:
+    """What settling a month did: one settlement per event, and the events that could not be settled."""
+
+    start: dt.datetime
+    end: dt.datetime
+    settled: tuple[EventSettlement, ...]
+    failed: tuple[SettlementInputError, ...]
+
+
+def settle_period_events(
+    sessions: SessionFactory, period: str, *, dry_run: bool = False, now: dt.datetime | None = None
+) -> PeriodSettlement:
+    """Settle every ended or cancelled event that started in ``period`` (``"YYYY-MM"``, UTC), one run
+    each: unchanged events store nothing, changed ones book a new version. An event that cannot be
+    settled (no telemetry, a bad baseline) is reported in ``failed`` and does not stop the others."""
+    now = now or dt.datetime.now(dt.UTC)
+    start, end = period_bounds(period)
+    with sessions() as session:
+        event_ids = events_in_period(session, start, end, now)
+    settled, failed = [], []
+    for event_id in event_ids:
+        try:
+            settled.append(settle_event_from_db(sessions, event_id, dry_run=dry_run, now=now))
+        except SettlementInputError as error:
+            failed.append(error)
+    return PeriodSettlement(start, end, tuple(settled), tuple(failed))
