@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from market_adapters.tariffs import TariffBlock, TouTariff
 from optimizer.scenario import (
     DemandCharge,
     DrEvent,
@@ -495,3 +496,24 @@ def _v2g_dispatch(grid: _Grid, vehicles: list[VehicleSession], evses: list[Evse]
                 penalty_per_kwh=V2G_PENALTY_PER_KWH,
             )
     return None
+
+
+def tou_ev_4_tariff() -> TouTariff:
+    """:data:`TOU_EV_4` as a :class:`~market_adapters.tariffs.TouTariff`, for planners that price any
+    horizon (the control loop), with the demand charge on every block."""
+    seasons = {"summer": [((6, 1), (9, 30))], "winter": [((1, 1), (5, 31)), ((10, 1), (12, 31))]}
+    blocks = []
+    for (season, day_type), periods in TOU_EV_4.items():
+        for n, (first, last) in enumerate(seasons[season]):
+            blocks.append(
+                TariffBlock(
+                    id=f"{season}-{day_type}-{n}",
+                    first_day=first,
+                    last_day=last,
+                    days="WEEKDAYS" if day_type == "weekday" else "WEEKENDS",
+                    start_hours=[float(start) for start, _ in periods],
+                    prices_per_kwh=[price for _, price in periods],
+                    demand_charge_per_kw=TOU_EV_4_DEMAND_CHARGE_PER_KW,
+                )
+            )
+    return TouTariff(name="SCE TOU-EV-4", blocks=blocks)

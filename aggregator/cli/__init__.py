@@ -3,9 +3,10 @@
 - ``fleetgrid schedule SCENARIO --out DIR [--policy P] [--compare]``: plan a scenario file;
 - ``fleetgrid schedule --acn FILE --tariff FILE --out DIR [--online]``: plan real ACN-Data sessions;
 - ``fleetgrid scenario generate|schema``: make a depot day, print the scenario file schema;
-- ``fleetgrid demo``: generate a depot day and compare the MILP with the baseline policies;
+- ``fleetgrid demo``: a whole depot day end to end (``--offline``: the MILP against the baselines);
 - ``fleetgrid sim-chargers --gateway ws://... --count N --protocol 1.6|2.0.1|2.1``: simulated chargers;
 - ``fleetgrid gateway --config site.toml``: the depot's site gateway;
+- ``fleetgrid aggregator --config central.toml``: the central service (API, ingestion, control loop);
 - ``fleetgrid prices import FILE``: day-ahead prices (CSV, ENTSO-E XML) normalised to per-kWh steps;
 - ``fleetgrid tariff bill --tariff FILE --meter CSV``: a line-item bill of metered load under a tariff;
 - ``fleetgrid admin ...``: bootstrap the central database (accounts, sites, chargers, programs, keys).
@@ -19,10 +20,13 @@ from pathlib import Path
 import typer
 
 from aggregator.cli.admin import app as admin_app
+from aggregator.cli.demo import demo_command
 from aggregator.cli.gateway import gateway
 from aggregator.cli.prices import app as prices_app
 from aggregator.cli.scenarios import app as scenario_app
-from aggregator.cli.scheduling import run_demo, run_schedule
+from aggregator.cli.scheduling import run_schedule
+from aggregator.cli.service import aggregator
+from aggregator.cli.settle import settle
 from aggregator.cli.simulate import sim_chargers
 from aggregator.cli.tariff import app as tariff_app
 
@@ -37,6 +41,8 @@ app.add_typer(tariff_app, name="tariff")
 app.add_typer(admin_app, name="admin")
 app.command("sim-chargers")(sim_chargers)
 app.command("gateway")(gateway)
+app.command("aggregator")(aggregator)
+app.command("settle")(settle)
 
 
 @app.command()
@@ -75,14 +81,7 @@ def schedule(
     )
 
 
-@app.command()
-def demo(
-    vehicles: int = typer.Option(40, help="Vehicles in the generated depot day"),
-    seed: int = typer.Option(7, help="Random seed of the depot day"),
-    out: Path = typer.Option(Path("out/demo"), help="Where the MILP schedule and plot are written"),
-) -> None:
-    """Generate a depot day with V2G and a DR event, schedule it, compare with the baselines."""
-    run_demo(vehicles=vehicles, seed=seed, out=out)
+app.command("demo")(demo_command)
 
 
 def main() -> None:

@@ -1,0 +1,47 @@
+"""``fleetgrid aggregator --config central.toml``: the central service (API, ingestion, control loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from aggregator.api.config import InsecureSettingsError, Settings
+from aggregator.central_config import CentralConfig, CentralConfigError
+
+console = Console()
+
+
+def aggregator(
+    config: Path = typer.Option(Path("examples/central.toml"), "--config", help="central.toml"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level"),
+) -> None:
+    """Run the central service: API (docs at /docs), MQTT ingestion and the control loop."""
+    from aggregator.service import AggregatorService
+
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    try:
+        central = CentralConfig.load(config)
+        settings = Settings.from_env()
+    except (CentralConfigError, InsecureSettingsError, ValidationError, ValueError) as error:
+        console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(code=2) from error
+
+    async def run() -> None:
+        async with AggregatorService(central, settings) as service:
+            console.print(
+                f"fleetgrid aggregator: API on http://{central.api.host}:{service.api_port}/docs,"
+                f" MQTT {'in-process broker' if central.mqtt.embedded else central.mqtt.url},"
+                f" database {central.database.url}"
+            )
+            await service.wait()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        console.print("stopped")

@@ -1,0 +1,135 @@
+"""The central service in one process: API, MQTT ingestion, control loop (``fleetgrid aggregator``).
+
+::
+
+    config = CentralConfig.load(Path("central.toml"))
+    async with AggregatorService(config, Settings.from_env()) as service:
+        await service.wait()                  # until cancelled (Ctrl-C)
+
+On entry the database is migrated to the latest schema, then, in order: the in-process broker when
+``[mqtt] url = "embedded"``, the optional InfluxDB mirror, ingestion (subscribed to every site), the
+control loop (with its setpoint publisher) and the API on uvicorn. They share one sessionmaker and the
+control loop's :class:`~aggregator.replanning.ReplanRequests`, so a driver's override through the API
+or a vehicle arriving through MQTT re-plans its site at once. Exit stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Self
+
+import uvicorn
+
+from aggregator.api.app import create_app
+from aggregator.api.config import Settings
+from aggregator.broker import EmbeddedBroker
+from aggregator.central_config import CentralConfig
+from aggregator.control import ControlLoop, ControlSettings
+from aggregator.db.migrate import upgrade
+from aggregator.db.session import make_engine, make_sessionmaker
+from aggregator.ingestion import Ingestion, IngestionSettings
+from aggregator.replanning import ReplanRequests
+from aggregator.setpoints import MqttPublisherSettings, MqttSetpointPublisher
+from aggregator.telemetry_mirror import MirrorSettings, TelemetryMirror
+
+log = logging.getLogger(__name__)
+
+
+class AggregatorService:
+    """Async context manager running the whole central service (see the module docstring)."""
+
+    def __init__(self, config: CentralConfig, settings: Settings) -> None:
+        self.config = config
+        self.control_settings = ControlSettings.from_mapping(config.control)
+        self.settings = settings.model_copy(update={"database_url": config.database.url})
+        self.replans = ReplanRequests()
+        self.engine = make_engine(config.database.url)
+        self.sessions = make_sessionmaker(self.engine)
+        self.api_port: int | None = None
+        self.broker_address: tuple[str, int] | None = None
+        """Host and port of the MQTT broker in use (the in-process one's free port, when embedded)."""
+        self.control: ControlLoop | None = None
+        self.ingestion: Ingestion | None = None
+        self._stack: AsyncExitStack | None = None
+        self._server: uvicorn.Server | None = None
+        self._serving: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            await asyncio.to_thread(upgrade, self.config.database.url)
+            mqtt = self.config.mqtt
+            if mqtt.embedded:
+                broker = await stack.enter_async_context(EmbeddedBroker())
+                host, port, username, password = broker.host, broker.port, None, None
+            else:
+                host, port, username, password = mqtt.host, mqtt.port, mqtt.username, mqtt.password()
+            self.broker_address = (host, port)
+            mirror = None
+            if self.config.influxdb is not None:
+                influx = self.config.influxdb
+                mirror = await stack.enter_async_context(
+                    TelemetryMirror(MirrorSettings(influx.url, influx.org, influx.bucket, influx.token()))
+                )
+            ingestion_settings = IngestionSettings(
+                host, port, username, password, client_id=f"{mqtt.client_id}-ingestion"
+            )
+            self.ingestion = await stack.enter_async_context(
+                Ingestion(ingestion_settings, self.sessions, replans=self.replans, mirror=mirror)
+            )
+            publisher = await stack.enter_async_context(
+                MqttSetpointPublisher(
+                    MqttPublisherSettings(
+                        host, port, username, password, client_id=f"{mqtt.client_id}-setpoints"
+                    )
+                )
+            )
+            self.control = await stack.enter_async_context(
+                ControlLoop(self.sessions, publisher, self.replans, self.control_settings)
+            )
+            await stack.enter_async_context(self._api())
+            self._stack = stack.pop_all()
+        return self
+
+    @contextlib.asynccontextmanager
+    async def _api(self) -> AsyncIterator[None]:
+        app = create_app(self.settings, self.sessions, replans=self.replans)
+        api = self.config.api
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=api.host, port=api.port, log_level="info", lifespan="off")
+        )
+        serving = asyncio.create_task(server.serve(), name="api")
+        try:
+            async with asyncio.timeout(15):
+                while not server.started:
+                    if serving.done():
+                        serving.result()  # raises why uvicorn could not start (port taken, ...)
+                        raise RuntimeError(f"the API could not listen on {api.host}:{api.port}")
+                    await asyncio.sleep(0.02)
+            self.api_port = server.servers[0].sockets[0].getsockname()[1]
+            log.info("API on http://%s:%d (docs at /docs)", api.host, self.api_port)
+            self._server, self._serving = server, serving
+            yield
+        finally:
+            server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self._stack is not None:
+                await self._stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self._stack = None
+            self.engine.dispose()
+
+    async def wait(self) -> None:
+        """Until the API server stops (it stops on SIGINT/SIGTERM) or the task is cancelled."""
+        if self._serving is not None:
+            await asyncio.shield(self._serving)

@@ -1,0 +1,79 @@
+"""``fleetgrid aggregator`` in one process on a fresh machine's defaults: SQLite and the in-process broker.
+
+A gateway's telemetry published on the broker is stored, the control loop plans the site, and the API
+answers, all from one :class:`AggregatorService`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+
+import aiomqtt
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from aggregator.api.config import Settings
+from aggregator.central_config import CentralConfig
+from aggregator.db.models import Charger, ScheduleVersion, Site, TelemetryRecord
+from aggregator.service import AggregatorService
+from site_gateway.contract import Telemetry, encode, telemetry_topic
+
+
+async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+def test_api_ingestion_and_control_loop_run_together(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'central.sqlite'}"
+    path = tmp_path / "central.toml"
+    path.write_text(
+        f'[database]\nurl = "{url}"\n[api]\nport = 0\n[mqtt]\nurl = "embedded"\n'
+        "[control]\nsolver_time_limit_s = 5\n"
+    )
+    config = CentralConfig.load(path)
+
+    async def scenario() -> None:
+        async with AggregatorService(config, Settings()) as service:
+            with service.sessions() as session:
+                session.add(Site(id="depot-1", name="Depot", import_limit_kw=50, export_limit_kw=0))
+                session.flush()
+                session.add(Charger(site_id="depot-1", charge_point_id="cp-1", evse_id=1, max_kw=11))
+                session.commit()
+            service.replans.request("depot-1", "test")
+
+            def count(model: type) -> int:
+                with service.sessions() as session:
+                    return session.scalar(select(func.count()).select_from(model)) or 0
+
+            await until(lambda: count(ScheduleVersion) >= 1)
+
+            assert service.ingestion is not None
+            await service.ingestion.wait_subscribed(10)
+            reading = Telemetry(
+                site_id="depot-1", seq=1, sent_at=dt.datetime.now(dt.UTC), site_import_kw=12.5, evses=()
+            )
+            assert service.broker_address is not None
+            host, port = service.broker_address
+            async with aiomqtt.Client(host, port) as gateway:
+                await gateway.publish(telemetry_topic("depot-1"), encode(reading), qos=1)
+            await until(lambda: count(TelemetryRecord) == 1)
+
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.api_port}") as client:
+                assert (await client.get("/docs")).status_code == 200
+                assert (await client.get("/users/me")).status_code == 401
+
+    asyncio.run(scenario())
+
+
+def test_a_bad_control_table_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "central.toml"
+    path.write_text("[control]\ncadense = 5\n")
+    config = CentralConfig.load(path)
+    with pytest.raises(ValueError, match="cadense"):
+        AggregatorService(config, Settings())
