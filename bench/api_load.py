@@ -30,6 +30,7 @@ import os
 import socket
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ SECRET = "bench-secret-" + "x" * 40
 TARGET_RATE = 200.0
 TARGET_P99_MS = 50.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+MAX_IN_FLIGHT = 64
+"""Requests the server admits at once, and its database connections."""
 
 
 def free_port() -> int:
@@ -126,8 +129,21 @@ def serve(url: str, port: int) -> None:
     from aggregator.api.app import create_app
 
     settings = Settings(secret_key=SecretStr(SECRET), database_url=url)
-    app = create_app(settings, make_sessionmaker(make_engine(url, pool_size=20, max_overflow=20)))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    # Each request holds a database connection from authentication until its response, also while it
+    # waits for a worker thread: with more requests in flight than connections, the threads wait for
+    # connections the waiting requests hold. Admitting at most as many requests as there are
+    # connections (uvicorn answers 503 beyond) keeps an overload from stalling the pool.
+    engine = make_engine(url, pool_size=MAX_IN_FLIGHT, max_overflow=0, pool_timeout=10)
+    app = create_app(settings, make_sessionmaker(engine))
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        limit_concurrency=MAX_IN_FLIGHT,
+        timeout_graceful_shutdown=2,
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -162,6 +178,7 @@ class ClientShare:
     latencies_ms: list[float]
     seconds: float
     cpu_seconds: float
+    error_kinds: dict[str, int]
 
 
 async def fire(
@@ -176,6 +193,7 @@ async def fire(
     headers = {"Authorization": f"Bearer {token}"}
     latencies: list[float] = []
     errors = 0
+    kinds: Counter[str] = Counter()
 
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
         # open a few connections and warm the server's rendered plans before the clock starts
@@ -190,9 +208,11 @@ async def fire(
                 await response.aread()
                 if response.status_code != 200:
                     errors += 1
+                    kinds[f"HTTP {response.status_code}"] += 1
                     return
-            except httpx.HTTPError:
+            except httpx.HTTPError as error:
                 errors += 1
+                kinds[f"{type(error).__name__}: {error}"[:120]] += 1
                 return
             latencies.append((time.perf_counter() - planned) * 1000)
 
@@ -211,7 +231,7 @@ async def fire(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
         seconds = time.perf_counter() - t0
-    return ClientShare(n, errors, latencies, seconds, time.process_time() - cpu0)
+    return ClientShare(n, errors, latencies, seconds, time.process_time() - cpu0, dict(kinds))
 
 
 def client_process(
@@ -263,6 +283,11 @@ def run_step(
     for process in processes:
         process.join(10)
     seconds = max(share.seconds for share in shares)
+    kinds: Counter[str] = Counter()
+    for share in shares:
+        kinds.update(share.error_kinds)
+    for kind, count in kinds.most_common():
+        print(f"{rate:.0f} req/s: {count} x {kind}", flush=True)
     return StepResult(
         rate=rate,
         sent=sum(share.sent for share in shares),
@@ -320,6 +345,9 @@ def main() -> None:
         finally:
             server.terminate()
             server.join(10)
+            if server.is_alive():
+                server.kill()
+                server.join(10)
 
     rows = []
     for r in results:

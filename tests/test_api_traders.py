@@ -392,6 +392,36 @@ def test_site_schedule_csv_parses_back(client: TestClient, stored: World) -> Non
     assert bad.status_code == 422
 
 
+def test_a_new_version_replaces_the_rendered_plan(
+    client: TestClient, session: Session, stored: World
+) -> None:
+    """The rendered current plan is kept per version: a newer version is served at once."""
+    headers = trader(stored)
+    assert (
+        client.get("/trader/sites/depot-1/schedule", headers=headers).json()["version_id"]
+        == stored.extra["latest"]
+    )
+    newer = hand_version(
+        session,
+        created_at=at(-0.25),
+        scenario=tiny_scenario(at(0), 8, 0.2),
+        powers={"A": [1.0] * 8, "B": [0.0] * 8},
+        status=ScheduleStatus.HEURISTIC,
+        unmet={},
+    )
+    body = client.get("/trader/sites/depot-1/schedule", headers=headers).json()
+    assert body["version_id"] == newer.id and body["status"] == "heuristic"
+    assert [s["site_import_kw"] for s in body["steps"]] == [1.0] * 8
+    rows = list(
+        csv.DictReader(
+            io.StringIO(
+                client.get("/trader/sites/depot-1/schedule", headers=headers, params={"format": "csv"}).text
+            )
+        )
+    )
+    assert [float(r["A_kw"]) for r in rows] == [1.0] * 8
+
+
 def test_site_schedule_not_found(client: TestClient, stored: World) -> None:
     no_version = client.get("/trader/sites/depot-2/schedule", headers=trader(stored))
     assert no_version.status_code == 404 and "no schedule version" in no_version.json()["detail"]
