@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import DispatchEvent, Program, ProgramSite
+from aggregator.dispatch_events import latest_versions
+from aggregator.settlement.event_inputs import event_payment_terms
 from market_adapters.dispatch import SignalKind, SignalStatus
 
 
@@ -58,23 +58,9 @@ def site_event_windows(
     def floor(moment: dt.datetime) -> dt.datetime:
         return start + ((moment - start) // step) * step
 
-    latest = (
-        select(
-            DispatchEvent.source,
-            DispatchEvent.external_event_id,
-            func.max(DispatchEvent.modification).label("modification"),
-        )
-        .group_by(DispatchEvent.source, DispatchEvent.external_event_id)
-        .subquery()
-    )
     rows = session.execute(
-        select(DispatchEvent, Program)
-        .join(
-            latest,
-            (DispatchEvent.source == latest.c.source)
-            & (DispatchEvent.external_event_id == latest.c.external_event_id)
-            & (DispatchEvent.modification == latest.c.modification),
-        )
+        latest_versions()
+        .add_columns(Program)
         .join(Program, Program.id == DispatchEvent.program_id)
         .join(ProgramSite, (ProgramSite.program_id == Program.id) & (ProgramSite.site_id == site_id))
         .where(
@@ -86,17 +72,16 @@ def site_event_windows(
         .order_by(DispatchEvent.id)
     ).all()
     windows: list[EventWindow] = []
-    for event, program in rows:
+    for _, event, program in rows:
         targets = event.target_sites or []
         if targets and site_id not in targets:
             continue
-        terms = program.payment_terms or {}
-        price = event.price_per_kwh if event.price_per_kwh is not None else _term(terms, "per_kwh_delivered")
-        penalty = (
-            event.penalty_per_kwh
-            if event.penalty_per_kwh is not None
-            else _term(terms, "penalty_per_kwh_short")
-        )
+        try:
+            terms = event_payment_terms(program, event)  # what settlement will pay and charge
+            price, penalty = float(terms.per_kwh_delivered), float(terms.penalty_per_kwh_short)
+        except ValueError as error:
+            notes.append(f"dispatch event {event.id}: {error}; planned as unpaid")
+            price, penalty = 0.0, 0.0
         for position, interval in enumerate(event.intervals or []):
             parsed = _interval(interval)
             if parsed is None:
@@ -127,11 +112,6 @@ def _interval(interval: object) -> tuple[dt.datetime, dt.datetime, float] | None
     if first.utcoffset() is None or last.utcoffset() is None or not math.isfinite(value):
         return None
     return first, last, value
-
-
-def _term(terms: Mapping[str, object], name: str) -> float:
-    value = terms.get(name)
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) and value >= 0 else 0.0
 
 
 __all__ = ["EventWindow", "site_event_windows"]

@@ -51,6 +51,7 @@ from aggregator.db.models import (
     V2gConsent,
     Vehicle,
 )
+from aggregator.dispatch_events import EventChain, EventNotFoundError, event_chain
 from aggregator.metering import DEFAULT_STEP, evse_power_intervals, interval_index, site_import_intervals
 from aggregator.settlement.attribution import Attribution, Exclusion, ExclusionReason, attribute
 from aggregator.settlement.baselines import (
@@ -189,35 +190,12 @@ class EventSettlementInputs:
         return dict(totals)
 
 
-@dataclass(frozen=True)
-class _Event:
-    """An event's versions, oldest first, under its public id."""
-
-    id: int
-    versions: Sequence[DispatchEvent]
-
-    @property
-    def latest(self) -> DispatchEvent:
-        return self.versions[-1]
-
-
-def find_event(session: Session, event_id: int) -> _Event:
+def find_event(session: Session, event_id: int) -> EventChain:
     """The event whose public id (its first version's row id) is ``event_id``."""
-    first = session.get(DispatchEvent, event_id)
-    if first is None:
-        raise UnknownEventError(event_id, "no such dispatch event")
-    versions = session.scalars(
-        select(DispatchEvent)
-        .where(DispatchEvent.source == first.source)
-        .where(DispatchEvent.external_event_id == first.external_event_id)
-        .order_by(DispatchEvent.modification)
-    ).all()
-    first_id = min(version.id for version in versions)
-    if first_id != event_id:
-        raise UnknownEventError(
-            event_id, f"is a later version (modification {first.modification}) of event {first_id}"
-        )
-    return _Event(event_id, versions)
+    try:
+        return event_chain(session, event_id)
+    except EventNotFoundError as error:
+        raise UnknownEventError(event_id, error.problem) from error
 
 
 def event_payment_terms(program: Program, event: DispatchEvent) -> PaymentTerms:
@@ -333,7 +311,7 @@ def settlement_inputs(
 
 def _site_inputs(
     session: Session,
-    event: _Event,
+    event: EventChain,
     site_id: str,
     method: BaselineMethod,
     committed: pd.Series,
@@ -387,7 +365,7 @@ def _metering_span(
     return epoch + ((first - epoch) // step) * step, last
 
 
-def _event_days(session: Session, event: _Event, site: Site, since: dt.datetime) -> set[dt.date]:
+def _event_days(session: Session, event: EventChain, site: Site, since: dt.datetime) -> set[dt.date]:
     """Local days before the event with another (not cancelled) event at ``site``: not baseline days."""
     latest = event.latest
     rows = session.scalars(

@@ -29,10 +29,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import DispatchEvent
+from aggregator.dispatch_events import latest_versions
 from aggregator.settlement.allocation import AllocationError, allocate
 from aggregator.settlement.event_inputs import (
     EventNotEndedError,
@@ -190,29 +190,11 @@ def period_bounds(period: str) -> tuple[dt.datetime, dt.datetime]:
 def events_in_period(session: Session, start: dt.datetime, end: dt.datetime, now: dt.datetime) -> list[int]:
     """Public ids of the events whose latest version starts in ``[start, end)``, has a program, commits
     something, and has ended by ``now`` or was cancelled; by start."""
-    chains = (
-        select(
-            DispatchEvent.source,
-            DispatchEvent.external_event_id,
-            func.min(DispatchEvent.id).label("event_id"),
-            func.max(DispatchEvent.modification).label("latest"),
-        )
-        .group_by(DispatchEvent.source, DispatchEvent.external_event_id)
-        .subquery()
-    )
+    query = latest_versions()
     rows = session.execute(
-        select(chains.c.event_id, DispatchEvent)
-        .join(
-            DispatchEvent,
-            and_(
-                DispatchEvent.source == chains.c.source,
-                DispatchEvent.external_event_id == chains.c.external_event_id,
-                DispatchEvent.modification == chains.c.latest,
-            ),
-        )
-        .where(DispatchEvent.window_start >= start, DispatchEvent.window_start < end)
+        query.where(DispatchEvent.window_start >= start, DispatchEvent.window_start < end)
         .where(DispatchEvent.program_id.is_not(None))
-        .order_by(DispatchEvent.window_start, chains.c.event_id)
+        .order_by(DispatchEvent.window_start, query.selected_columns.event_id)
     ).all()
     return [
         int(event_id)

@@ -17,14 +17,13 @@ import datetime as dt
 import math
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -46,6 +45,7 @@ from aggregator.api.schemas.operators import (
     SitePerformance,
 )
 from aggregator.db.models import DispatchEvent, Program, Role, User
+from aggregator.dispatch_events import EventChain, EventNotFoundError, event_chain, latest_versions
 from aggregator.metering import DEFAULT_STEP, interval_index, site_import_intervals
 from aggregator.settlement.event_measurement import committed_kw, expected_import_kw
 from aggregator.settlement.performance import EventPerformance, event_performance
@@ -145,33 +145,16 @@ def _public(event_id: int, latest: DispatchEvent) -> EventPublic:
     return EventPublic(id=event_id, **_version(latest).model_dump())
 
 
-@dataclass(frozen=True)
-class EventChain:
-    """An event's versions, oldest first, under its public id."""
-
-    id: int
-    versions: Sequence[DispatchEvent]
-
-    @property
-    def latest(self) -> DispatchEvent:
-        return self.versions[-1]
-
-
 def _own_event(session: Session, user: User, event_id: int) -> EventChain:
     """The event whose public id is ``event_id``, if it belongs to one of ``user``'s programs; else 404."""
-    first = session.get(DispatchEvent, event_id)
-    if first is None:
+    try:
+        chain = event_chain(session, event_id)
+    except EventNotFoundError as error:
+        raise _not_found(f"event {event_id}") from error
+    program = chain.latest.program
+    if program is None or program.owner_id != user.id:
         raise _not_found(f"event {event_id}")
-    versions = session.scalars(
-        select(DispatchEvent)
-        .where(DispatchEvent.source == first.source)
-        .where(DispatchEvent.external_event_id == first.external_event_id)
-        .order_by(DispatchEvent.modification)
-    ).all()
-    program = versions[-1].program
-    if min(version.id for version in versions) != event_id or program is None or program.owner_id != user.id:
-        raise _not_found(f"event {event_id}")
-    return EventChain(event_id, versions)
+    return chain
 
 
 def _target_sites(program: Program, requested: Sequence[str]) -> list[str]:
@@ -295,26 +278,8 @@ def list_events(
 ) -> Page[EventPublic]:
     """The operator's events as they stand (latest versions), whose window overlaps ``[start, end)``,
     ordered by start."""
-    chains = (
-        select(
-            DispatchEvent.source,
-            DispatchEvent.external_event_id,
-            func.min(DispatchEvent.id).label("event_id"),
-            func.max(DispatchEvent.modification).label("latest"),
-        )
-        .group_by(DispatchEvent.source, DispatchEvent.external_event_id)
-        .subquery()
-    )
     query: Select[Any] = (
-        select(chains.c.event_id, DispatchEvent)
-        .join(
-            DispatchEvent,
-            and_(
-                DispatchEvent.source == chains.c.source,
-                DispatchEvent.external_event_id == chains.c.external_event_id,
-                DispatchEvent.modification == chains.c.latest,
-            ),
-        )
+        latest_versions()
         .join(Program, Program.id == DispatchEvent.program_id)
         .where(Program.owner_id == user.id)
     )
@@ -325,7 +290,9 @@ def list_events(
     query = window.overlapping(query, DispatchEvent.window_start, DispatchEvent.window_end)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.execute(
-        query.order_by(DispatchEvent.window_start, chains.c.event_id).offset(page.offset).limit(page.limit)
+        query.order_by(DispatchEvent.window_start, query.selected_columns.event_id)
+        .offset(page.offset)
+        .limit(page.limit)
     ).all()
     return Page[EventPublic](
         items=[_public(event_id, row) for event_id, row in rows],
