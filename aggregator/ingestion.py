@@ -109,7 +109,7 @@ from site_gateway.contract import (
     parse_topic,
     subscription,
 )
-from site_gateway.uplink import Backoff
+from site_gateway.reconnect import Backoff, keep_connected
 
 log = logging.getLogger(__name__)
 
@@ -315,30 +315,21 @@ class Ingestion:
     # ------------------------------------------------------------------------------------- connection
 
     async def _run(self) -> None:
-        attempt = 0
-        while True:
-            got_through = False
-            try:
-                async with self._client() as client:
-                    got_through = True
-                    await self._consume(client)
-            except aiomqtt.MqttError as err:
-                lost: BaseException = err
-            finally:
-                self.subscribed.clear()
-            if got_through:
-                attempt = 0
-            delay = self.settings.backoff.delay(attempt, self._random)
-            attempt += 1
-            log.warning(
-                "ingestion: MQTT connection to %s:%s lost or refused (%s); retry %d in %.1f s",
-                self.settings.host,
-                self.settings.port,
-                lost,
-                attempt,
-                delay,
-            )
-            await self._sleep(delay)
+        await keep_connected(
+            self._session,
+            who="ingestion",
+            host=self.settings.host,
+            port=self.settings.port,
+            backoff=self.settings.backoff,
+            random=self._random,
+            sleep=self._sleep,
+            on_lost=self.subscribed.clear,
+        )
+
+    async def _session(self, connected: Callable[[], None]) -> None:
+        async with self._client() as client:
+            connected()
+            await self._consume(client)
 
     def _client(self) -> aiomqtt.Client:
         s = self.settings

@@ -33,7 +33,7 @@ from site_gateway.contract import (
     encode,
     setpoint_topic,
 )
-from site_gateway.uplink import Backoff
+from site_gateway.reconnect import Backoff, keep_connected
 
 log = logging.getLogger(__name__)
 
@@ -162,34 +162,24 @@ class MqttSetpointPublisher:
         return len(self._queue)
 
     async def _run(self) -> None:
-        attempt = 0
-        while True:
-            got_through = False
-            lost: BaseException | None = None
-            try:
-                async with self._client() as client:
-                    got_through = True
-                    self.connected.set()
-                    async with asyncio.TaskGroup() as tasks:
-                        tasks.create_task(self._watch(client), name="setpoint-publisher-watch")
-                        tasks.create_task(self._drain(client), name="setpoint-publisher-drain")
-            except* aiomqtt.MqttError as errors:
-                lost = errors.exceptions[0]
-            finally:
-                self.connected.clear()
-            if got_through:
-                attempt = 0
-            delay = self.settings.backoff.delay(attempt, self._random)
-            attempt += 1
-            log.warning(
-                "setpoints: MQTT connection to %s:%s lost or refused (%s); retry %d in %.1f s",
-                self.settings.host,
-                self.settings.port,
-                lost,
-                attempt,
-                delay,
-            )
-            await self._sleep(delay)
+        await keep_connected(
+            self._session,
+            who="setpoints",
+            host=self.settings.host,
+            port=self.settings.port,
+            backoff=self.settings.backoff,
+            random=self._random,
+            sleep=self._sleep,
+            on_lost=self.connected.clear,
+        )
+
+    async def _session(self, connected: Callable[[], None]) -> None:
+        async with self._client() as client:
+            connected()
+            self.connected.set()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._watch(client), name="setpoint-publisher-watch")
+                tasks.create_task(self._drain(client), name="setpoint-publisher-drain")
 
     @staticmethod
     async def _watch(client: aiomqtt.Client) -> None:

@@ -51,7 +51,7 @@ from influxdb_client.client.write_api_async import WriteApiAsync
 from influxdb_client.rest import ApiException
 
 from site_gateway.contract import Telemetry
-from site_gateway.uplink import Backoff
+from site_gateway.reconnect import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -99,6 +99,7 @@ from site_gateway.contract import (
     topic,
 )
 from site_gateway.outbox import Outbox, OutboxMessage
+from site_gateway.reconnect import Backoff, keep_connected
 
 log = logging.getLogger(__name__)
 
@@ -107,20 +108,6 @@ CommandHandler = Callable[[SetpointCommand], Awaitable[None] | None]
 
 class UplinkError(RuntimeError):
     """The uplink cannot do what was asked (not entered, or a wait timed out)."""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Jittered exponential backoff: attempt ``n`` waits between half and all of
-    ``min(max_s, initial_s * factor**n)`` seconds."""
-
-    initial_s: float = 0.5
-    max_s: float = 30.0
-    factor: float = 2.0
-
-    def delay(self, attempt: int, random: Callable[[], float]) -> float:
-        ceiling = min(self.max_s, self.initial_s * self.factor ** min(attempt, 64))
-        return ceiling * (0.5 + 0.5 * random())
 
 
 @dataclass(frozen=True)
@@ -138,7 +125,7 @@ class UplinkSettings:
     keepalive_s: int = 30
     timeout_s: float = 10.0
     """Limit on every wait for the broker: CONNACK, SUBACK, PUBACK."""
-    backoff: Backoff = Backoff()
+    backoff: Backoff = field(default_factory=Backoff)
     drain_on_exit_s: float = 2.0
     """On a clean exit, how long to keep publishing the outbox before disconnecting."""
     recent_commands: int = 256
@@ -190,7 +177,6 @@ class Uplink:
         self._drained = asyncio.Event()
         self._recent: collections.deque[str] = collections.deque(maxlen=settings.recent_commands)
         self._will_seq: int | None = None
-        self._got_through = False
         self._client: aiomqtt.Client | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._connection: asyncio.Task[None] | None = None
@@ -282,32 +268,22 @@ class Uplink:
     # ------------------------------------------------------------------------------------- connection
 
     async def _run(self) -> None:
-        attempt = 0
-        while True:
-            lost: BaseException | None = None
-            try:
-                await self._session()
-            except* aiomqtt.MqttError as group:
-                lost = group.exceptions[0]
-            finally:
-                self.connected.clear()
-                self._client = None
-            if self._got_through:
-                attempt = 0
-            delay = self.settings.backoff.delay(attempt, self._random)
-            attempt += 1
-            log.warning(
-                "site %s: MQTT connection to %s:%s lost or refused (%s); retry %d in %.1f s",
-                self.site_id,
-                self.settings.host,
-                self.settings.port,
-                lost,
-                attempt,
-                delay,
-            )
-            await self._sleep(delay)
+        def lost() -> None:
+            self.connected.clear()
+            self._client = None
 
-    async def _session(self) -> None:
+        await keep_connected(
+            self._session,
+            who=f"site {self.site_id}",
+            host=self.settings.host,
+            port=self.settings.port,
+            backoff=self.settings.backoff,
+            random=self._random,
+            sleep=self._sleep,
+            on_lost=lost,
+        )
+
+    async def _session(self, connected: Callable[[], None]) -> None:
         s = self.settings
         if self._will_seq is None:
             self._will_seq = self.outbox.reserve_seq()
@@ -331,9 +307,8 @@ class Uplink:
             timeout=s.timeout_s,
             tls_context=s.tls_context,
         )
-        self._got_through = False
         async with client:
-            self._got_through = True
+            connected()
             self._will_seq = None  # this connection's will is armed; the next one takes a new number
             self.connects += 1
             granted = await client.subscribe(self._setpoint_topic, qos=QOS, timeout=s.timeout_s)

@@ -50,8 +50,8 @@ from optimizer.scenario import DemandCharge, Tariff
 from site_gateway.config import GatewayConfig
 from site_gateway.contract import EvseSetpoint, SetpointCommand, decode, setpoint_topic
 from site_gateway.gateway import Gateway
+from site_gateway.reconnect import Backoff
 from site_gateway.simulator import SimClock, SimulatedCharger
-from site_gateway.uplink import Backoff
 from site_gateway.vehicle_model import Vehicle as SimVehicle
 
 broker = mosquitto.broker

@@ -51,7 +51,8 @@ from site_gateway.contract import (
     topic,
     topic_for,
 )
-from site_gateway.uplink import Backoff, Uplink, UplinkSettings
+from site_gateway.reconnect import Backoff
+from site_gateway.uplink import Uplink, UplinkSettings
 
 __all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 

@@ -32,7 +32,7 @@ from aggregator.db.session import make_sessionmaker
 from aggregator.ingestion import Ingestion, IngestionSettings
 from aggregator.telemetry_mirror import MirrorSettings, TelemetryMirror, line_protocol
 from site_gateway.contract import Telemetry, build, encode, telemetry_topic
-from site_gateway.uplink import Backoff
+from site_gateway.reconnect import Backoff
 
 __all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 

@@ -36,7 +36,8 @@ from site_gateway.contract import (
     subscription,
     telemetry_topic,
 )
-from site_gateway.uplink import Backoff, Uplink, UplinkSettings
+from site_gateway.reconnect import Backoff
+from site_gateway.uplink import Uplink, UplinkSettings
 
 broker = mosquitto.broker  # the fixture: a test-owned broker on a free port
 
