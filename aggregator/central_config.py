@@ -32,34 +32,23 @@ file and key named.
 
 from __future__ import annotations
 
-import os
-import tomllib
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aggregator.db.session import DEFAULT_URL
+from site_gateway.config import ConfigError, MqttBrokerSection, read_toml, secret_from_env
 
 EMBEDDED = "embedded"
 
 
-class CentralConfigError(ValueError):
+class CentralConfigError(ConfigError):
     """A configuration file that cannot be used; the message names the file and the key."""
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _secret(variable: str | None, what: str) -> str | None:
-    if variable is None:
-        return None
-    value = os.environ.get(variable)
-    if value is None:
-        raise CentralConfigError(f"{what}: the environment variable {variable} is not set")
-    return value
 
 
 class DatabaseSection(_Section):
@@ -71,34 +60,22 @@ class ApiSection(_Section):
     port: int = Field(8000, ge=0, le=65535)
 
 
-class MqttSection(_Section):
+class MqttSection(MqttBrokerSection):
+    config_error: ClassVar[type[ConfigError]] = CentralConfigError
+
     url: str = EMBEDDED
-    username: str | None = None
-    password_env: str | None = None
     client_id: str = "fleetgrid-centre"
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, url: str) -> str:
-        if url != EMBEDDED and urlsplit(url).scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"must be {EMBEDDED!r} or look like mqtt://host:1883, got {url!r}")
-        return url
+        if url == EMBEDDED:
+            return url
+        return MqttBrokerSection._scheme(url)
 
     @property
     def embedded(self) -> bool:
         return self.url == EMBEDDED
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-    def password(self) -> str | None:
-        return _secret(self.password_env, "[mqtt] password_env")
 
 
 class InfluxSection(_Section):
@@ -108,7 +85,7 @@ class InfluxSection(_Section):
     token_env: str
 
     def token(self) -> str:
-        token = _secret(self.token_env, "[influxdb] token_env")
+        token = secret_from_env(self.token_env, "[influxdb] token_env", CentralConfigError)
         assert token is not None
         return token
 
@@ -123,16 +100,4 @@ class CentralConfig(_Section):
 
     @classmethod
     def load(cls, path: Path) -> CentralConfig:
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as error:
-            raise CentralConfigError(f"{path}: cannot read ({error.strerror})") from error
-        except tomllib.TOMLDecodeError as error:
-            raise CentralConfigError(f"{path}: not valid TOML ({error})") from error
-        try:
-            return cls.model_validate(data)
-        except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors()
-            )
-            raise CentralConfigError(f"{path}: {problems}") from error
+        return read_toml(path, cls, CentralConfigError)

@@ -49,7 +49,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -63,12 +63,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _secret(env: str | None, what: str) -> str | None:
+def secret_from_env(env: str | None, what: str, error: type[ConfigError] = ConfigError) -> str | None:
+    """The secret in environment variable ``env`` (``None`` when no variable is named); ``error``
+    naming ``what`` when the variable is not set."""
     if env is None:
         return None
     value = os.environ.get(env)
     if value is None:
-        raise ConfigError(f"{what}: environment variable {env!r} is not set")
+        raise error(f"{what}: the environment variable {env} is not set")
     return value
 
 
@@ -93,12 +95,14 @@ class OcppSection(_Section):
         return self
 
 
-class MqttSection(_Section):
+class MqttBrokerSection(_Section):
+    """Where an MQTT broker is and how to log in; the secret comes from the environment."""
+
+    config_error: ClassVar[type[ConfigError]] = ConfigError
+
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password_env: str | None = None
-    outbox: Path = Path("fleetgrid-outbox.sqlite")
-    keepalive_s: int = Field(30, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -122,7 +126,12 @@ class MqttSection(_Section):
         return urlsplit(self.url).scheme == "mqtts"
 
     def password(self) -> str | None:
-        return _secret(self.password_env, "mqtt.password_env")
+        return secret_from_env(self.password_env, "mqtt.password_env", self.config_error)
+
+
+class MqttSection(MqttBrokerSection):
+    outbox: Path = Path("fleetgrid-outbox.sqlite")
+    keepalive_s: int = Field(30, gt=0)
 
 
 class ControlSection(_Section):
@@ -145,7 +154,7 @@ class ChargerSection(_Section):
     discharge_on_201: bool = False
 
     def password(self) -> str | None:
-        return _secret(self.password_env, f"chargers[{self.id}].password_env")
+        return secret_from_env(self.password_env, f"chargers[{self.id}].password_env")
 
 
 class TokenSection(_Section):
@@ -184,20 +193,29 @@ class GatewayConfig(_Section):
         return next((c for c in self.chargers if c.id == charge_point_id), None)
 
 
-def load_config(path: str | Path) -> GatewayConfig:
-    """Read and validate ``site.toml``; errors name the file, the field and what is wrong."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_toml(path: str | Path, model: type[M], error: type[ConfigError] = ConfigError) -> M:
+    """Read ``path`` as TOML into ``model``; ``error`` naming the file, the field and what is wrong."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such file") from exc
+        raise error(f"{path}: cannot read: no such file") from exc
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror})") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        raise error(f"{path}: not valid TOML: {exc}") from exc
     try:
-        return GatewayConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '(file)'}: {error['msg']}"
-            for error in exc.errors()
+            f"{'.'.join(str(part) for part in e['loc']) or '(file)'}: {e['msg']}" for e in exc.errors()
         )
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise error(f"{path}: {problems}") from exc
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate ``site.toml``; errors name the file, the field and what is wrong."""
+    return read_toml(path, GatewayConfig)
