@@ -40,7 +40,7 @@ import pyomo.environ as pyo
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pyomo.common.gc_manager import PauseGC
 
-from optimizer.errors import ScenarioError, SolverUnavailableError
+from optimizer.errors import ScenarioError
 from optimizer.evaluation import evaluate
 from optimizer.model import add_site, site_cost
 from optimizer.problem import DispatchSpec, Problem, build_problem, default_unmet_penalty
@@ -48,11 +48,10 @@ from optimizer.results import ScheduleResult, SolveStatus
 from optimizer.scenario import AwareDatetime, NonNegative, Scenario, Series
 from optimizer.solve import (
     SolverOptions,
-    _fallback,
-    _gap,
-    _Outcome,
-    _powers,
-    _solve_exclusivity_relaxed_first,
+    fallback_result,
+    relative_gap,
+    solve_model,
+    vehicle_powers,
 )
 
 log = logging.getLogger(__name__)
@@ -236,16 +235,7 @@ def solve_portfolio(
     model = build_portfolio_model(problems, specs)
     build_seconds = time.perf_counter() - started
 
-    started = time.perf_counter()
-    try:
-        with PauseGC():
-            outcome = _solve_exclusivity_relaxed_first(model, options)
-    except SolverUnavailableError:
-        raise
-    except Exception as exc:  # the solver failing must not leave the sites without a schedule
-        log.exception("HiGHS failed on a portfolio of %d sites", len(problems))
-        outcome = _Outcome(False, False, None, None, f"solver error: {exc}")
-    solve_seconds = time.perf_counter() - started
+    outcome, solve_seconds = solve_model(model, options, f"a portfolio of {len(problems)} sites")
 
     if not outcome.has_solution:
         message = f"{outcome.message}; earliest-deadline-first schedules returned instead"
@@ -268,7 +258,7 @@ def solve_portfolio(
         sites=sites,
         events=_splits(specs, problems, sites),
         bound=outcome.bound,
-        gap=_gap(objective, outcome.bound),
+        gap=relative_gap(objective, outcome.bound),
         build_seconds=build_seconds,
         solve_seconds=solve_seconds,
         message=outcome.message,
@@ -286,7 +276,7 @@ def solve_portfolio(
             for site in fallback.sites.values():
                 site.message = message
             fallback.message, fallback.bound = message, outcome.bound
-            fallback.gap = _gap(fallback.objective, outcome.bound)
+            fallback.gap = relative_gap(fallback.objective, outcome.bound)
             fallback.build_seconds, fallback.solve_seconds = build_seconds, solve_seconds
             return fallback
     return result
@@ -622,7 +612,7 @@ def _site_result(
 
     The bound and gap belong to the portfolio (see :class:`PortfolioResult`); a site has none of its own.
     """
-    charge, discharge = _powers(block, problem)
+    charge, discharge = vehicle_powers(block, problem)
     return ScheduleResult(
         policy="milp",
         status=status,
@@ -642,7 +632,7 @@ def _fallback_portfolio(
     problems: Sequence[Problem], specs: Sequence[PortfolioEventSpec], message: str
 ) -> PortfolioResult:
     """Every site's earliest-deadline-first schedule, the events priced on it."""
-    sites = {p.site_id: _fallback(p, message) for p in problems}
+    sites = {p.site_id: fallback_result(p, message) for p in problems}
     splits = _splits(specs, problems, sites)
     own = _event_costs(splits.values())
     objective = sum(site.objective for site in sites.values())

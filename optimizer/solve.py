@@ -67,7 +67,7 @@ def highs_settings(options: SolverOptions) -> dict[str, bool | int | float]:
 
 
 @dataclass
-class _Outcome:
+class SolverOutcome:
     has_solution: bool
     optimal: bool
     objective: float | None
@@ -124,40 +124,31 @@ def optimize(problem: Problem, options: SolverOptions | None = None) -> Schedule
     model = build_model(problem)
     build_seconds = time.perf_counter() - started
 
-    started = time.perf_counter()
-    try:
-        # Handing the model over and loading the solution touch every variable and constraint: no
-        # garbage collection meanwhile (see build_model).
-        with PauseGC():
-            outcome = _solve_exclusivity_relaxed_first(model, options)
-    except SolverUnavailableError:
-        raise
-    except Exception as exc:  # the solver failing must not leave a site without a schedule
-        log.exception("HiGHS failed on %s", problem.name)
-        outcome = _Outcome(False, False, None, None, f"solver error: {exc}")
-    solve_seconds = time.perf_counter() - started
+    outcome, solve_seconds = solve_model(model, options, problem.name)
 
     if not outcome.has_solution:
-        fallback = _fallback(problem, f"{outcome.message}; earliest-deadline-first schedule returned instead")
+        fallback = fallback_result(
+            problem, f"{outcome.message}; earliest-deadline-first schedule returned instead"
+        )
         fallback.build_seconds, fallback.solve_seconds = build_seconds, solve_seconds
         log.warning("no feasible MILP schedule for %s: %s", problem.name, fallback.message)
         return fallback
 
-    charge, discharge = _powers(model, problem)
+    charge, discharge = vehicle_powers(model, problem)
     evaluation = evaluate(problem, charge, discharge)
     objective = outcome.objective if outcome.objective is not None else pyo.value(model.total_cost)
     if not outcome.optimal:
-        fallback = _fallback(problem, "")
+        fallback = fallback_result(problem, "")
         if fallback.objective < evaluation.objective - 1e-9 * max(1.0, abs(evaluation.objective)):
             fallback.message = (
                 f"{outcome.message} with an incumbent of {objective:.6g}; the earliest-deadline-first "
                 f"schedule ({fallback.objective:.6g}) is better and returned instead"
             )
-            fallback.bound, fallback.gap = outcome.bound, _gap(fallback.objective, outcome.bound)
+            fallback.bound, fallback.gap = outcome.bound, relative_gap(fallback.objective, outcome.bound)
             fallback.build_seconds, fallback.solve_seconds = build_seconds, solve_seconds
             log.warning("poor MILP incumbent for %s: %s", problem.name, fallback.message)
             return fallback
-    gap = _gap(objective, outcome.bound)
+    gap = relative_gap(objective, outcome.bound)
     return ScheduleResult(
         policy="milp",
         status=SolveStatus.OPTIMAL if outcome.optimal else SolveStatus.FEASIBLE,
@@ -175,7 +166,24 @@ def optimize(problem: Problem, options: SolverOptions | None = None) -> Schedule
     )
 
 
-def _solve_exclusivity_relaxed_first(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome:
+def solve_model(model: pyo.ConcreteModel, options: SolverOptions, name: str) -> tuple[SolverOutcome, float]:
+    """Solve a built model (exclusivity relaxed first); the outcome and the seconds it took. A solver
+    failure other than a missing solver becomes an outcome without a solution, logged with ``name``."""
+    started = time.perf_counter()
+    try:
+        # Handing the model over and loading the solution touch every variable and constraint: no
+        # garbage collection meanwhile (see build_model).
+        with PauseGC():
+            outcome = _solve_exclusivity_relaxed_first(model, options)
+    except SolverUnavailableError:
+        raise
+    except Exception as exc:  # the solver failing must not leave a site without a schedule
+        log.exception("HiGHS failed on %s", name)
+        outcome = SolverOutcome(False, False, None, None, f"solver error: {exc}")
+    return outcome, time.perf_counter() - started
+
+
+def _solve_exclusivity_relaxed_first(model: pyo.ConcreteModel, options: SolverOptions) -> SolverOutcome:
     """Solve with ``is_charging`` relaxed to [0, 1]; put the binaries back only if that was not enough.
 
     The relaxation's optimum is a lower bound of the MILP's. Where its schedule never charges and
@@ -226,20 +234,20 @@ def _round_exclusivity(site: pyo.Block, tolerance_kw: float = 1e-6) -> bool:
     return True
 
 
-def _fallback(problem: Problem, message: str) -> ScheduleResult:
+def fallback_result(problem: Problem, message: str) -> ScheduleResult:
     """The earliest-deadline-first schedule, reported as what ``policy="milp"`` returned."""
     fallback = baseline(problem, "edf")
     fallback.policy, fallback.message = "milp", message
     return fallback
 
 
-def _gap(objective: float, bound: float | None) -> float | None:
+def relative_gap(objective: float, bound: float | None) -> float | None:
     if bound is None or not math.isfinite(bound):
         return None
     return abs(objective - bound) / max(abs(objective), 1e-9) if abs(objective - bound) > 1e-9 else 0.0
 
 
-def _powers(site: pyo.Block, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+def vehicle_powers(site: pyo.Block, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     """Charge and discharge [kW], vehicle × step, from the model (or portfolio block) of ``problem``."""
     shape = (len(problem.vehicles), problem.n_steps)
     charge, discharge = np.zeros(shape), np.zeros(shape)
@@ -253,7 +261,7 @@ def _powers(site: pyo.Block, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(charge, 0.0, limits_c), np.clip(discharge, 0.0, limits_d)
 
 
-def _solve_appsi(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome:
+def _solve_appsi(model: pyo.ConcreteModel, options: SolverOptions) -> SolverOutcome:
     from pyomo.contrib.appsi.base import TerminationCondition
     from pyomo.contrib.appsi.solvers import Highs
 
@@ -274,7 +282,7 @@ def _solve_appsi(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome:
     )
     if has_solution:
         results.solution_loader.load_vars()
-    return _Outcome(
+    return SolverOutcome(
         has_solution=has_solution,
         optimal=condition == TerminationCondition.optimal,
         objective=results.best_feasible_objective if has_solution else None,
@@ -283,7 +291,7 @@ def _solve_appsi(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome:
     )
 
 
-def _solve_contrib(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome:
+def _solve_contrib(model: pyo.ConcreteModel, options: SolverOptions) -> SolverOutcome:
     from pyomo.contrib.solver.common.factory import SolverFactory
     from pyomo.contrib.solver.common.results import SolutionStatus, TerminationCondition
 
@@ -304,7 +312,7 @@ def _solve_contrib(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome
     if has_solution:
         results.solution_loader.load_vars()
     condition = results.termination_condition
-    return _Outcome(
+    return SolverOutcome(
         has_solution=has_solution,
         optimal=condition == TerminationCondition.convergenceCriteriaSatisfied,
         objective=results.incumbent_objective,
@@ -313,7 +321,7 @@ def _solve_contrib(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome
     )
 
 
-def _solve_file(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome:
+def _solve_file(model: pyo.ConcreteModel, options: SolverOptions) -> SolverOutcome:
     import highspy
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -338,7 +346,7 @@ def _solve_file(model: pyo.ConcreteModel, options: SolverOptions) -> _Outcome:
                 var.set_value(value, skip_validation=True)
     is_mip = info.mip_node_count >= 0
     bound = info.mip_dual_bound if is_mip else info.objective_function_value
-    return _Outcome(
+    return SolverOutcome(
         has_solution=has_solution,
         optimal=status == highspy.HighsModelStatus.kOptimal,
         objective=None,

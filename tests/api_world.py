@@ -152,3 +152,22 @@ def all_endpoints() -> list[Endpoint]:
     return [
         endpoint for name in names for endpoint in getattr(importlib.import_module(name), "ENDPOINTS", [])
     ]
+
+
+def openapi_routes(client: TestClient, prefix: str = "") -> set[tuple[str, str]]:
+    """``(METHOD, path)`` of every route in the app's OpenAPI document whose path starts with ``prefix``."""
+    paths = client.get("/openapi.json").json()["paths"]
+    return {
+        (method.upper(), path)
+        for path, operations in paths.items()
+        for method in operations
+        if path.startswith(prefix)
+    }
+
+
+def check_prefix_covered(client: TestClient, prefix: str, endpoints: list[Endpoint]) -> None:
+    """Every ``prefix`` route has a row in ``endpoints``, except those another module's matrix covers,
+    and every row of ``endpoints`` is a route."""
+    mine = {(endpoint.method, endpoint.path) for endpoint in endpoints}
+    elsewhere = {(endpoint.method, endpoint.path) for endpoint in all_endpoints()} - mine
+    assert openapi_routes(client, prefix) - elsewhere == mine

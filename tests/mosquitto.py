@@ -1,6 +1,6 @@
 """A test-owned Mosquitto broker: its own config dir and free port, stop/restart on the same port.
 
-Use the fixtures from a test module with ``from mosquitto import broker`` (pytest puts ``tests/`` on
+Use the ``broker`` fixture by naming it (``tests/conftest.py`` provides it; pytest puts ``tests/`` on
 ``sys.path``), or build one directly::
 
     with Mosquitto(tmp_path / "broker") as mq:      # started, accepting connections

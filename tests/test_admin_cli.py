@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -13,8 +12,6 @@ from typer.testing import CliRunner
 from aggregator.api.security import hash_api_key, verify_password
 from aggregator.cli import app
 from aggregator.db.models import ApiKey, Charger, Program, ProgramSite, Role, Site, User
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 
 runner = CliRunner()
 

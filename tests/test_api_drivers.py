@@ -10,23 +10,9 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from api_world import (
-    CALLERS,
-    DRIVER,
-    ApiClient,
-    Caller,
-    Endpoint,
-    TestClient,
-    World,
-    api,
-    check_endpoint,
-    client,
-    unique,
-    world,
-)
+from api_world import CALLERS, DRIVER, ApiClient, Caller, Endpoint, TestClient, World, check_endpoint, unique
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -41,17 +27,6 @@ from aggregator.db.models import (
     Vehicle,
     utcnow,
 )
-
-__all__ = [
-    "api",
-    "client",
-    "database_url",
-    "engine",
-    "postgres_database_url",
-    "postgres_server",
-    "session",
-    "world",
-]
 
 T0 = dt.datetime(2026, 6, 1, 8, 0, tzinfo=dt.UTC)
 """Long before the tests run: sessions in the past, open or stopped."""

@@ -14,21 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from api_world import (
-    CALLERS,
-    TRADER,
-    Caller,
-    Endpoint,
-    TestClient,
-    World,
-    api,
-    check_endpoint,
-    client,
-    world,
-)
+from api_world import CALLERS, TRADER, Caller, Endpoint, TestClient, World, check_endpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -41,17 +29,6 @@ from aggregator.db.models import (
     TelemetryRecord,
 )
 from optimizer import Evse, Scenario, ScheduleResult, Site, Tariff, VehicleSession, schedule
-
-__all__ = [
-    "api",
-    "client",
-    "database_url",
-    "engine",
-    "postgres_database_url",
-    "postgres_server",
-    "session",
-    "world",
-]
 
 UTC = dt.UTC
 DAY = dt.datetime(2026, 3, 2, tzinfo=UTC)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from test_event_settlement import START, add_reading, build_world
@@ -16,8 +15,6 @@ from typer.testing import CliRunner
 
 from aggregator.cli import app
 from aggregator.db.models import LedgerTransaction, SettlementRun
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 
 runner = CliRunner()
 

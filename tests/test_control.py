@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -39,8 +38,6 @@ from aggregator.replanning import ReplanRequests
 from aggregator.setpoints import setpoint_command
 from market_adapters.dispatch import SignalKind, SignalStatus
 from site_gateway.contract import GatewayState, SetpointCommand
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 
 SITE = "depot-1"
 T0 = dt.datetime(2026, 6, 1, 10, 0, tzinfo=dt.UTC)

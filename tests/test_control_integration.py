@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import mosquitto
 from mosquitto import Mosquitto
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -53,8 +52,6 @@ from site_gateway.gateway import Gateway
 from site_gateway.reconnect import Backoff
 from site_gateway.simulator import SimClock, SimulatedCharger
 from site_gateway.vehicle_model import Vehicle as SimVehicle
-
-broker = mosquitto.broker
 
 SITE = "depot-int"
 TOKEN = "SIMTOKEN"

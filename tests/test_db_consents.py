@@ -6,7 +6,6 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -18,8 +17,6 @@ from aggregator.db.consents import (
     withdraw_consent,
 )
 from aggregator.db.models import ImmutableRowError, Role, User, V2gConsent, Vehicle
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 
 T0 = dt.datetime(2026, 6, 1, 8, 0, tzinfo=dt.UTC)
 

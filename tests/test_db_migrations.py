@@ -9,14 +9,12 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from postgres import BACKENDS, PostgresServer, postgres_server
+from postgres import BACKENDS, PostgresServer
 from sqlalchemy import inspect
 
 from aggregator.db.migrate import alembic_config, downgrade, upgrade
 from aggregator.db.models import Base
 from aggregator.db.session import make_engine
-
-__all__ = ["postgres_server"]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -6,7 +6,6 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session
@@ -33,8 +32,6 @@ from aggregator.db.session import make_engine, make_sessionmaker
 from aggregator.db.types import NaiveDatetimeError
 from market_adapters.dispatch import GridSignal, SignalInterval, SignalKind, SignalStatus
 from site_gateway.contract import GatewayState
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 
 CEST = dt.timezone(dt.timedelta(hours=2))
 T0 = dt.datetime(2026, 6, 1, 14, 30, 15, 123456, tzinfo=CEST)

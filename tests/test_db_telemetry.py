@@ -8,7 +8,6 @@ import itertools
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -16,8 +15,6 @@ from sqlalchemy.orm import Session
 from aggregator.db.models import EvseTelemetryRecord, Site, TelemetryRecord
 from aggregator.db.telemetry import insert_telemetry_many, insert_telemetry_once
 from site_gateway.contract import EvseTelemetry, Telemetry
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 
 SENT = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 RECEIVED = SENT + dt.timedelta(seconds=2)

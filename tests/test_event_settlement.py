@@ -21,7 +21,6 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -71,8 +70,6 @@ from aggregator.settlement.performance import event_performance
 from aggregator.settlement.runs import RunStatus, scope_balances
 from aggregator.settlement.terms import PaymentTerms
 from market_adapters.dispatch import SignalKind, SignalStatus
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 
 DAY = dt.datetime(2024, 6, 3, tzinfo=dt.UTC)
 START = DAY + dt.timedelta(hours=17)

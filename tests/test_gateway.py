@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiomqtt
-import mosquitto
 import pytest
 from mosquitto import Mosquitto
 
@@ -36,8 +35,6 @@ from site_gateway.contract import (
 from site_gateway.gateway import Gateway
 from site_gateway.simulator import PROTOCOLS, Protocol, SimClock, SimulatedCharger
 from site_gateway.vehicle_model import Vehicle
-
-broker = mosquitto.broker  # the fixture: a test-owned broker on a free port
 
 SPEED = 60.0
 """Simulated seconds per real second for the chargers: one meter value per real second."""

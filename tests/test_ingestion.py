@@ -9,10 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import mosquitto
 import pytest
 from mosquitto import Mosquitto
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -53,10 +51,6 @@ from site_gateway.contract import (
 )
 from site_gateway.reconnect import Backoff
 from site_gateway.uplink import Uplink, UplinkSettings
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
-
-broker = mosquitto.broker
 
 SITE = "depot-north"
 T0 = dt.datetime(2026, 11, 26, 8, 0, tzinfo=dt.UTC)

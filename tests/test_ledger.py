@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from postgres import database_url, engine, postgres_database_url, postgres_server
 from sqlalchemy import Engine, delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -50,8 +49,6 @@ from aggregator.settlement.ledger import (
     transaction_imbalances,
     trial_balance,
 )
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server"]
 
 T0 = dt.datetime(2026, 7, 1, 12, 0, tzinfo=dt.UTC)
 Kind = LedgerAccountKind

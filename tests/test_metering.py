@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import EvseTelemetryRecord, Site, TelemetryRecord
@@ -21,8 +20,6 @@ from aggregator.metering import (
     interval_index,
     site_import_intervals,
 )
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 
 T0 = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)
 CET = dt.timezone(dt.timedelta(hours=1))

@@ -6,7 +6,6 @@ import datetime as dt
 import zoneinfo
 
 import pytest
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy.orm import Session
 
 from aggregator.db.consents import give_consent, withdraw_consent
@@ -36,8 +35,6 @@ from market_adapters.dispatch import SignalKind, SignalStatus
 from market_adapters.tariffs import parse_tou_tariff
 from optimizer.problem import build_problem
 from optimizer.scenario import Tariff, VehicleSession
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 
 SITE = "depot-1"
 NOW = dt.datetime(2026, 6, 1, 10, 7, tzinfo=dt.UTC)

@@ -19,12 +19,8 @@ from api_world import (
     Endpoint,
     TestClient,
     World,
-    api,
     check_endpoint,
-    client,
-    world,
 )
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -40,17 +36,6 @@ from aggregator.db.session import make_sessionmaker
 from aggregator.settlement.disputes import open_dispute
 from aggregator.settlement.ledger import driver_owner, program_owner, transaction_imbalances, trial_balance
 from aggregator.settlement.runs import EventBooking, settle_event
-
-__all__ = [
-    "api",
-    "client",
-    "database_url",
-    "engine",
-    "postgres_database_url",
-    "postgres_server",
-    "session",
-    "world",
-]
 
 JULY = "2026-07"
 E1 = dt.datetime(2026, 7, 10, 18, tzinfo=dt.UTC)

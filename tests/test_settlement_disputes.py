@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,8 +53,6 @@ from aggregator.settlement.ledger import (
     trial_balance,
 )
 from aggregator.settlement.runs import EventBooking, settle_event
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 
 NOW = dt.datetime(2026, 8, 3, 9, 0, tzinfo=dt.UTC)
 Kind = LedgerAccountKind

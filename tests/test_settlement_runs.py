@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from postgres import database_url, engine, postgres_database_url, postgres_server
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,8 +50,6 @@ from aggregator.settlement.runs import (
     settle_event,
     settle_period,
 )
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server"]
 
 T0 = dt.datetime(2026, 7, 1, 17, 0, tzinfo=dt.UTC)
 Kind = LedgerAccountKind

@@ -13,7 +13,6 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -57,8 +56,6 @@ from aggregator.settlement.statements import (
 )
 from aggregator.settlement.terms import CURRENCY_EXPONENTS
 from market_adapters.dispatch import SignalKind, SignalStatus
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 
 JULY = Month(2026, 7)
 

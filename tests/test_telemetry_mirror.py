@@ -23,7 +23,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from mosquitto import free_port
-from postgres import database_url, engine, postgres_database_url, postgres_server, session
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -33,8 +32,6 @@ from aggregator.ingestion import Ingestion, IngestionSettings
 from aggregator.telemetry_mirror import MirrorSettings, TelemetryMirror, line_protocol
 from site_gateway.contract import Telemetry, build, encode, telemetry_topic
 from site_gateway.reconnect import Backoff
-
-__all__ = ["database_url", "engine", "postgres_database_url", "postgres_server", "session"]
 
 T0 = dt.datetime(2026, 11, 26, 8, 0, tzinfo=dt.UTC)
 T0_NS = 1_795_680_000 * 10**9  # 2026-11-26T08:00:00Z

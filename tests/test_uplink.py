@@ -15,7 +15,6 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
-import mosquitto
 import pytest
 from mosquitto import Mosquitto
 
@@ -38,8 +37,6 @@ from site_gateway.contract import (
 )
 from site_gateway.reconnect import Backoff
 from site_gateway.uplink import Uplink, UplinkSettings
-
-broker = mosquitto.broker  # the fixture: a test-owned broker on a free port
 
 SITE = "depot-north"
 FAST = Backoff(initial_s=0.05, max_s=0.5)
