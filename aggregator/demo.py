@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import math
 import zoneinfo
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from typing import Any
 import httpx
 import numpy as np
 import uvicorn
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.api.app import create_app
@@ -54,7 +53,7 @@ from aggregator.settlement.event_settlement import settle_event_from_db
 from aggregator.settlement.terms import CURRENCY_EXPONENTS
 from aggregator.synthetic import generate_depot_day, tou_ev_4_tariff
 from optimizer.baselines import run_policy
-from optimizer.evaluation import evaluate
+from optimizer.evaluation import Evaluation, bill_site, evaluate
 from optimizer.problem import Problem, build_problem
 from optimizer.scenario import Scenario, VehicleSession
 from site_gateway.config import GatewayConfig
@@ -247,11 +246,10 @@ async def enrol_drivers(client: httpx.AsyncClient, scenario: Scenario) -> None:
             consent.raise_for_status()
 
 
-async def post_dr_event(client: httpx.AsyncClient, scenario: Scenario) -> dict[str, Any]:
+async def post_dr_event(client: httpx.AsyncClient, scenario: Scenario, requested_kw: float) -> dict[str, Any]:
     """The grid operator asks the program for the scenario's DR reduction."""
     event = scenario.dr_events[0]
     headers = await _token_for(client, "operator@grid.example")
-    requested_kw = requested_reduction_kw(scenario)
     body = {
         "kind": "dr_reduction",
         "start": event.start.isoformat(),
@@ -266,15 +264,23 @@ async def post_dr_event(client: httpx.AsyncClient, scenario: Scenario) -> dict[s
     return posted
 
 
-def requested_reduction_kw(scenario: Scenario) -> float:
-    """What the operator asks for: 30 % of what the site would import in the event window if the
-    vehicles charged uncontrolled (at least 5 kW)."""
-    problem = build_problem(scenario)
-    charge_kw, discharge_kw = run_policy(problem, "uncontrolled")
-    flows = evaluate(problem, charge_kw, discharge_kw).import_kw
-    event = scenario.dr_events[0]
-    steps = [n for n, t in enumerate(problem.index) if event.start <= t < event.end]
-    return max(5.0, round(0.3 * float(flows[steps].mean()), 1))
+@dataclass(frozen=True)
+class Uncontrolled:
+    """The same vehicles charging as soon as they plug in: what fleetgrid is compared with."""
+
+    problem: Problem
+    evaluation: Evaluation
+
+    @classmethod
+    def of(cls, scenario: Scenario) -> Uncontrolled:
+        problem = build_problem(scenario)
+        return cls(problem, evaluate(problem, *run_policy(problem, "uncontrolled")))
+
+    def requested_reduction_kw(self, scenario: Scenario) -> float:
+        """What the operator asks for: 30 % of the uncontrolled import in the event window (>= 5 kW)."""
+        event = scenario.dr_events[0]
+        steps = [n for n, t in enumerate(self.problem.index) if event.start <= t < event.end]
+        return max(5.0, round(0.3 * float(self.evaluation.import_kw[steps].mean()), 1))
 
 
 async def event_performance(client: httpx.AsyncClient, event_id: int) -> dict[str, Any]:
@@ -341,6 +347,7 @@ async def run_day(
     zone = zoneinfo.ZoneInfo(TIMEZONE)
     day = (dt.datetime.now(zone) + dt.timedelta(days=1)).date()  # in the future: events are not "past"
     scenario, start, end = depot_day(options, day)
+    uncontrolled = Uncontrolled.of(scenario)
     options.workdir.mkdir(parents=True, exist_ok=True)
     database = options.workdir / "demo.sqlite"
     for stale in (database, options.workdir / "outbox.sqlite"):
@@ -412,7 +419,9 @@ async def run_day(
             posted: dict[str, Any] | None = None
             while (now := clock.now()) < end:
                 if posted is None and now >= posted_at:
-                    posted = await post_dr_event(client, scenario)
+                    posted = await post_dr_event(
+                        client, scenario, uncontrolled.requested_reduction_kw(scenario)
+                    )
                     progress.events_posted = 1
                 progress.now = now
                 progress.plugged = sum(1 for s in stations if s.transaction is not None)
@@ -430,7 +439,7 @@ async def run_day(
             else ([], "")
         )
         targets = [_charged(s, v) for s, v in zip(stations, scenario.vehicles, strict=True)]
-        report = _report(sessions, scenario, performance, targets)
+        report = _report(sessions, scenario, uncontrolled, performance, targets)
         report.payouts.extend(payouts)
         if settled:
             report.notes.append(settled)
@@ -441,18 +450,6 @@ async def run_day(
 # --------------------------------------------------------------------------------------- report
 
 
-def _metered_costs(problem: Problem, import_kw: np.ndarray) -> tuple[float, float]:
-    """Energy plus demand cost [currency] and billed peak [kW] of a metered import per step."""
-    flows = np.nan_to_num(import_kw, nan=0.0)
-    energy = float((np.maximum(flows, 0.0) * problem.import_price).sum() * problem.step_hours)
-    energy -= float((np.maximum(-flows, 0.0) * problem.export_price).sum() * problem.step_hours)
-    demand, peak = 0.0, float(np.maximum(flows, 0.0).max()) if len(flows) else 0.0
-    for charge in problem.demand_charges:
-        averages = [np.maximum(flows, 0.0)[steps].mean() for steps in charge.intervals]
-        demand += charge.rate_per_kw * max([charge.peak_already_kw, *averages])
-    return energy + demand, peak
-
-
 def _settle(
     sessions: sessionmaker[Session], event_id: int, now: dt.datetime
 ) -> tuple[list[tuple[str, str]], str]:
@@ -460,7 +457,7 @@ def _settle(
     settlement = settle_event_from_db(sessions, event_id, now=now)
     booking = settlement.booking
     with sessions() as session:
-        emails = dict(session.execute(select(User.id, User.email)).tuples().all())
+        emails = {user_id: email for user_id, email in session.execute(select(User.id, User.email))}
     exponent = 10 ** CURRENCY_EXPONENTS[booking.currency]
     payouts = []
     drivers = sorted(
@@ -494,6 +491,7 @@ def _charged(station: SimulatedCharger, session: VehicleSession) -> tuple[bool, 
 def _report(
     sessions: sessionmaker[Session],
     scenario: Scenario,
+    baseline: Uncontrolled,
     performance: dict[str, Any] | None,
     targets: list[tuple[bool, float, float]],
 ) -> DemoReport:
@@ -503,20 +501,15 @@ def _report(
         full_day_end = day_start + STEP * scenario.n_steps
         metered = site_import_intervals(session, SITE_ID, day_start, full_day_end)
         evses = evse_power_intervals(session, SITE_ID, day_start, full_day_end)
-        stored_sessions = len(
-            session.scalars(select(ChargingSession).where(ChargingSession.site_id == SITE_ID)).all()
+        stored_sessions = session.scalar(
+            select(func.count()).select_from(ChargingSession).where(ChargingSession.site_id == SITE_ID)
         )
     measured = metered.mean_kw.to_numpy()
     measured_filled = np.where(np.isnan(measured), 0.0, measured)
-    problem = build_problem(scenario)
-    cost, peak = _metered_costs(problem, measured_filled)
-    charge_kw, discharge_kw = run_policy(problem, "uncontrolled")
-    uncontrolled = evaluate(problem, charge_kw, discharge_kw)
-    uncontrolled_cost = (
-        uncontrolled.costs["energy_cost"]
-        - uncontrolled.costs["export_revenue"]
-        + uncontrolled.costs["demand_charge"]
-    )
+    problem, uncontrolled = baseline.problem, baseline.evaluation
+    imported, exported = np.maximum(measured_filled, 0.0), np.maximum(-measured_filled, 0.0)
+    cost, peak = bill_site(problem, imported, exported).total, float(imported.max(initial=0.0))
+    uncontrolled_cost = bill_site(problem, uncontrolled.import_kw, uncontrolled.export_kw).total
     exported_kwh = sum(
         float(np.nansum(np.minimum(series.mean_kw.to_numpy(), 0.0))) * -0.25 for series in evses.values()
     )
@@ -550,11 +543,3 @@ def _report(
         f" {int((metered.samples > 0).sum())} of {len(metered.samples)} quarter-hours metered",
     ]
     return DemoReport(rows=rows, notes=notes)
-
-
-def hours(delta: dt.timedelta) -> float:
-    return delta.total_seconds() / 3600
-
-
-def ceil_steps(delta: dt.timedelta) -> int:
-    return math.ceil(delta / STEP)

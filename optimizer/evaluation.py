@@ -96,6 +96,38 @@ def unmet_reason(problem: Problem, index: int, unmet_kwh: float) -> str:
     return "site capacity or schedule priority"
 
 
+@dataclass(frozen=True)
+class SiteBill:
+    """What a site's import and export per step cost under the problem's tariff [currency]."""
+
+    energy_cost: float
+    export_revenue: float
+    demand_charge: float
+    """Charged on the billed peak above ``peak_already_kw`` of each demand charge."""
+    demand_peaks_kw: list[float]
+
+    @property
+    def total(self) -> float:
+        return self.energy_cost - self.export_revenue + self.demand_charge
+
+
+def bill_site(problem: Problem, import_kw: np.ndarray, export_kw: np.ndarray) -> SiteBill:
+    """Price a site's import and export [kW per step], planned or metered."""
+    peaks = []
+    demand_charge = 0.0
+    for charge in problem.demand_charges:
+        averages = [import_kw[steps].mean() for steps in charge.intervals]
+        peak = max([charge.peak_already_kw, *averages])
+        peaks.append(float(peak))
+        demand_charge += charge.rate_per_kw * (peak - charge.peak_already_kw)
+    return SiteBill(
+        energy_cost=float((problem.import_price * import_kw).sum() * problem.step_hours),
+        export_revenue=float((problem.export_price * export_kw).sum() * problem.step_hours),
+        demand_charge=float(demand_charge),
+        demand_peaks_kw=peaks,
+    )
+
+
 def evaluate(problem: Problem, charge_kw: np.ndarray, discharge_kw: np.ndarray) -> Evaluation:
     """Rebuild energies, site flows, commitments and every cost term of a schedule."""
     dt = problem.step_hours
@@ -107,13 +139,7 @@ def evaluate(problem: Problem, charge_kw: np.ndarray, discharge_kw: np.ndarray) 
     export_kw = np.minimum(surplus, problem.export_limit_kw)
     curtailment = surplus - export_kw
 
-    peaks = []
-    demand_charge = 0.0
-    for charge in problem.demand_charges:
-        averages = [import_kw[steps].mean() for steps in charge.intervals]
-        peak = max([charge.peak_already_kw, *averages])
-        peaks.append(float(peak))
-        demand_charge += charge.rate_per_kw * (peak - charge.peak_already_kw)
+    bill = bill_site(problem, import_kw, export_kw)
 
     dr_delivered, dr_short, dr_payment, dr_penalty = [], [], 0.0, 0.0
     for event in problem.dr_events:
@@ -150,9 +176,9 @@ def evaluate(problem: Problem, charge_kw: np.ndarray, discharge_kw: np.ndarray) 
     unmet_total = sum(o.unmet_kwh for o in vehicles)
 
     costs = {
-        "energy_cost": float((problem.import_price * import_kw).sum() * dt),
-        "export_revenue": float((problem.export_price * export_kw).sum() * dt),
-        "demand_charge": float(demand_charge),
+        "energy_cost": bill.energy_cost,
+        "export_revenue": bill.export_revenue,
+        "demand_charge": bill.demand_charge,
         "battery_wear": float(problem.wear_cost_per_kwh * discharge_kw.sum() * dt),
         "dr_penalty": dr_penalty,
         "dr_payment": dr_payment,
@@ -165,7 +191,7 @@ def evaluate(problem: Problem, charge_kw: np.ndarray, discharge_kw: np.ndarray) 
         import_kw=import_kw,
         export_kw=export_kw,
         curtailment_kw=curtailment,
-        demand_peaks_kw=peaks,
+        demand_peaks_kw=bill.demand_peaks_kw,
         dr_delivered_kwh=dr_delivered,
         dr_shortfall_kwh=dr_short,
         v2g_delivered_kwh=v2g_delivered,
