@@ -65,6 +65,14 @@ def get_caller(
     token: Annotated[str | None, Depends(oauth2_scheme)],
     key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> Caller:
+    caller = _authenticate(session, settings, token, key)
+    # End the authentication's read transaction, so its connection goes back to the pool while the
+    # request waits for a worker thread (the loaded account stays usable: expire_on_commit=False).
+    session.commit()
+    return caller
+
+
+def _authenticate(session: Session, settings: Settings, token: str | None, key: str | None) -> Caller:
     if token is not None and key is not None:
         raise _unauthorized("send either a bearer token or an X-API-Key, not both")
     if token is not None:
