@@ -48,11 +48,14 @@ from aggregator.db.session import make_sessionmaker
 from aggregator.settlement.attribution import Exclusion, ExclusionReason, attribute
 from aggregator.settlement.event_inputs import VehicleInputs
 from aggregator.settlement.event_settlement import (
+    LOSS_REASON,
+    WEAR_LOSS_REASON,
     EventNotEndedError,
     EventSettlementInputs,
     NoTelemetryError,
     UnknownEventError,
     event_booking,
+    event_revenue_of,
     settle_dispatch_event,
     settle_period_events,
     settlement_inputs,
@@ -68,6 +71,7 @@ from aggregator.settlement.ledger import (
 )
 from aggregator.settlement.performance import event_performance
 from aggregator.settlement.runs import RunStatus, scope_balances
+from aggregator.settlement.statements import Month, driver_statement
 from aggregator.settlement.terms import PaymentTerms
 from market_adapters.dispatch import SignalKind, SignalStatus
 
@@ -447,6 +451,99 @@ def test_a_v2g_event_excludes_withdrawn_consent_and_pays_wear_to_who_discharged(
     assert payable(c) not in balances
 
 
+# Under-delivery: A charges 11 kW as planned (delivers 0), B 3 kW (delivers 8), C 5.5 kW but overrode
+# the event. The site imports 7 + 19.5 = 26.5 kW against 40: 13.5 kWh delivered of 20, shortfall 6.5
+# kWh. 13.5 x 0.50 = 6.75 EUR gross, 6.5 x 1.50 = 9.75 EUR penalty, no fee on a loss: net pot -300.
+UNDER_DELIVERY = {"a": 11.0, "b": 3.0, "c": 5.5}
+
+
+def _loss_terms(share_losses: bool) -> dict[str, str]:
+    terms = {"per_kwh_delivered": "0.50", "penalty_per_kwh_short": "1.50", "platform_fee_percent": "10"}
+    return terms | ({"drivers_share_losses": "true"} if share_losses else {})
+
+
+def test_a_net_penalty_is_the_platforms_loss_and_drivers_are_told_why(
+    session: Session, sessions: sessionmaker[Session]
+) -> None:
+    world = build_world(session, evse_kw=UNDER_DELIVERY, terms=_loss_terms(False))
+    a, b, c = (world.drivers[name] for name in ("a", "b", "c"))
+    with sessions() as reading:
+        inputs = settlement_inputs(reading, world.event_id, now=AFTER)
+    booking = event_booking(inputs)
+    assert (booking.gross_minor, booking.penalty_minor, booking.platform_fee_minor) == (675, 975, 0)
+    assert dict(booking.driver_shares_minor) == {}
+    assert booking.unallocated_minor == -300
+    assert booking.zero_reasons[b] == LOSS_REASON
+    assert booking.zero_reasons[a].startswith(
+        f"{LOSS_REASON}; session {world.sessions['a']}: delivered 0.000"
+    )
+    assert booking.zero_reasons[c].startswith(f"{LOSS_REASON}; override")
+
+    settle_dispatch_event(sessions, world.event_id, now=AFTER)
+    program = program_owner(world.program_id)
+    with sessions() as check:
+        assert scope_balances(check, f"event:{world.event_ref}") == {
+            AccountKey(Kind.PROGRAM_RECEIVABLE, program, "EUR"): 675,
+            AccountKey(Kind.PENALTIES, program, "EUR"): -975,
+            AccountKey(Kind.PLATFORM_REVENUE, PLATFORM, "EUR"): 300,  # debited: the platform's loss
+        }
+        assert trial_balance(check) == {"EUR": 0}
+        statement = driver_statement(check, b, Month(2024, 6))
+    [line] = statement.lines
+    assert (line.total_minor, line.zero_reason, line.event_ref) == (0, LOSS_REASON, world.event_ref)
+
+
+def test_with_drivers_sharing_losses_the_contributors_owe_the_net_penalty(
+    session: Session, sessions: sessionmaker[Session]
+) -> None:
+    world = build_world(session, evse_kw=UNDER_DELIVERY, terms=_loss_terms(True))
+    a, b, c = (world.drivers[name] for name in ("a", "b", "c"))
+    with sessions() as reading:
+        booking = event_booking(settlement_inputs(reading, world.event_id, now=AFTER))
+    assert dict(booking.driver_shares_minor) == {b: -300}  # B alone contributed
+    assert booking.unallocated_minor == 0
+    assert set(booking.zero_reasons) == {a, c}
+    assert not any(LOSS_REASON in reason for reason in booking.zero_reasons.values())
+
+    settle_dispatch_event(sessions, world.event_id, now=AFTER)
+    program = program_owner(world.program_id)
+    with sessions() as check:
+        assert scope_balances(check, f"event:{world.event_ref}") == {
+            AccountKey(Kind.PROGRAM_RECEIVABLE, program, "EUR"): 675,
+            AccountKey(Kind.PENALTIES, program, "EUR"): -975,
+            payable(b): 300,  # debited: B owes it
+        }
+        assert trial_balance(check) == {"EUR": 0}
+        [line] = driver_statement(check, b, Month(2024, 6)).lines
+    assert (line.share_minor, line.zero_reason) == (-300, None)
+
+
+@pytest.mark.parametrize(
+    ("share_losses", "shares", "unallocated", "reason"),
+    [(False, {}, -100, WEAR_LOSS_REASON), (True, {1: -100}, 0, None)],
+    ids=["platform-bears-it", "drivers-share-it"],
+)
+def test_wear_above_the_earnings_is_paid_in_full_and_the_rest_is_the_platforms_by_default(
+    share_losses: bool, shares: dict[int, int], unallocated: int, reason: str | None
+) -> None:
+    # Driver 1 delivered 10 kW for 15 min and discharged 8 kW (2 kWh): 1.00 EUR per event, wear
+    # 2 kWh x 1.00 = 2.00 EUR, net pot -1.00. Wear is paid in full either way; the -1.00 is the
+    # platform's by default, the driver's with drivers_share_losses.
+    inputs = _synthetic_inputs({1: 10.0}, set(), {1: 8.0})
+    terms = PaymentTerms(
+        currency="EUR",
+        per_event=Decimal(1),
+        wear_compensation_per_kwh_discharged=Decimal(1),
+        drivers_share_losses=share_losses,
+    )
+    booking = event_booking(inputs, terms)
+    assert booking.gross_minor == 100
+    assert dict(booking.wear_minor_by_driver) == {1: 200}
+    assert dict(booking.driver_shares_minor) == shares
+    assert booking.unallocated_minor == unallocated
+    assert booking.zero_reasons.get(1) == reason
+
+
 def test_a_period_settles_its_ended_events_and_names_those_it_cannot(
     session: Session, sessions: sessionmaker[Session]
 ) -> None:
@@ -523,6 +620,7 @@ def _synthetic_inputs(
     penalty=st.decimals("0", "3", places=2),
     wear=st.decimals("0", "0.5", places=2),
     fee=st.decimals("0", "30", places=1),
+    share_losses=st.booleans(),
 )
 def test_every_booking_balances_and_pays_only_who_contributed(
     delivered: dict[int, float],
@@ -532,6 +630,7 @@ def test_every_booking_balances_and_pays_only_who_contributed(
     penalty: Decimal,
     wear: Decimal,
     fee: Decimal,
+    share_losses: bool,
 ) -> None:
     excluded &= set(delivered)
     discharged = {d: kw for d, kw in discharged.items() if d in delivered}
@@ -542,6 +641,7 @@ def test_every_booking_balances_and_pays_only_who_contributed(
         penalty_per_kwh_short=penalty,
         wear_compensation_per_kwh_discharged=wear,
         platform_fee_percent=fee,
+        drivers_share_losses=share_losses,
     )
     booking = event_booking(inputs, terms)  # EventBooking checks that it balances
     pot = booking.gross_minor - booking.penalty_minor - booking.platform_fee_minor
@@ -558,3 +658,20 @@ def test_every_booking_balances_and_pays_only_who_contributed(
             assert booking.zero_reasons[driver]
     for driver, amount in booking.wear_minor_by_driver.items():
         assert amount > 0 and discharged.get(driver, 0) > 0
+    revenue = event_revenue_of(inputs, terms)
+    assert revenue is not None
+    if not share_losses:
+        # No driver ever owes anything; a negative net pot is all the platform's, and every driver is
+        # told why they got no share.
+        assert all(share > 0 for share in booking.driver_shares_minor.values())
+        if revenue.net_pot_minor < 0:
+            assert booking.unallocated_minor == revenue.net_pot_minor
+            assert booking.driver_shares_minor == {}
+            for driver in delivered:
+                assert booking.zero_reasons[driver].startswith((LOSS_REASON, WEAR_LOSS_REASON))
+    elif revenue.net_pot_minor < 0 and any(
+        kw > 0 and driver not in excluded for driver, kw in delivered.items()
+    ):
+        # The drivers who contributed carry the whole loss.
+        assert sum(booking.driver_shares_minor.values()) == revenue.net_pot_minor
+        assert booking.unallocated_minor == 0

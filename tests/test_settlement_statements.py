@@ -39,20 +39,22 @@ from aggregator.settlement.ledger import (
     post_transaction,
 )
 from aggregator.settlement.runs import EventBooking, event_ref_for, settle_event
-from aggregator.settlement.statements import (
+from aggregator.settlement.statement_documents import (
     INVOICE_CSV_COLUMNS,
     STATEMENT_CSV_COLUMNS,
+    invoice_csv,
+    invoice_pdf,
+    statement_csv,
+    statement_pdf,
+)
+from aggregator.settlement.statements import (
     Month,
     StatementError,
     driver_earnings,
     driver_statement,
     format_amount,
     format_decimal,
-    invoice_csv,
-    invoice_pdf,
     program_invoice,
-    statement_csv,
-    statement_pdf,
 )
 from aggregator.settlement.terms import CURRENCY_EXPONENTS
 from market_adapters.dispatch import SignalKind, SignalStatus

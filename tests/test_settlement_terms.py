@@ -159,6 +159,69 @@ def test_missing_the_threshold_forfeits_the_gross_but_not_the_penalty() -> None:
     assert revenue.net_pot_minor == -800
 
 
+def test_drivers_share_losses_is_off_unless_the_program_says_so() -> None:
+    assert PaymentTerms.model_validate({"currency": "EUR"}).drivers_share_losses is False
+    assert PaymentTerms.model_validate({"currency": "EUR", "drivers_share_losses": True}).drivers_share_losses
+    with pytest.raises(ValidationError, match="drivers_share_losses"):
+        PaymentTerms.model_validate({"currency": "EUR", "drivers_share_losses": "sometimes"})
+
+
+@pytest.mark.parametrize(("share_losses", "drivers_pot", "platform_loss"), [(False, 0, 800), (True, -800, 0)])
+def test_a_penalty_above_the_payment_is_the_platforms_loss_unless_drivers_share_losses(
+    share_losses: bool, drivers_pot: int, platform_loss: int
+) -> None:
+    # 4 kWh x 1 + 5 = 9.00 USD gross, forfeited below the threshold; penalty 16 kWh x 0.5 = 8.00 USD;
+    # net pot -8.00: by default the platform's loss, with drivers_share_losses the drivers'.
+    terms = PaymentTerms(
+        currency="USD",
+        per_kwh_delivered=Decimal("1"),
+        per_event=Decimal("5"),
+        penalty_per_kwh_short=Decimal("0.5"),
+        performance_threshold=Decimal("0.5"),
+        drivers_share_losses=share_losses,
+    )
+    revenue = event_revenue(
+        terms, Performance(4.0, 16.0, 0.2), available_kw=0, discharged_kwh=0, event_hours=1
+    )
+    assert revenue.net_pot_minor == -800
+    assert revenue.drivers_total_minor == -800
+    assert revenue.drivers_pot_minor == drivers_pot
+    assert revenue.platform_loss_minor == platform_loss
+
+
+@pytest.mark.parametrize(("share_losses", "drivers_pot", "platform_loss"), [(False, 0, 500), (True, -500, 0)])
+def test_wear_above_the_event_earnings_is_the_platforms_loss_unless_drivers_share_losses(
+    share_losses: bool, drivers_pot: int, platform_loss: int
+) -> None:
+    # 10.00 EUR per event, no penalty; wear 300 kWh x 0.05 = 15.00: the drivers' total is 10.00, the
+    # net pot after wear -5.00.
+    terms = PaymentTerms(
+        currency="EUR",
+        per_event=Decimal(10),
+        wear_compensation_per_kwh_discharged=Decimal("0.05"),
+        drivers_share_losses=share_losses,
+    )
+    revenue = event_revenue(
+        terms, Performance(0.0, 0.0, 1.0), available_kw=0, discharged_kwh=300, event_hours=1
+    )
+    assert revenue.drivers_total_minor == 1000
+    assert revenue.amount(LineKind.WEAR_COMPENSATION) == 1500
+    assert revenue.net_pot_minor == -500
+    assert revenue.drivers_pot_minor == drivers_pot
+    assert revenue.platform_loss_minor == platform_loss
+
+
+def test_a_positive_pot_is_the_drivers_whatever_the_loss_terms() -> None:
+    for share_losses in (False, True):
+        terms = PaymentTerms(
+            currency="EUR", per_kwh_delivered=Decimal("1"), drivers_share_losses=share_losses
+        )
+        revenue = event_revenue(
+            terms, Performance(7.0, 0.0, 1.0), available_kw=0, discharged_kwh=0, event_hours=1
+        )
+        assert (revenue.drivers_pot_minor, revenue.platform_loss_minor) == (700, 0)
+
+
 def test_below_threshold_share_reduces_instead_of_forfeiting() -> None:
     terms = PaymentTerms(
         currency="EUR",
@@ -218,6 +281,7 @@ rates = st.decimals(0, 10, places=4, allow_nan=False, allow_infinity=False)
     st.floats(0, 500, allow_nan=False),
     st.floats(0, 500, allow_nan=False),
     st.sampled_from(["EUR", "JPY", "KWD"]),
+    st.booleans(),
 )
 def test_lines_always_reconcile_to_the_net_pot(
     per_kwh: Decimal,
@@ -232,6 +296,7 @@ def test_lines_always_reconcile_to_the_net_pot(
     available: float,
     discharged: float,
     currency: str,
+    share_losses: bool,
 ) -> None:
     terms = PaymentTerms(
         currency=currency,
@@ -242,6 +307,7 @@ def test_lines_always_reconcile_to_the_net_pot(
         platform_fee_percent=fee,
         wear_compensation_per_kwh_discharged=wear,
         performance_threshold=Decimal("0.5"),
+        drivers_share_losses=share_losses,
     )
     revenue: EventRevenue = event_revenue(
         terms,
@@ -254,3 +320,11 @@ def test_lines_always_reconcile_to_the_net_pot(
     assert revenue.gross_minor - deductions == revenue.net_pot_minor
     assert all(line.amount_minor >= 0 for line in revenue.lines)
     assert revenue.amount(LineKind.PLATFORM_FEE) <= max(revenue.gross_minor, 0)
+    # What the drivers get and what the platform bears always make up the net pot; drivers who do
+    # not share losses never owe anything, and the platform bears nothing for drivers who do.
+    assert revenue.drivers_pot_minor - revenue.platform_loss_minor == revenue.net_pot_minor
+    assert revenue.platform_loss_minor >= 0
+    if share_losses:
+        assert revenue.platform_loss_minor == 0
+    else:
+        assert revenue.drivers_pot_minor >= 0

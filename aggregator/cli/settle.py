@@ -149,8 +149,12 @@ def _print(settled: EventSettlement) -> None:
         if entry["reason"]:
             text += f" (nothing earned: {entry['reason']})"
         typer.echo(text)
-    if booking.unallocated_minor:
-        typer.echo(f"  unallocated (platform): {_money(booking.unallocated_minor, currency)}")
+    if booking.unallocated_minor > 0:
+        typer.echo(f"  unallocated, to the platform: {_money(booking.unallocated_minor, currency)}")
+    elif booking.unallocated_minor < 0:
+        typer.echo(
+            f"  platform loss (not passed on to drivers): {_money(-booking.unallocated_minor, currency)}"
+        )
     for note in inputs.notes:
         typer.echo(f"  note: {note}")
     typer.echo(f"  {_status(outcome.status, outcome.version)}: {outcome.message}")

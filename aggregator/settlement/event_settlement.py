@@ -9,7 +9,11 @@
    positive contributions of their sessions (a session that hurt does not reduce its driver's other
    sessions: its effect is already in the pot); drivers who get nothing are listed with the reason; the
    wear compensation line is split among the drivers by their discharged energy the same way. A pot
-   that nobody contributed to is left unallocated (the platform's).
+   that nobody contributed to is left unallocated (the platform's). A negative net pot (penalties, or
+   wear, above what the event earned) is the platform's loss unless the terms say
+   ``drivers_share_losses``: it is booked as a negative unallocated pot (a debit to platform revenue),
+   no driver gets a share, and each driver's reason says why (:data:`LOSS_REASON`,
+   :data:`WEAR_LOSS_REASON`).
 3. :func:`settle_dispatch_event` books it through :func:`aggregator.settlement.runs.settle_event`: a
    re-run with unchanged data stores nothing; late meter data books a new version that reverses the
    previous one.
@@ -48,6 +52,8 @@ from aggregator.settlement.terms import EventRevenue, LineKind, PaymentTerms, ev
 from market_adapters.dispatch import SignalStatus
 
 __all__ = [
+    "LOSS_REASON",
+    "WEAR_LOSS_REASON",
     "EventNotEndedError",
     "EventSettlement",
     "EventSettlementInputs",
@@ -66,6 +72,12 @@ __all__ = [
 ]
 
 PERIOD_PATTERN = re.compile(r"^(\d{4})-(\d{2})$")
+
+LOSS_REASON = "the event's penalties exceeded its payments"
+"""Why drivers earned nothing from an event whose penalties exceeded what it earned (a platform loss)."""
+WEAR_LOSS_REASON = "the event's wear compensation exceeded what it earned for drivers"
+"""Why drivers got no share of an event whose wear compensation exceeded what it left for drivers
+(they are still paid the wear; the platform bears the rest)."""
 
 
 # ------------------------------------------------------------------------------------------- booking
@@ -117,14 +129,18 @@ def event_booking(inputs: EventSettlementInputs, terms: PaymentTerms | None = No
                 f"session {vehicle.session_id}: delivered {contribution.delivered_kwh:.3f} kWh "
                 "against its counterfactual"
             )
-    pot = revenue.net_pot_minor
-    unallocated = 0
+    pot = revenue.drivers_pot_minor
+    unallocated = -revenue.platform_loss_minor  # a loss the drivers do not share: the platform's
     try:
         shares = allocate(pot, dict(weights))
     except AllocationError:
-        shares, unallocated = dict.fromkeys(weights, 0), pot
+        shares, unallocated = dict.fromkeys(weights, 0), unallocated + pot
     wear_total = revenue.amount(LineKind.WEAR_COMPENSATION)
     wear = allocate(wear_total, inputs.discharged_kwh_by_driver()) if wear_total else {}
+    if revenue.platform_loss_minor:
+        loss = LOSS_REASON if revenue.drivers_total_minor < 0 else WEAR_LOSS_REASON
+        for driver in shares:
+            reasons[driver].insert(0, loss)
     zero_reasons = {
         driver: "; ".join(reasons[driver])
         or ("the event left nothing to share" if pot == 0 else "no contribution")

@@ -26,16 +26,20 @@ account                                debit (+)         credit (−)
 =====================================  ================  =================================
 program receivable (``program:<id>``)  gross             threshold reduction
 penalties (``program:<id>``)                             penalty
-platform revenue (``platform``)                          platform fee, unallocated pot
+platform revenue (``platform``)        a loss the        platform fee, unallocated pot
+                                       drivers do not
+                                       share
 driver payable (``user:<id>``)                           share (a negative share debits),
                                                          wear compensation
 =====================================  ================  =================================
 
-The program owes the receivable's balance less the penalties' (a contra account). The booking
-balances because ``gross − threshold reduction − penalty − platform fee = Σ shares + Σ wear +
-unallocated`` (checked, :class:`BookingError` otherwise). With ``wear_funded_by_platform`` the wear
-compensation is our expense on top instead (debit wear compensation expense, ``platform``) and left
-out of that sum.
+The program owes the receivable's balance less the penalties' (a contra account). A negative
+unallocated pot debits platform revenue: an event's loss the platform bears because the drivers do not
+share it (:attr:`aggregator.settlement.terms.PaymentTerms.drivers_share_losses`), or a negative pot
+nobody contributed to. The booking balances because ``gross − threshold reduction − penalty −
+platform fee = Σ shares + Σ wear + unallocated`` (checked, :class:`BookingError` otherwise). With
+``wear_funded_by_platform`` the wear compensation is our expense on top instead (debit wear
+compensation expense, ``platform``) and left out of that sum.
 """
 
 from __future__ import annotations
@@ -96,9 +100,10 @@ class Booking:
     The program-level amounts are :class:`~aggregator.settlement.terms.EventRevenue`'s lines (all
     >= 0). ``driver_shares_minor`` is the allocation of the drivers' net pot by driver (user id;
     negative when drivers share a loss), ``wear_minor_by_driver`` the wear compensation (>= 0) of the
-    drivers who discharged, ``unallocated_minor`` a pot nobody could be allocated (booked to
-    platform revenue), ``zero_reasons`` why a driver with a zero share earned nothing
-    (``"no V2G override"``), kept with the run's inputs for statements.
+    drivers who discharged, ``unallocated_minor`` a pot nobody could be allocated or a loss the
+    drivers do not share (booked to platform revenue; negative for a loss), ``zero_reasons`` why a
+    driver with a zero share earned nothing (``"no V2G override"``), kept with the run's inputs for
+    statements.
     """
 
     program_id: str

@@ -23,6 +23,13 @@ minor units (cents; yen have none: :data:`CURRENCY_EXPONENTS`).
   (:func:`aggregator.settlement.allocation.allocate`); it can be negative when penalties and wear
   exceed what the event earned.
 
+A negative net pot is the aggregator's loss, not the drivers': the aggregator committed to the grid
+operator, the drivers did not. So by default (``drivers_share_losses`` false) the drivers' pot is
+``max(net_pot, 0)`` and the rest, ``platform_loss = max(-net_pot, 0)``, is borne by the platform;
+drivers still get their wear compensation. With ``drivers_share_losses`` the whole negative pot is
+allocated to the drivers, who then owe it (:attr:`EventRevenue.drivers_pot_minor`,
+:attr:`EventRevenue.platform_loss_minor`).
+
 Rounding: every line is computed exactly in Decimal and rounded once to minor units with
 ``ROUND_HALF_EVEN`` (banker's rounding: no drift up or down over many lines); the net pot is then
 derived from the rounded lines, so ``gross - threshold_reduction - penalty - platform_fee
@@ -128,6 +135,11 @@ class PaymentTerms(BaseModel):
     wear_funded_by_platform: bool = Field(
         False, description="Wear compensation is the platform's expense, not taken from the drivers' pot"
     )
+    drivers_share_losses: bool = Field(
+        False,
+        description="A negative net pot (penalties and wear above what the event earned) is allocated to "
+        "the drivers, who then owe it; by default it is the platform's loss and drivers get no share",
+    )
 
     @field_validator("currency")
     @classmethod
@@ -195,6 +207,7 @@ class EventRevenue:
     performance_factor: float
     threshold_missed: bool
     wear_funded_by_platform: bool = False
+    drivers_share_losses: bool = False
 
     def amount(self, kind: LineKind) -> int:
         """The amount of the line of ``kind`` [minor units], ``0`` when there is none."""
@@ -219,6 +232,19 @@ class EventRevenue:
         if self.wear_funded_by_platform:
             return self.drivers_total_minor
         return self.drivers_total_minor - self.amount(LineKind.WEAR_COMPENSATION)
+
+    @property
+    def drivers_pot_minor(self) -> int:
+        """What is allocated to the drivers: the net pot, or ``0`` for a negative one they do not share
+        (``drivers_share_losses`` false)."""
+        pot = self.net_pot_minor
+        return pot if pot >= 0 or self.drivers_share_losses else 0
+
+    @property
+    def platform_loss_minor(self) -> int:
+        """The part of a negative net pot the platform bears (>= 0): ``-net_pot`` unless the drivers
+        share losses, else ``0``. ``drivers_pot - platform_loss == net_pot`` always."""
+        return self.drivers_pot_minor - self.net_pot_minor
 
 
 def _quantity(name: str, value: float | Decimal) -> Decimal:
@@ -318,7 +344,13 @@ def event_revenue(
         terms.wear_compensation_per_kwh_discharged * discharged,
     )
     return EventRevenue(
-        currency, terms.exponent, tuple(lines), factor, threshold_missed, terms.wear_funded_by_platform
+        currency,
+        terms.exponent,
+        tuple(lines),
+        factor,
+        threshold_missed,
+        terms.wear_funded_by_platform,
+        terms.drivers_share_losses,
     )
 
 
@@ -336,4 +368,6 @@ def capacity_revenue(
         lines.append(
             RevenueLine(LineKind.PLATFORM_FEE, fee, Decimal(gross), "minor units", terms.platform_fee_percent)
         )
-    return EventRevenue(currency, terms.exponent, tuple(lines), 1.0, False)
+    return EventRevenue(
+        currency, terms.exponent, tuple(lines), 1.0, False, drivers_share_losses=terms.drivers_share_losses
+    )

@@ -56,16 +56,13 @@ from aggregator.db.models import (
     utcnow,
 )
 from aggregator.settlement import disputes
+from aggregator.settlement.statement_documents import invoice_csv, invoice_pdf, statement_csv, statement_pdf
 from aggregator.settlement.statements import (
     Month,
     StatementError,
     driver_earnings,
     driver_statement,
-    invoice_csv,
-    invoice_pdf,
     program_invoice,
-    statement_csv,
-    statement_pdf,
     totals_by_currency,
 )
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -21,7 +20,7 @@ from pydantic import AwareDatetime, BaseModel
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from aggregator import schedules
+from aggregator import schedules, trading
 from aggregator.api.deps import SessionDep, require_roles
 from aggregator.api.paging import PageParams, TimeRangeParams
 from aggregator.api.schemas import Page
@@ -29,7 +28,6 @@ from aggregator.api.schemas.traders import (
     Flexibility,
     FlexibilityHour,
     KpiReport,
-    Kpis,
     PlannedVsActual,
     PlannedVsActualInterval,
     PlannedVsActualTotals,
@@ -42,17 +40,14 @@ from aggregator.api.schemas.traders import (
     ScheduleVersionPublic,
     ScheduleVersionSummary,
     SiteFlexibility,
-    SiteKpis,
     SiteSchedule,
     WhatIf,
-    WhatIfPlan,
     WhatIfRequest,
-    WhatIfStep,
 )
-from aggregator.db.models import Role, ScheduleStatus, ScheduleVersion, Site
-from aggregator.metering import evse_power_intervals, site_import_intervals
+from aggregator.db.models import Role, ScheduleVersion, Site
+from aggregator.metering import site_import_intervals
 from aggregator.schedules import GRID, StoredPlan
-from optimizer import ScenarioError, build_problem, evaluate, schedule
+from aggregator.trading import float_or_none
 
 router = APIRouter(prefix="/trader", tags=["traders"], dependencies=[Depends(require_roles(Role.TRADER))])
 
@@ -104,11 +99,6 @@ def _csv(text: str, filename: str) -> Response:
         media_type=f"{CSV}; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
-
-
-def _float_or_none(value: Any) -> float | None:
-    """``value`` as a float, ``None`` for NaN (unknown)."""
-    return None if pd.isna(value) else float(value)
 
 
 Format = Annotated[
@@ -387,7 +377,7 @@ def get_portfolio_schedule(session: SessionDep, request: Request, format: Format
             start=stamp,
             end=stamp + GRID,
             import_kw=float(total[stamp]),
-            sites_kw={site_id: _float_or_none(table.at[stamp, site_id]) for site_id in per_site},
+            sites_kw={site_id: float_or_none(table.at[stamp, site_id]) for site_id in per_site},
         )
         for stamp in table.index
     ]
@@ -438,10 +428,10 @@ def planned_vs_actual(site_id: str, session: SessionDep, window: QuarterHourWind
             start=stamp,
             end=stamp + GRID,
             version_id=plan.version_id if plan is not None else None,
-            planned_import_kw=_float_or_none(planned.iloc[k]),
-            measured_import_kw=_float_or_none(measured.mean_kw.iloc[k]),
+            planned_import_kw=float_or_none(planned.iloc[k]),
+            measured_import_kw=float_or_none(measured.mean_kw.iloc[k]),
             samples=int(measured.samples.iloc[k]),
-            deviation_kw=_float_or_none(deviation[k]),
+            deviation_kw=float_or_none(deviation[k]),
         )
         for k, (stamp, plan) in enumerate(zip(index, plans, strict=True))
     ]
@@ -510,8 +500,8 @@ def flexibility(session: SessionDep, window: HourWindow) -> Flexibility:
                     FlexibilityHour(
                         start=stamp,
                         end=stamp + HOUR,
-                        up_kw=_float_or_none(row.up_kw),
-                        down_kw=_float_or_none(row.down_kw),
+                        up_kw=float_or_none(row.up_kw),
+                        down_kw=float_or_none(row.down_kw),
                     )
                     for stamp, row in zip(index, hourly.itertuples(), strict=True)
                 ],
@@ -540,64 +530,6 @@ def flexibility(session: SessionDep, window: HourWindow) -> Flexibility:
 # ------------------------------------------------------------------------------------------ KPIs
 
 
-_FLOWS = {"site_import_kw": "mean", "ev_charge_kwh": "sum", "ev_discharge_kwh": "sum", "energy_cost": "sum"}
-
-
-def _site_kpis(
-    session: Session, site_id: str, start: dt.datetime, end: dt.datetime
-) -> tuple[SiteKpis, pd.Series, pd.Series]:
-    """A site's KPIs, and its planned and measured net import per 15-min interval (for the portfolio)."""
-    index = schedules.grid_index(start, end)
-    plans = schedules.plans_in_force(session, site_id, index)
-    tables: dict[int, pd.DataFrame] = {}
-    currencies = set()
-    for plan in plans:
-        if plan is None or plan.version_id in tables:
-            continue
-        scenario = schedules.scenario_of(plan.version_id, schedules.load_inputs(session, plan.version_id))
-        currencies.add(scenario.currency)
-        flows = plan.flows()
-        flows["energy_cost"] = schedules.energy_cost_per_step(plan, scenario)
-        tables[plan.version_id] = schedules.on_grid(flows, plan.step, _FLOWS)  # type: ignore[arg-type]
-    table = schedules.in_force_table(plans, index, tables, list(_FLOWS))
-    measured = site_import_intervals(session, site_id, start, end, GRID)
-    evses = evse_power_intervals(session, site_id, start, end, GRID)
-    charged = sum(float(np.nansum(np.maximum(e.energy_kwh.to_numpy(), 0.0))) for e in evses.values())
-
-    versions = session.execute(
-        select(ScheduleVersion.status, ScheduleVersion.result_summary)
-        .where(ScheduleVersion.site_id == site_id)
-        .where(ScheduleVersion.created_at >= start)
-        .where(ScheduleVersion.created_at < end)
-        .order_by(ScheduleVersion.created_at, ScheduleVersion.id)
-    ).all()
-    statuses = Counter(row.status.value for row in versions)
-    unmet: dict[str, float] = {}
-    for row in versions:  # oldest first: the latest version holding a vehicle wins
-        vehicles = (row.result_summary or {}).get("vehicles", {})
-        if isinstance(vehicles, Mapping):
-            for vehicle_id, outcome in vehicles.items():
-                if isinstance(outcome, Mapping) and isinstance(outcome.get("unmet_kwh"), int | float):
-                    unmet[vehicle_id] = float(outcome["unmet_kwh"])
-    planned_any = bool(table["site_import_kw"].notna().any())
-    currency = next(iter(currencies)) if len(currencies) == 1 else None
-    kpis = SiteKpis(
-        site_id=site_id,
-        currency=currency,
-        energy_cost_planned=float(table["energy_cost"].sum()) if planned_any and currency else None,
-        peak_import_kw_planned=_float_or_none(table["site_import_kw"].max()),
-        peak_import_kw_measured=_float_or_none(measured.mean_kw.max()),
-        energy_to_vehicles_kwh_planned=float(table["ev_charge_kwh"].sum()),
-        energy_to_vehicles_kwh_measured=charged,
-        v2g_export_kwh_planned=float(table["ev_discharge_kwh"].sum()),
-        unmet_energy_kwh=sum(unmet.values()),
-        schedule_versions=len(versions),
-        statuses=dict(statuses),
-        share_optimal=statuses[ScheduleStatus.OPTIMAL.value] / len(versions) if versions else None,
-    )
-    return kpis, table["site_import_kw"], measured.mean_kw
-
-
 @router.get("/kpis")
 def kpis(session: SessionDep, window: QuarterHourWindow) -> KpiReport:
     """Per site and for the portfolio over ``[start, end)`` (quarter hours).
@@ -609,39 +541,14 @@ def kpis(session: SessionDep, window: QuarterHourWindow) -> KpiReport:
     window expected to leave short (keyed by the scenario's vehicle id). Versions: those created in
     the window, by status, and the share solved optimal. The portfolio's peaks are of the summed
     15-minute series (over the sites known in each interval), not sums of the sites' peaks.
+    See :func:`aggregator.trading.kpi_report`.
     """
     start, end = window
-    site_ids = list(session.scalars(select(Site.id).order_by(Site.id)))
-    sites, planned, measured = [], {}, {}
-    for site_id in site_ids:
-        try:
-            site, planned[site_id], measured[site_id] = _site_kpis(session, site_id, start, end)
-        except schedules.ScheduleDataError as error:
-            raise _data_error(error) from error
-        sites.append(site)
-    priced = [site for site in sites if site.energy_cost_planned is not None]
-    currencies = {site.currency for site in priced}
-    currency = next(iter(currencies)) if len(currencies) == 1 else None
-    statuses: Counter[str] = Counter()
-    for site in sites:
-        statuses.update(site.statuses)
-    versions = sum(site.schedule_versions for site in sites)
-    planned_sum = pd.DataFrame(planned).sum(axis=1, min_count=1) if planned else pd.Series(dtype=float)
-    measured_sum = pd.DataFrame(measured).sum(axis=1, min_count=1) if measured else pd.Series(dtype=float)
-    portfolio = Kpis(
-        currency=currency,
-        energy_cost_planned=sum(site.energy_cost_planned or 0.0 for site in priced) if currency else None,
-        peak_import_kw_planned=_float_or_none(planned_sum.max()) if len(planned_sum) else None,
-        peak_import_kw_measured=_float_or_none(measured_sum.max()) if len(measured_sum) else None,
-        energy_to_vehicles_kwh_planned=sum(site.energy_to_vehicles_kwh_planned for site in sites),
-        energy_to_vehicles_kwh_measured=sum(site.energy_to_vehicles_kwh_measured for site in sites),
-        v2g_export_kwh_planned=sum(site.v2g_export_kwh_planned for site in sites),
-        unmet_energy_kwh=sum(site.unmet_energy_kwh for site in sites),
-        schedule_versions=versions,
-        statuses=dict(statuses),
-        share_optimal=statuses[ScheduleStatus.OPTIMAL.value] / versions if versions else None,
-    )
-    return KpiReport(start=start, end=end, sites=sites, portfolio=portfolio)
+    try:
+        report = trading.kpi_report(session, start, end)
+    except schedules.ScheduleDataError as error:
+        raise _data_error(error) from error
+    return KpiReport.model_validate(report, from_attributes=True)
 
 
 # --------------------------------------------------------------------------------------- what-if
@@ -654,6 +561,7 @@ def what_if(body: WhatIfRequest, session: SessionDep) -> WhatIf:
     Exactly one change: ``import_price_per_kwh`` (a series with one price per step of the horizon),
     ``price_multiplier`` or ``price_offset_per_kwh`` (applied to every step's import price). Export
     prices and everything else stay. Nothing is stored and nothing is published.
+    See :func:`aggregator.trading.what_if`.
     """
     _require_site(session, body.site_id)
     version_id = schedules.latest_version_id(session, body.site_id)
@@ -662,75 +570,15 @@ def what_if(body: WhatIfRequest, session: SessionDep) -> WhatIf:
     version = session.get(ScheduleVersion, version_id)
     assert version is not None
     try:
-        stored = schedules.plan_of(version)
-        scenario = schedules.scenario_of(version_id, version.inputs)
+        outcome = trading.what_if(
+            version,
+            import_price_per_kwh=body.import_price_per_kwh,
+            price_multiplier=body.price_multiplier,
+            price_offset_per_kwh=body.price_offset_per_kwh,
+            time_limit_s=body.time_limit_s,
+        )
     except schedules.ScheduleDataError as error:
         raise _data_error(error) from error
-    old_prices, _ = schedules.tariff_prices(scenario)
-    if body.import_price_per_kwh is not None:
-        if len(body.import_price_per_kwh) != scenario.n_steps:
-            raise _invalid(
-                "import_price_per_kwh",
-                f"must hold one price per step of version {version_id}'s horizon: {scenario.n_steps} "
-                f"values, got {len(body.import_price_per_kwh)}",
-                where="body",
-            )
-        new_prices = np.asarray(body.import_price_per_kwh, dtype=float)
-    elif body.price_multiplier is not None:
-        new_prices = old_prices * body.price_multiplier
-    else:
-        assert body.price_offset_per_kwh is not None
-        new_prices = old_prices + body.price_offset_per_kwh
-    raw = scenario.model_dump(mode="json")
-    raw["tariff"]["import_price_per_kwh"] = [float(p) for p in new_prices]
-    changed = type(scenario).model_validate(raw)
-    try:
-        problem, new_problem = build_problem(scenario), build_problem(changed)
-        result = schedule(new_problem, time_limit=body.time_limit_s)
-    except ScenarioError as error:
-        raise _invalid(error.field, str(error), where="body") from error
-
-    by_id = {vehicle.id: vehicle.power_kw for vehicle in stored.vehicles}
-    powers = np.array([by_id.get(v.id, np.zeros(problem.n_steps)) for v in problem.vehicles]).reshape(
-        -1, problem.n_steps
-    )
-    charge, discharge = np.maximum(powers, 0.0), np.maximum(-powers, 0.0)
-    stored_eval = evaluate(problem, charge, discharge)
-    stored_at_new = evaluate(new_problem, charge, discharge)
-    new_import = result.evaluation.import_kw - result.evaluation.export_kw
-    starts = list(stored.index.to_pydatetime())
-    return WhatIf(
-        site_id=body.site_id,
-        version_id=version_id,
-        horizon_start=stored.horizon_start,
-        step_seconds=version.step_seconds,
-        currency=scenario.currency,
-        stored=WhatIfPlan(
-            status=version.status.value,
-            total_cost=stored_eval.total_cost,
-            energy_cost=stored_eval.costs["energy_cost"] - stored_eval.costs["export_revenue"],
-            peak_import_kw=float(stored.site_import_kw.max()),
-            site_import_kw=stored.site_import_kw.tolist(),
-            import_price_per_kwh=old_prices.tolist(),
-        ),
-        stored_total_cost_at_new_prices=stored_at_new.total_cost,
-        what_if=WhatIfPlan(
-            status=result.status.value,
-            total_cost=result.total_cost,
-            energy_cost=result.costs["energy_cost"] - result.costs["export_revenue"],
-            peak_import_kw=float(new_import.max()),
-            site_import_kw=new_import.tolist(),
-            import_price_per_kwh=new_prices.tolist(),
-        ),
-        solve_seconds=result.build_seconds + result.solve_seconds,
-        steps=[
-            WhatIfStep(
-                start=start,
-                stored_import_kw=float(stored.site_import_kw[k]),
-                what_if_import_kw=float(new_import[k]),
-                stored_price_per_kwh=float(old_prices[k]),
-                what_if_price_per_kwh=float(new_prices[k]),
-            )
-            for k, start in enumerate(starts)
-        ],
-    )
+    except trading.WhatIfError as error:
+        raise _invalid(error.field, error.message, where="body") from error
+    return WhatIf.model_validate(outcome, from_attributes=True)
