@@ -24,6 +24,27 @@
     bucket = "telemetry"
     token_env = "FLEETGRID_INFLUXDB_TOKEN"
 
+    [[openadr]]                             # optional, repeatable: one VEN per grid operator's VTN
+    kind = "3"                              # OpenADR 3 (REST, OAuth2); or "2.0b" (see below)
+    vtn_url = "https://vtn.example.com/openadr3/3.0.1"
+    ven_name = "fleetgrid"                  # the clientName in our reports
+    client_id = "fleetgrid-ven"
+    client_secret_env = "FLEETGRID_OPENADR_SECRET"
+    program_map = { "DR-EVENING" = "evening-dr" }   # VTN programName -> our program id
+    site_map = { "depot-a" = "depot-1" }             # VTN RESOURCE_NAME target -> our site id
+    simple_levels_kw = { 1 = 50, 2 = 100, 3 = 200 }  # SIMPLE level -> import reduction [kW]
+
+    [[openadr]]
+    kind = "2.0b"                           # OpenADR 2.0b through openleadr
+    vtn_url = "https://vtn.example.com/OpenADR2/Simple/2.0b"
+    ven_name = "fleetgrid"
+    cert_path = "/etc/fleetgrid/ven.pem"    # or insecure_test_mode = true, never in production
+    key_path = "/etc/fleetgrid/ven.key"
+    ca_path = "/etc/fleetgrid/vtn-ca.pem"
+    vtn_fingerprint = "AB:CD:..."
+    program_map = { "http://vtn.example.com/programs/peak" = "evening-dr" }  # market context -> ours
+    currency = "USD"                        # of ELECTRICITY_PRICE signals
+
 Secrets are never in the file: each ``*_env`` names the environment variable that holds one, and the API's
 signing secret and environment come from ``FLEETGRID_SECRET_KEY`` / ``FLEETGRID_ENVIRONMENT``
 (:class:`aggregator.api.config.Settings`). Every section is optional; unknown keys are refused with the
@@ -32,12 +53,16 @@ file and key named.
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from aggregator.db.session import DEFAULT_URL
+from market_adapters.openadr2 import Openadr2Settings, ProgramMapping
+from market_adapters.openadr3_objects import OpenAdr3Settings
 from site_gateway.config import ConfigError, MqttBrokerSection, read_toml, secret_from_env
 
 EMBEDDED = "embedded"
@@ -90,6 +115,131 @@ class InfluxSection(_Section):
         return token
 
 
+def _adapter_problems(error: ValidationError) -> PydanticCustomError:
+    """The adapter's own refusal of its settings, as this section's error (without pydantic's prefix)."""
+    problems = "; ".join(
+        ": ".join(
+            part
+            for part in (".".join(str(p) for p in e["loc"]), e["msg"].removeprefix("Value error, "))
+            if part
+        )
+        for e in error.errors()
+    )
+    return PydanticCustomError("adapter_settings", "{problems}", {"problems": problems})
+
+
+class _OpenadrSection(_Section):
+    """What both OpenADR versions share. ``program_map`` and ``site_map`` map the VTN's names to ours."""
+
+    vtn_url: str = Field(min_length=1)
+    ven_name: str = Field(min_length=1, max_length=128)
+    program_map: dict[str, str] = Field(default_factory=dict)
+    """VTN program (2.0b: market context; 3: programName) -> our program id."""
+    site_map: dict[str, str] = Field(default_factory=dict)
+    """VTN target resource -> our site id."""
+    simple_levels_kw: dict[int, float] = Field(default_factory=dict)
+    """SIMPLE level -> import reduction [kW]."""
+
+    @model_validator(mode="after")
+    def _adapter_accepts(self) -> _OpenadrSection:
+        try:
+            self._settings(secret="not-checked-here")
+        except ValidationError as error:
+            raise _adapter_problems(error) from error
+        return self
+
+    def _settings(self, secret: str | None) -> Openadr2Settings | OpenAdr3Settings:
+        raise NotImplementedError
+
+    def adapter_settings(self, where: str) -> Openadr2Settings | OpenAdr3Settings:
+        """The adapter's settings, with secrets read from the environment (``where`` names the section)."""
+        raise NotImplementedError
+
+
+class Openadr2Section(_OpenadrSection):
+    """An OpenADR 2.0b VEN (:class:`market_adapters.openadr2.Openadr2Settings`)."""
+
+    kind: Literal["2.0b"]
+    ven_id: str | None = None
+    cert_path: Path | None = None
+    key_path: Path | None = None
+    key_passphrase_env: str | None = None
+    ca_path: Path | None = None
+    vtn_fingerprint: str | None = None
+    insecure_test_mode: bool = False
+    currency: str = Field("EUR", min_length=3, max_length=3)
+    """Of the VTN's ELECTRICITY_PRICE signals [per kWh]."""
+    poll_interval_s: float | None = Field(None, gt=0)
+    """Overrides the VTN's requested poll frequency [s]."""
+    request_timeout_s: float = Field(20.0, gt=0)
+
+    def _settings(self, secret: str | None) -> Openadr2Settings:
+        return Openadr2Settings(
+            vtn_url=self.vtn_url,
+            ven_name=self.ven_name,
+            ven_id=self.ven_id,
+            cert_path=self.cert_path,
+            key_path=self.key_path,
+            key_passphrase=secret,
+            ca_path=self.ca_path,
+            vtn_fingerprint=self.vtn_fingerprint,
+            insecure_test_mode=self.insecure_test_mode,
+            programs={
+                context: ProgramMapping(
+                    program_id=program_id, simple_levels_kw=self.simple_levels_kw, currency=self.currency
+                )
+                for context, program_id in self.program_map.items()
+            },
+            sites=self.site_map,
+            poll_interval=None
+            if self.poll_interval_s is None
+            else dt.timedelta(seconds=self.poll_interval_s),
+            request_timeout=dt.timedelta(seconds=self.request_timeout_s),
+        )
+
+    def adapter_settings(self, where: str) -> Openadr2Settings:
+        secret = secret_from_env(self.key_passphrase_env, f"{where} key_passphrase_env", CentralConfigError)
+        return self._settings(secret)
+
+
+class Openadr3Section(_OpenadrSection):
+    """An OpenADR 3 client (:class:`market_adapters.openadr3.OpenAdr3Settings`); ``ven_name`` is its
+    ``clientName``."""
+
+    kind: Literal["3"]
+    client_id: str = Field(min_length=1)
+    client_secret_env: str = Field(min_length=1)
+    scope: str | None = None
+    token_url: str | None = None
+    programs: tuple[str, ...] = ()
+    """programName or id of the VTN programs to follow; empty = all."""
+    poll_interval_s: float = Field(30.0, gt=0)
+    request_timeout_s: float = Field(10.0, gt=0)
+
+    def _settings(self, secret: str | None) -> OpenAdr3Settings:
+        return OpenAdr3Settings(
+            vtn_url=self.vtn_url,
+            client_id=self.client_id,
+            client_secret=secret or "",
+            scope=self.scope,
+            token_url=self.token_url,
+            client_name=self.ven_name,
+            programs=self.programs,
+            program_map=self.program_map,
+            site_map=self.site_map,
+            simple_levels_kw=self.simple_levels_kw,
+            poll_interval_s=self.poll_interval_s,
+            request_timeout_s=self.request_timeout_s,
+        )
+
+    def adapter_settings(self, where: str) -> OpenAdr3Settings:
+        secret = secret_from_env(self.client_secret_env, f"{where} client_secret_env", CentralConfigError)
+        return self._settings(secret)
+
+
+OpenadrSection = Annotated[Openadr2Section | Openadr3Section, Field(discriminator="kind")]
+
+
 class CentralConfig(_Section):
     database: DatabaseSection = DatabaseSection()
     api: ApiSection = ApiSection()
@@ -97,6 +247,8 @@ class CentralConfig(_Section):
     control: dict[str, Any] = Field(default_factory=dict)
     """Passed to :class:`aggregator.control.ControlSettings`, which validates it."""
     influxdb: InfluxSection | None = None
+    openadr: list[OpenadrSection] = Field(default_factory=list)
+    """One VEN per entry, started by the service (see :mod:`aggregator.grid_signals`)."""
 
     @classmethod
     def load(cls, path: Path) -> CentralConfig:

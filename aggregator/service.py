@@ -10,7 +10,11 @@ On entry the database is migrated to the latest schema, then, in order: the in-p
 ``[mqtt] url = "embedded"``, the optional InfluxDB mirror, ingestion (subscribed to every site), the
 control loop (with its setpoint publisher) and the API on uvicorn. They share one sessionmaker and the
 control loop's :class:`~aggregator.replanning.ReplanRequests`, so a driver's override through the API
-or a vehicle arriving through MQTT re-plans its site at once. Exit stops them in reverse order.
+or a vehicle arriving through MQTT re-plans its site at once. Each ``[[openadr]]`` entry starts a VEN
+(OpenADR 2.0b or 3) after the control loop, its events stored by a
+:class:`~aggregator.grid_signals.GridSignalStore` (which asks the loop to re-plan the sites they apply to)
+and its optIn/optOut and reports answered by a :class:`~aggregator.grid_signals.PortfolioFlexibility`
+over the sites enrolled in its mapped programs. Exit stops them in reverse order.
 """
 
 from __future__ import annotations
@@ -28,14 +32,17 @@ import uvicorn
 from aggregator.api.app import create_app
 from aggregator.api.config import Settings
 from aggregator.broker import EmbeddedBroker
-from aggregator.central_config import CentralConfig
+from aggregator.central_config import CentralConfig, Openadr2Section, OpenadrSection
 from aggregator.control import ControlLoop, ControlSettings
 from aggregator.db.migrate import upgrade
 from aggregator.db.session import make_engine, make_sessionmaker
+from aggregator.grid_signals import GridSignalStore, PortfolioFlexibility
 from aggregator.ingestion import Ingestion, IngestionSettings
 from aggregator.replanning import ReplanRequests
 from aggregator.setpoints import MqttPublisherSettings, MqttSetpointPublisher
 from aggregator.telemetry_mirror import MirrorSettings, TelemetryMirror
+from market_adapters.openadr2 import Ven
+from market_adapters.openadr3 import OpenAdr3Client
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,10 @@ class AggregatorService:
         """Host and port of the MQTT broker in use (the in-process one's free port, when embedded)."""
         self.control: ControlLoop | None = None
         self.ingestion: Ingestion | None = None
+        self.grid_signals: list[GridSignalStore] = []
+        """One store per ``[[openadr]]`` entry, in order."""
+        self.vens: list[Ven | OpenAdr3Client] = []
+        """The running OpenADR adapters, one per ``[[openadr]]`` entry, in order."""
         self._stack: AsyncExitStack | None = None
         self._server: uvicorn.Server | None = None
         self._serving: asyncio.Task[None] | None = None
@@ -91,9 +102,22 @@ class AggregatorService:
             self.control = await stack.enter_async_context(
                 ControlLoop(self.sessions, publisher, self.replans, self.control_settings)
             )
+            for number, section in enumerate(self.config.openadr, start=1):
+                self.vens.append(await stack.enter_async_context(self._openadr(number, section)))
             await stack.enter_async_context(self._api())
             self._stack = stack.pop_all()
         return self
+
+    def _openadr(self, number: int, section: OpenadrSection) -> Ven | OpenAdr3Client:
+        """The adapter of the ``number``-th ``[[openadr]]`` entry, with its sink and oracle."""
+        store = GridSignalStore(self.sessions, self.replans, program_map=section.program_map)
+        oracle = PortfolioFlexibility(self.sessions, programs=set(section.program_map.values()) or None)
+        self.grid_signals.append(store)
+        where = f"[[openadr]] {number}"
+        log.info("OpenADR %s VEN %r for %s", section.kind, section.ven_name, section.vtn_url)
+        if isinstance(section, Openadr2Section):
+            return Ven(section.adapter_settings(where), store, oracle)
+        return OpenAdr3Client(section.adapter_settings(where), sink=store, oracle=oracle)
 
     @contextlib.asynccontextmanager
     async def _api(self) -> AsyncIterator[None]:
