@@ -337,7 +337,8 @@ class OpenAdr3Client:
         result.signals.append(signal)
 
     def _cancel(self, event_id: str) -> GridSignal:
-        seen = self._seen.pop(event_id)
+        """The cancellation of a seen event; it stays seen until the sink has taken the cancellation."""
+        seen = self._seen[event_id]
         return seen.signal.model_copy(
             update={
                 "status": SignalStatus.CANCELLED,
@@ -347,10 +348,25 @@ class OpenAdr3Client:
         )
 
     async def _deliver(self, result: PollResult) -> None:
+        """Hand the signals to the sink. One the sink fails on (its database is down, ...) is logged
+        and forgotten, so the next poll delivers it again; the others still go through."""
         self.last_errors = list(result.errors)
-        if self.sink is not None:
-            for signal in result.signals:
-                await self.sink(signal)
+        for signal in result.signals:
+            if self.sink is not None:
+                try:
+                    await self.sink(signal)
+                except Exception:  # the sink's failure must not stop polling or lose the event
+                    logger.exception(
+                        "%s: event %s (modification %d) not taken by the aggregator; retried next poll",
+                        self.source,
+                        signal.event_id,
+                        signal.modification,
+                    )
+                    if signal.status is not SignalStatus.CANCELLED:
+                        self._seen.pop(signal.event_id, None)
+                    continue
+            if signal.status is SignalStatus.CANCELLED:
+                self._seen.pop(signal.event_id, None)
 
     async def handle_notification(self, payload: Any) -> PollResult:
         """A subscription callback's body (an OpenADR 3 ``notification``): events in, signals out."""

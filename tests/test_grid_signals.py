@@ -42,7 +42,6 @@ from aggregator.db.session import make_sessionmaker
 from aggregator.dispatch_events import latest_versions
 from aggregator.grid_signals import (
     GridSignalStore,
-    GridSignalStoreError,
     PortfolioFlexibility,
     StoreOutcome,
 )
@@ -274,25 +273,8 @@ def test_price_signals_are_stored_too(sessions: sessionmaker[Session]) -> None:
     )
 
 
-BIGINT_NEEDED = (
-    "OpenADR 3 modifications are epoch milliseconds; dispatch_events.modification is a 32-bit INTEGER "
-    "on PostgreSQL (needs BIGINT)"
-)
-
-
-def test_epoch_millisecond_modifications_are_stored(
-    sessions: sessionmaker[Session], engine: Engine, request: pytest.FixtureRequest
-) -> None:
-    """What the OpenADR 3 adapter sends (``modificationDateTime`` in epoch ms); until the column is
-    widened, PostgreSQL refuses it and the store says so with a :class:`GridSignalStoreError`."""
-    request.applymarker(
-        pytest.mark.xfail(
-            engine.dialect.name == "postgresql",
-            reason=BIGINT_NEEDED,
-            raises=GridSignalStoreError,
-            strict=True,
-        )
-    )
+def test_epoch_millisecond_modifications_are_stored(sessions: sessionmaker[Session]) -> None:
+    """What the OpenADR 3 adapter sends (``modificationDateTime`` in epoch ms) fits the column."""
     store = GridSignalStore(sessions, ReplanRequests())
     modification = int(H0.timestamp() * 1000)
     assert store.store(signal(modification)).outcome is StoreOutcome.STORED
@@ -629,18 +611,10 @@ def test_openadr2_asks_the_portfolio_from_its_plans(planned: sessionmaker[Sessio
 
 
 def test_openadr3_events_become_versions_and_a_restart_redelivers_duplicates(
-    sessions: sessionmaker[Session], engine: Engine, request: pytest.FixtureRequest
+    sessions: sessionmaker[Session],
 ) -> None:
     """Program "DR-1" maps to "our-dr" in the client, which the store maps to "peak"; "depot-a" is
     site-a (tests/test_openadr3.py). A second client (a restart) sees the same event again."""
-    request.applymarker(
-        pytest.mark.xfail(
-            engine.dialect.name == "postgresql",
-            reason=BIGINT_NEEDED,
-            raises=ExceptionGroup,
-            strict=True,
-        )
-    )
     replans = ReplanRequests()
     store = GridSignalStore(sessions, replans, program_map={"our-dr": "peak"})
 

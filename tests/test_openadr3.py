@@ -228,6 +228,31 @@ def test_event_in_changed_and_deleted_becomes_signals() -> None:
     run(scenario)
 
 
+def test_an_event_the_sink_fails_on_is_delivered_again_at_the_next_poll() -> None:
+    async def scenario() -> None:
+        async with running_vtn() as (vtn, url, admin):
+            program = vtn.add_program("DR-1")
+            signals: list[GridSignal] = []
+            failures = [RuntimeError("database is down"), RuntimeError("still down")]
+
+            async def sink(signal: GridSignal) -> None:
+                if failures:
+                    raise failures.pop(0)
+                signals.append(signal)
+
+            clock = Clock(T0 - dt.timedelta(hours=2))
+            async with OpenAdr3Client(settings(url, programs=("DR-1",)), sink=sink, clock=clock):
+                event_id = await admin.post(cap_event(program["id"]))
+                await wait_for(lambda: len(signals) == 1, "the event, once the sink takes it")
+                assert failures == [] and signals[0].event_id == event_id
+                failures.append(RuntimeError("down again"))
+                await admin.delete(event_id)
+                await wait_for(lambda: len(signals) == 2, "the cancellation, once the sink takes it")
+                assert signals[1].status is SignalStatus.CANCELLED and failures == []
+
+    run(scenario)
+
+
 def test_malformed_event_names_the_field_and_the_client_keeps_going() -> None:
     async def scenario() -> None:
         async with running_vtn() as (vtn, url, admin):

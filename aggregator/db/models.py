@@ -278,7 +278,9 @@ class DispatchEvent(Base):
     """``None`` while an adapter's event is not mapped to one of our programs."""
     source: Mapped[str] = mapped_column(String(200))
     external_event_id: Mapped[str] = mapped_column(String(200))
-    modification: Mapped[int] = mapped_column(default=0)
+    modification: Mapped[int] = mapped_column(BigInteger, default=0)
+    """The source's version number: 0, 1, 2 ... from our API and OpenADR 2.0b, the modification time in
+    epoch milliseconds from OpenADR 3."""
     kind: Mapped[SignalKind] = mapped_column(value_enum(SignalKind, "signal_kind"))
     status: Mapped[SignalStatus] = mapped_column(value_enum(SignalStatus, "signal_status"))
     price_per_kwh: Mapped[float | None]
