@@ -489,7 +489,9 @@ class ScheduleVersion(Base):
     inputs: Mapped[dict[str, Any]]
     """What the optimiser was given: ``{"scenario": <optimizer Scenario JSON>, "sessions": {vehicle id
     in the scenario: charging_sessions.id}, "events": [dispatch_events.id, ...]}``; enough to explain
-    and to re-run the result."""
+    and to re-run the result. A site planned with others for a shared dispatch event also has
+    ``"event_shares": {public event id: [kW committed by this site per step]}`` and ``"portfolio":
+    {"site_ids", "events", "status", "message"}`` (see ``aggregator.portfolio_planning``)."""
     result_summary: Mapped[dict[str, Any]]
     status: Mapped[ScheduleStatus] = mapped_column(value_enum(ScheduleStatus, "schedule_status"))
     plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
