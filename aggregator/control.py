@@ -29,16 +29,21 @@ midnight UTC) and at once when :class:`~aggregator.replanning.ReplanRequests` na
 arrive together are merged into one plan whose trigger lists their reasons. Time is the injected
 ``clock``; the loop checks it at least every ``poll_s`` real seconds.
 
-Sites are planned one by one. A dispatch event shared by several sites is to be split among them by
-a joint (portfolio) optimisation: :data:`SolveGroup` is that seam. :meth:`ControlLoop.plan_group` builds
-the inputs of a group of sites, hands them to the loop's ``solve_group`` in one call and stores each
-result; today's :func:`solve_sites_independently` solves each site alone.
+A dispatch event that applies to several sites is split among them inside one optimisation: planning
+a site plans its whole group (:func:`aggregator.portfolio_planning.portfolio_group`: the sites sharing
+an active or pending event with it, transitively, at most ``max_group_sites``) with one call of the
+loop's ``solve_group`` (by default :func:`~aggregator.portfolio_planning.solve_portfolio_group`, which
+solves a site without shared events exactly as before). Every site of the group gets its own version
+(trigger, counterfactual and fallbacks as above), with its committed share of each shared event in
+``inputs["event_shares"]`` (public event id → kW per step), and its own command. In the loop, a site
+already planned in another's group is not planned again in the same pass; the group's trigger lists
+the reasons of all its members. When a group plan fails outright (an error, not a solver failure),
+its sites are planned one by one, so one site cannot stop the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -62,15 +67,20 @@ from aggregator.db.models import (
     utcnow,
 )
 from aggregator.planning import PlanInputs, PlanningSettings, floor_time, site_plan_inputs
+from aggregator.portfolio_planning import (
+    MAX_GROUP_SITES,
+    SiteSolution,
+    SolveGroup,
+    portfolio_group,
+    solve_portfolio_group,
+    solve_site,
+    solve_sites_independently,
+)
 from aggregator.replanning import ReplanRequests
 from aggregator.schedules import plan_json
 from aggregator.setpoints import SetpointPublisher, setpoint_command
-from optimizer.errors import ScenarioError
 from optimizer.online import DEFAULT_URGENCY_WEIGHT
-from optimizer.problem import build_problem
-from optimizer.results import ScheduleResult, SolveStatus
-from optimizer.scenario import Scenario
-from optimizer.solve import SolverOptions, optimize
+from optimizer.solve import SolverOptions
 from site_gateway.contract import GatewayState, SetpointCommand
 
 log = logging.getLogger(__name__)
@@ -97,11 +107,17 @@ class ControlSettings:
     """Longest real wait between two looks at the clock [s]."""
     planning: PlanningSettings = field(default_factory=PlanningSettings)
     """Horizon, step, defaults and tariffs of the plans."""
+    max_group_sites: int = MAX_GROUP_SITES
+    """Most sites planned together in one model for the dispatch events they share."""
 
     def __post_init__(self) -> None:
         for name in ("cadence", "setpoint_validity"):
             if getattr(self, name) <= dt.timedelta(0):
                 raise ValueError(f"control settings: {name} must be positive, got {getattr(self, name)}")
+        if self.max_group_sites < 1:
+            raise ValueError(
+                f"control settings: max_group_sites must be at least 1, got {self.max_group_sites}"
+            )
         if self.poll_s <= 0 or self.solver_time_limit_s < 0:
             raise ValueError(
                 f"control settings: poll_s must be > 0 and solver_time_limit_s >= 0, got {self.poll_s} "
@@ -127,57 +143,7 @@ class ControlSettings:
             raise ValueError(f"control settings: {where}: {first['msg']}") from error
 
 
-# ------------------------------------------------------------------------------------------ solving
-
-
-@dataclass
-class SiteSolution:
-    """What the solver made of one site's inputs."""
-
-    inputs: PlanInputs
-    scenario: Scenario
-    """What was solved: the inputs' scenario with the dispatch events (and their baselines)."""
-    result: ScheduleResult | None
-    """``None`` when the optimizer refused the inputs (see ``error``)."""
-    counterfactual: ScheduleResult | None = None
-    """The site solved without its dispatch events, when it has any."""
-    error: str | None = None
-
-    @property
-    def solver_failed(self) -> bool:
-        """No schedule from the solver: refused inputs, or its fallback heuristic."""
-        return self.result is None or self.result.status is SolveStatus.HEURISTIC
-
-
-SolveGroup = Callable[[Sequence[PlanInputs], SolverOptions, float], list[SiteSolution]]
-"""Solve a group of sites together: (inputs per site, solver options, urgency weight) → one solution
-per site, in order. The seam for a portfolio optimisation that splits shared dispatch events."""
-
-
-def solve_site(inputs: PlanInputs, options: SolverOptions, urgency_weight: float) -> SiteSolution:
-    """Solve one site: the counterfactual first if dispatch events apply, then the plan with them."""
-    counterfactual = None
-    scenario = inputs.scenario
-    try:
-        if inputs.events:
-            counterfactual = _solve(inputs.scenario, options, urgency_weight)
-            scenario = inputs.scenario_with_events(counterfactual.evaluation.import_kw.tolist())
-        return SiteSolution(inputs, scenario, _solve(scenario, options, urgency_weight), counterfactual)
-    except ScenarioError as error:
-        log.error("site %s: the optimizer refused the inputs: %s", inputs.site_id, error)
-        return SiteSolution(inputs, scenario, None, counterfactual, error=str(error))
-
-
-def solve_sites_independently(
-    group: Sequence[PlanInputs], options: SolverOptions, urgency_weight: float
-) -> list[SiteSolution]:
-    """Each site alone (a dispatch event shared by sites is asked in full of each)."""
-    return [solve_site(inputs, options, urgency_weight) for inputs in group]
-
-
-def _solve(scenario: Scenario, options: SolverOptions, urgency_weight: float) -> ScheduleResult:
-    problem = dataclasses.replace(build_problem(scenario), charging_urgency_weight=urgency_weight)
-    return optimize(problem, options)
+# ---------------------------------------------------------------------------------------- documents
 
 
 def shifted_plan(
@@ -206,6 +172,17 @@ def shifted_plan(
         if vehicle_id in inputs.sessions
     }
     return {"site_import_kw": moved(imports), "vehicles": vehicles}
+
+
+def _inputs_document(solution: SiteSolution) -> dict[str, Any]:
+    """``schedule_versions.inputs``: :meth:`PlanInputs.to_json` plus, for a site planned with others,
+    ``event_shares`` (public event id → committed kW per step) and ``portfolio`` (the joint model)."""
+    document: dict[str, Any] = dict(solution.inputs.to_json(solution.scenario))
+    if solution.event_shares:
+        document["event_shares"] = {str(event): kw for event, kw in sorted(solution.event_shares.items())}
+    if solution.portfolio is not None:
+        document["portfolio"] = solution.portfolio
+    return document
 
 
 def _json_ready(document: Any) -> Any:
@@ -249,7 +226,7 @@ class ControlLoop:
         clock: Callable[[], dt.datetime] = utcnow,
         *,
         plan_inputs: Callable[[Session, str, dt.datetime, PlanningSettings], PlanInputs] = site_plan_inputs,
-        solve_group: SolveGroup = solve_sites_independently,
+        solve_group: SolveGroup = solve_portfolio_group,
     ) -> None:
         self._sessions = sessions
         self._publisher = publisher
@@ -286,11 +263,31 @@ class ControlLoop:
     # ----------------------------------------------------------------------------------- one plan
 
     async def plan_site(self, site_id: str, trigger: str, *, publish: bool = True) -> int:
-        """Plan ``site_id`` now, store the version, publish its command; the version's id.
+        """Plan ``site_id`` now with the sites it shares dispatch events with (:meth:`plan_with_group`),
+        store the versions, publish the commands; ``site_id``'s version id.
 
         Raises :class:`~aggregator.planning.SiteNotFoundError` for an unknown site.
         """
-        return (await self.plan_group([site_id], trigger, publish=publish))[site_id]
+        return (await self.plan_with_group(site_id, trigger, publish=publish))[site_id]
+
+    async def plan_with_group(self, site_id: str, trigger: str, *, publish: bool = True) -> dict[str, int]:
+        """Plan ``site_id`` and its group (module docstring) as one; site id → version id."""
+        group = await asyncio.to_thread(self.group_of, site_id, self._clock())
+        return await self.plan_group(group, trigger, publish=publish)
+
+    def group_of(self, site_id: str, now: dt.datetime) -> list[str]:
+        """``site_id`` and the sites it is to be planned with at ``now``, ``site_id`` first."""
+        planning = self.settings.planning
+        start = floor_time(now, planning.step)
+        with self._sessions() as session:
+            return portfolio_group(
+                session,
+                site_id,
+                start,
+                start + planning.n_steps * planning.step,
+                planning.step,
+                self.settings.max_group_sites,
+            )
 
     async def plan_group(
         self, site_ids: Sequence[str], trigger: str, *, publish: bool = True
@@ -341,7 +338,7 @@ class ControlLoop:
                 horizon_start=start,
                 step_seconds=int(planning.step.total_seconds()),
                 trigger=trigger[:TRIGGER_MAX_CHARS],
-                inputs=_json_ready(inputs.to_json(solution.scenario)),
+                inputs=_json_ready(_inputs_document(solution)),
                 result_summary=_json_ready(summary),
                 status=status,
                 plan=_json_ready(plan),
@@ -430,18 +427,15 @@ class ControlLoop:
                 if next_due.get(site_id, now) <= now:
                     pending.setdefault(site_id, []).insert(0, "cadence")
                     next_due[site_id] = floor_time(now, cadence) + cadence
+            planned: set[str] = set()
             for site_id, reasons in sorted(pending.items()):
                 if site_id not in site_ids:
                     log.warning(
                         "control: re-plan asked for unknown site %r (%s)", site_id, ", ".join(reasons)
                     )
                     continue
-                trigger = ",".join(dict.fromkeys(reasons))
-                try:
-                    await self.plan_site(site_id, trigger)
-                except Exception:  # one site's failure must not stop the others or the loop
-                    self.stats.failures += 1
-                    log.exception("control: planning site %s failed", site_id)
+                if site_id not in planned:
+                    planned |= await self._plan_in_pass(site_id, now, pending, site_ids)
             pending = {}
             wait = min(
                 [(due - self._clock()).total_seconds() for due in next_due.values()],
@@ -452,12 +446,42 @@ class ControlLoop:
             ).items():
                 pending.setdefault(site_id, []).extend(reasons)
 
+    async def _plan_in_pass(
+        self, site_id: str, now: dt.datetime, pending: Mapping[str, list[str]], site_ids: set[str]
+    ) -> set[str]:
+        """Plan ``site_id``'s group for one pass of the loop; the sites it covered. The trigger lists
+        every pending reason of the group's sites. An error planning the group plans its sites one by
+        one; an error planning one site is counted and logged, and the loop goes on."""
+        try:
+            group = [s for s in await asyncio.to_thread(self.group_of, site_id, now) if s in site_ids]
+        except Exception:
+            self.stats.failures += 1
+            log.exception("control: finding the group of site %s failed", site_id)
+            group = [site_id]
+        trigger = ",".join(dict.fromkeys(r for s in group for r in pending.get(s, ())))
+        try:
+            await self.plan_group(group, trigger)
+            return set(group)
+        except Exception:  # one site's failure must not stop the others or the loop
+            self.stats.failures += 1
+            log.exception("control: planning sites %s failed", ", ".join(group))
+        if len(group) > 1:
+            for member in group:
+                member_trigger = ",".join(dict.fromkeys(pending.get(member, ["group"])))
+                try:
+                    await self.plan_group([member], member_trigger)
+                except Exception:
+                    self.stats.failures += 1
+                    log.exception("control: planning site %s failed", member)
+        return set(group)
+
     def _site_ids(self) -> set[str]:
         with self._sessions() as session:
             return set(session.scalars(select(Site.id)))
 
 
 __all__ = [
+    "MAX_GROUP_SITES",
     "ControlLoop",
     "ControlSettings",
     "ControlStats",

@@ -6,6 +6,11 @@ program the site is enrolled in (``program_sites``), whose ``target_sites`` name
 (the whole program). Each interval of an event is one :class:`EventWindow`, clipped to the horizon and
 widened to the step grid (a commitment is never shortened). Price and penalty per kWh come from the
 event row, else the program's ``payment_terms`` ``per_kwh`` / ``penalty_per_kwh``, else 0.
+
+Each window names the event's public id (its first version's row id, see
+:mod:`aggregator.dispatch_events`) and the sites the event applies to: its ``target_sites`` that are
+enrolled in its program, or every enrolled site when it names none. An event applying to several
+sites is planned for them together (:mod:`aggregator.portfolio_planning`).
 """
 
 from __future__ import annotations
@@ -37,10 +42,19 @@ class EventWindow:
     """Reduction, cap or export [kW], by ``kind``."""
     price_per_kwh: float
     penalty_per_kwh: float
+    public_id: int
+    """The event's public id: the row id of its first version."""
+    site_ids: tuple[str, ...]
+    """Every site the event applies to (sorted), this one included."""
 
     @property
     def scenario_id(self) -> str:
         return f"dispatch-{self.event_id}-{self.position}"
+
+    @property
+    def shared(self) -> bool:
+        """Whether the event applies to more than one site."""
+        return len(self.site_ids) > 1
 
 
 def site_event_windows(
@@ -72,10 +86,12 @@ def site_event_windows(
         .order_by(DispatchEvent.id)
     ).all()
     windows: list[EventWindow] = []
-    for _, event, program in rows:
+    for public_id, event, program in rows:
         targets = event.target_sites or []
         if targets and site_id not in targets:
             continue
+        enrolled = [site.id for site in program.sites]
+        site_ids = tuple(sorted(s for s in enrolled if not targets or s in targets))
         try:
             terms = event_payment_terms(program, event)  # what settlement will pay and charge
             price, penalty = float(terms.per_kwh_delivered), float(terms.penalty_per_kwh_short)
@@ -95,7 +111,11 @@ def site_event_windows(
             last = min(floor(last - dt.timedelta(microseconds=1)) + step, end)
             if last <= first:
                 continue
-            windows.append(EventWindow(event.id, position, event.kind, first, last, value, price, penalty))
+            windows.append(
+                EventWindow(
+                    event.id, position, event.kind, first, last, value, price, penalty, public_id, site_ids
+                )
+            )
     return windows
 
 

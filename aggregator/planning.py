@@ -43,7 +43,9 @@ interval: ``dr_reduction`` → :class:`~optimizer.DrEvent` with ``reduction_kw``
 ``dr_cap`` → :class:`~optimizer.DrEvent` with ``cap_kw``, ``v2g_export`` →
 :class:`~optimizer.V2gDispatch`. The baseline is the counterfactual plan's import (the site planned
 without any event), so :attr:`PlanInputs.scenario` carries no events and
-:meth:`PlanInputs.scenario_with_events` adds them once that baseline is known.
+:meth:`PlanInputs.scenario_with_events` adds them once that baseline is known. An event that applies
+to several sites (:attr:`EventWindow.site_ids`) is split among them by one optimisation of all of
+them (:mod:`aggregator.portfolio_planning`).
 
 A session whose data cannot be planned (a malformed ``departure_time``, a target outside 0..100 %,
 a second open session on a charger) raises :class:`PlanningInputError` internally, which names the
@@ -79,7 +81,7 @@ from aggregator.db.models import (
 from aggregator.dispatch_windows import EventWindow, site_event_windows
 from market_adapters.dispatch import SignalKind
 from market_adapters.tariffs import TouTariff
-from optimizer.scenario import DrEvent, Evse, Scenario, Tariff, V2gDispatch, VehicleSession
+from optimizer.scenario import ChargeTaper, DrEvent, Evse, Scenario, Tariff, V2gDispatch, VehicleSession
 from optimizer.scenario import Site as ScenarioSite
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,10 @@ CHARGE_EFFICIENCY = 0.92
 DEFAULT_TARIFF = Tariff(import_price_per_kwh=0.25, export_price_per_kwh=0.0)
 """Used for a site without a known ``tariff_ref``: a flat 0.25 [currency/kWh] import price, nothing
 paid for export, no demand charge. Flat prices leave the timing to the tie-breaker (charge early)."""
+
+DEFAULT_CHARGE_TAPER = ChargeTaper(start_soc=0.8, end_fraction=0.05)
+"""An assumption, typical of Li-ion CC-CV charging: full power up to 80 % state of charge, then
+linearly down to 5 % of it at 100 % (as :mod:`site_gateway.vehicle_model` simulates)."""
 
 TariffSource = Tariff | TouTariff
 """A flat optimizer tariff (one number per price) or a time-of-use tariff priced per step."""
@@ -141,6 +147,8 @@ class PlanningSettings:
     overdue_stay: dt.timedelta = dt.timedelta(hours=1)
     """How long a vehicle past its departure is assumed to stay from the horizon start."""
     base_load_max_age: dt.timedelta = dt.timedelta(hours=1)
+    charge_taper: ChargeTaper | None = DEFAULT_CHARGE_TAPER
+    """The CC-CV taper every planned vehicle gets (the database knows no battery's own); None: none."""
 
     def __post_init__(self) -> None:
         if self.step_minutes <= 0 or self.horizon <= dt.timedelta(0):
@@ -179,16 +187,23 @@ class PlanInputs:
     def dispatch_event_ids(self) -> list[int]:
         return sorted({e.event_id for e in self.events})
 
-    def scenario_with_events(self, baseline_import_kw: Sequence[float] | None) -> Scenario:
+    def scenario_with_events(
+        self, baseline_import_kw: Sequence[float] | None, events: Sequence[EventWindow] | None = None
+    ) -> Scenario:
         """:attr:`scenario` with the dispatch events, ``baseline_import_kw`` the counterfactual import
         per step [kW] (needed for ``dr_reduction`` events and to pay DR delivery; ``None`` drops the
-        reduction events and the DR payment)."""
-        if not self.events:
+        reduction events and the DR payment).
+
+        ``events`` replaces :attr:`events` (all of them by default): a site planned with others
+        leaves the events it shares with them to the joint model (:mod:`aggregator.portfolio_planning`).
+        """
+        events = self.events if events is None else events
+        if not events:
             return self.scenario
         step = self.scenario.step
         dr_events: list[DrEvent] = []
         dispatches: list[V2gDispatch] = []
-        for event in self.events:
+        for event in events:
             if event.kind is SignalKind.V2G_EXPORT:
                 dispatches.append(
                     V2gDispatch(
@@ -486,6 +501,7 @@ def _vehicle_session(
             max_charge_kw=max_charge,
             max_discharge_kw=max_discharge if v2g else 0.0,
             v2g_consent=v2g,
+            charge_taper=settings.charge_taper,
         )
     except ValueError as exc:  # a value the scenario refuses (NaN, negative, ...)
         raise PlanningInputError(charging.id, vehicle_id, "vehicle", f"cannot be planned: {exc}") from exc
@@ -517,6 +533,7 @@ def _safe_default_session(
         energy_at_arrival_kwh=capacity * settings.default_arrival_soc_percent / 100,
         target_energy_kwh=capacity * settings.default_target_soc_percent / 100,
         max_charge_kw=max(0.0, max_charge),
+        charge_taper=settings.charge_taper,
     )
 
 

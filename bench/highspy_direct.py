@@ -188,6 +188,34 @@ def build_highs(problem: Problem, highs: highspy.Highs) -> _Builder:
         ],
     )
 
+    # add_ev_charge_taper: (1 + k η Δt) charge + k energy[t-1] <= P f + k C (arrival energy at the first step)
+    offsets = np.cumsum(lengths) - lengths
+    taper_of = [(i, t) for i, v in enumerate(vehicles) for t in v.taper_steps(dt)]
+    taper_i = np.array([i for i, _ in taper_of], dtype=np.int64)
+    taper_at = offsets[taper_i] + np.array([t for _, t in taper_of], dtype=np.int64) - first[taper_i]
+    slope = np.array([v.taper_slope_kw_per_kwh for v in vehicles])[taper_i]
+    coefficient = np.array([v.taper_charge_coefficient(dt) for v in vehicles])[taper_i]
+    upper = np.array(
+        [
+            v.taper_full_kw + v.taper_slope_kw_per_kwh * v.capacity_kwh if v.has_taper else 0.0
+            for v in vehicles
+        ]
+    )[taper_i]
+    taper_first = is_first[taper_at]
+    upper = np.where(taper_first, upper - slope * initial[taper_i], upper)
+    rows = np.arange(len(taper_of))
+    taper_later = np.flatnonzero(~taper_first)
+    b.rows(
+        "ev_charge_taper",
+        -INF,
+        upper,
+        len(taper_of),
+        [
+            (rows, charge[taper_at], coefficient),
+            (taper_later, energy[taper_at[taper_later] - 1], slope[taper_later]),
+        ],
+    )
+
     # add_ev_departure_target
     terminal = np.array([v.terminal_energy_kwh for v in vehicles])
     shortfall = b.columns("departure_shortfall_kwh", 0.0, INF, n_vehicles)

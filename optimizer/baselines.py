@@ -1,8 +1,9 @@
 """Rule-based policies on the same inputs as the MILP, for comparison and as a safe fallback.
 
-All three charge only (no V2G), stop once a vehicle reaches its terminal target and never exceed the
-site import limit given the inflexible load. They step through time like a real controller would,
-seeing only the vehicles plugged in at that step:
+All three charge only (no V2G), stop once a vehicle reaches its terminal target, never offer a vehicle
+more than it can take for the whole step under its charge taper (``ev_charge_taper`` of
+:mod:`optimizer.model`) and never exceed the site import limit given the inflexible load. They step
+through time like a real controller would, seeing only the vehicles plugged in at that step:
 
 - ``uncontrolled``: every vehicle at full power from arrival; at the site limit all are scaled down
   by the same factor (a dumb load-balancing panel);
@@ -73,6 +74,11 @@ def run_policy(problem: Problem, policy: str) -> tuple[np.ndarray, np.ndarray]:
     target = np.array([min(v.terminal_energy_kwh, v.capacity_kwh) for v in vehicles])
     efficiency = np.array([v.charge_efficiency for v in vehicles])
     max_kw = np.array([v.max_charge_kw for v in vehicles])
+    # the taper's line P f + k (C - E), over (1 + k η Δt); no taper: P f = inf and k = 0
+    full_kw = np.array([v.taper_full_kw for v in vehicles])
+    slope = np.array([v.taper_slope_kw_per_kwh for v in vehicles])
+    capacity = np.array([v.capacity_kwh for v in vehicles])
+    coefficient = np.array([v.taper_charge_coefficient(problem.step_hours) for v in vehicles])
     first = np.array([v.first_step for v in vehicles])
     end = np.array([v.end_step for v in vehicles])
     headroom = np.maximum(problem.import_limit_kw - problem.net_base_kw, 0.0)
@@ -81,7 +87,9 @@ def run_policy(problem: Problem, policy: str) -> tuple[np.ndarray, np.ndarray]:
         if not len(plugged):
             continue
         need_kw = np.maximum(target[plugged] - energy[plugged], 0.0) / (efficiency[plugged] * dt)
-        wanted = np.minimum(need_kw, max_kw[plugged])
+        line_kw = full_kw[plugged] + slope[plugged] * (capacity[plugged] - energy[plugged])
+        taper_kw = np.maximum(line_kw / coefficient[plugged], 0.0)
+        wanted = np.minimum(np.minimum(need_kw, max_kw[plugged]), taper_kw)
         allocated = allocate(wanted, max_kw[plugged], end[plugged], float(headroom[t]))
         allocated = np.clip(allocated, 0.0, wanted)
         charge[plugged, t] = allocated

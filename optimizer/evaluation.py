@@ -15,6 +15,7 @@ import numpy as np
 from optimizer.problem import Problem
 
 TOLERANCE_KWH = 1e-3
+TOLERANCE_KW = 1e-6
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class Evaluation:
     v2g_shortfall_kwh: list[float]
     costs: dict[str, float]
     vehicles: list[VehicleOutcome]
+    taper_excess_kw: np.ndarray
+    """Charge above what the vehicle can hold through the step under its charge taper (vehicle × step)
+    [kW], ``charge - followable``; 0 where it follows, for vehicles without a taper and outside the session.
+    The schedule asks more of a vehicle than it takes wherever this is positive (``ev_charge_taper``)."""
 
     @property
     def total_cost(self) -> float:
@@ -59,6 +64,11 @@ class Evaluation:
         return sum(sign * self.costs[name] for name, sign in COST_TERMS.items())
 
     @property
+    def follows_taper(self) -> bool:
+        """Every vehicle can draw its planned power through every step (within :data:`TOLERANCE_KW`)."""
+        return not (self.taper_excess_kw > TOLERANCE_KW).any()
+
+    @property
     def peak_import_kw(self) -> float:
         return float(self.import_kw.max()) if len(self.import_kw) else 0.0
 
@@ -72,6 +82,21 @@ def battery_energy(problem: Problem, charge_kw: np.ndarray, discharge_kw: np.nda
         gained = dt * (v.charge_efficiency * charge_kw[i, s] - discharge_kw[i, s] / v.discharge_efficiency)
         energy[i, s] = v.energy_initial_kwh + np.cumsum(gained)
     return energy
+
+
+def taper_excess(problem: Problem, charge_kw: np.ndarray, energy_kwh: np.ndarray) -> np.ndarray:
+    """How far each step's charge [kW] exceeds what the vehicle can hold through the step under its
+    charge taper, from the energy at the step's start (0 where it does not; vehicle × step)."""
+    excess = np.zeros(charge_kw.shape)
+    dt = problem.step_hours
+    for i, v in enumerate(problem.vehicles):
+        if not v.has_taper or v.end_step <= v.first_step:
+            continue
+        before = np.concatenate([[v.energy_initial_kwh], energy_kwh[i, v.first_step : v.end_step - 1]])
+        line_kw = v.taper_full_kw + v.taper_slope_kw_per_kwh * (v.capacity_kwh - before)
+        followable = line_kw / v.taper_charge_coefficient(dt)
+        excess[i, v.steps] = np.maximum(charge_kw[i, v.steps] - followable, 0.0)
+    return excess
 
 
 def final_energy(problem: Problem, energy_kwh: np.ndarray) -> np.ndarray:
@@ -88,9 +113,7 @@ def unmet_reason(problem: Problem, index: int, unmet_kwh: float) -> str:
     v = problem.vehicles[index]
     if unmet_kwh <= TOLERANCE_KWH:
         return "met"
-    reachable = (
-        v.energy_initial_kwh + len(v.steps) * v.max_charge_kw * v.charge_efficiency * problem.step_hours
-    )
+    reachable = v.reachable_energy_kwh(v.energy_initial_kwh, len(v.steps), problem.step_hours)
     if reachable + TOLERANCE_KWH < v.terminal_energy_kwh:
         return "not enough time at the vehicle's maximum charge power"
     return "site capacity or schedule priority"
@@ -198,4 +221,5 @@ def evaluate(problem: Problem, charge_kw: np.ndarray, discharge_kw: np.ndarray) 
         v2g_shortfall_kwh=v2g_short,
         costs=costs,
         vehicles=vehicles,
+        taper_excess_kw=taper_excess(problem, charge_kw, energy),
     )

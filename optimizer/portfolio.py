@@ -221,8 +221,13 @@ def solve_portfolio(
     scenarios: Sequence[Scenario],
     events: Sequence[PortfolioEvent] = (),
     options: SolverOptions | None = None,
+    *,
+    charging_urgency_weight: float = 0.0,
 ) -> PortfolioResult:
     """Schedule every site of ``scenarios`` jointly, meeting ``events`` with their sum.
+
+    ``charging_urgency_weight`` is every site's :attr:`~optimizer.problem.Problem.charging_urgency_weight`
+    (the rolling horizon's tie-breaker [currency/kWh per step]; 0 offline).
 
     Raises :class:`~optimizer.errors.ScenarioError` for impossible inputs before anything is built.
     Never returns an empty schedule: without a feasible solution from the solver (time-out before the
@@ -231,6 +236,8 @@ def solve_portfolio(
     """
     options = options or SolverOptions()
     problems, specs = build_portfolio(scenarios, events)
+    if charging_urgency_weight:
+        problems = [replace(p, charging_urgency_weight=charging_urgency_weight) for p in problems]
     started = time.perf_counter()
     model = build_portfolio_model(problems, specs)
     build_seconds = time.perf_counter() - started

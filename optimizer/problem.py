@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -42,10 +42,87 @@ class VehicleSpec:
     max_discharge_kw: float
     """0 unless the vehicle, its EVSE and its driver's consent all allow V2G."""
     leaves_in_horizon: bool
+    taper_start_soc: float | None = None
+    """State of charge [0..1) above which the charge acceptance tapers (CC-CV); None: no taper."""
+    taper_end_fraction: float = 1.0
+    """Fraction of ``taper_max_kw`` the vehicle still accepts with a full battery."""
+    taper_max_kw: float = 0.0
+    """The vehicle's own maximum charge power [kW], before the EVSE limits it: the taper's 100 %."""
 
     @property
     def steps(self) -> range:
         return range(self.first_step, self.end_step)
+
+    @property
+    def has_taper(self) -> bool:
+        return self.taper_start_soc is not None
+
+    @property
+    def taper_slope_kw_per_kwh(self) -> float:
+        """``k = P (1 - f) / (C (1 - s))``: acceptance lost [kW] per kWh stored in the taper zone."""
+        if self.taper_start_soc is None:
+            return 0.0
+        return (
+            self.taper_max_kw
+            * (1 - self.taper_end_fraction)
+            / (self.capacity_kwh * (1 - self.taper_start_soc))
+        )
+
+    @property
+    def taper_full_kw(self) -> float:
+        """``P f``: what the vehicle accepts [kW] with a full battery (infinite without a taper)."""
+        return self.taper_max_kw * self.taper_end_fraction if self.has_taper else math.inf
+
+    def acceptance_kw(self, energy_kwh: float) -> float:
+        """The most the vehicle draws [kW, grid side] at battery energy ``energy_kwh``:
+        ``min(max_charge_kw, P f + k (C - E))``, the CC-CV line of
+        :class:`~optimizer.scenario.ChargeTaper`."""
+        if not self.has_taper:
+            return self.max_charge_kw
+        line = self.taper_full_kw + self.taper_slope_kw_per_kwh * (self.capacity_kwh - energy_kwh)
+        return min(self.max_charge_kw, line)
+
+    def taper_charge_coefficient(self, step_hours: float) -> float:
+        """``1 + k η Δt``: the charge's coefficient in ``ev_charge_taper`` (:meth:`followable_charge_kw`)."""
+        return 1.0 + self.taper_slope_kw_per_kwh * self.charge_efficiency * step_hours
+
+    def followable_charge_kw(self, energy_kwh: float, step_hours: float) -> float:
+        """The highest constant power [kW] the vehicle takes for a whole step that starts at ``energy_kwh``.
+
+        The acceptance falls while the battery fills, so a constant power ``c`` can be held through the
+        step only if the acceptance at the step's end allows it: ``c <= P f + k (C - E - η Δt c)``, i.e.
+        ``(1 + k η Δt) c <= P f + k (C - E)`` (``ev_charge_taper`` of :mod:`optimizer.model`).
+        """
+        if not self.has_taper:
+            return self.max_charge_kw
+        line = self.taper_full_kw + self.taper_slope_kw_per_kwh * (self.capacity_kwh - energy_kwh)
+        return max(0.0, min(self.max_charge_kw, line / self.taper_charge_coefficient(step_hours)))
+
+    def reachable_energy_kwh(self, energy_kwh: float, n_steps: int, step_hours: float) -> float:
+        """Battery energy [kWh] after ``n_steps`` steps at the most the vehicle takes, from ``energy_kwh``."""
+        for _ in range(n_steps):
+            step_kwh = self.charge_efficiency * step_hours * self.followable_charge_kw(energy_kwh, step_hours)
+            energy_kwh = min(self.capacity_kwh, energy_kwh + step_kwh)
+        return energy_kwh
+
+    def taper_steps(self, step_hours: float) -> range:
+        """Plugged steps where ``ev_charge_taper`` can bind (a suffix of :attr:`steps`).
+
+        Elsewhere the variable bounds imply it: even at ``max_charge_kw`` from arrival, the energy at the
+        step's start stays low enough that ``(1 + k η Δt) max_charge_kw + k E <= P f + k C``.
+        """
+        if not self.has_taper or self.max_charge_kw <= 0:
+            return range(self.end_step, self.end_step)
+        k, coefficient = self.taper_slope_kw_per_kwh, self.taper_charge_coefficient(step_hours)
+        rhs = self.taper_full_kw + k * self.capacity_kwh
+        per_step_kwh = self.charge_efficiency * step_hours * self.max_charge_kw
+        for t in self.steps:
+            highest_kwh = min(
+                self.capacity_kwh, self.energy_initial_kwh + (t - self.first_step) * per_step_kwh
+            )
+            if coefficient * self.max_charge_kw + k * highest_kwh > rhs:
+                return range(t, self.end_step)
+        return range(self.end_step, self.end_step)
 
     @property
     def can_discharge(self) -> bool:
@@ -145,25 +222,28 @@ def build_problem(scenario: Scenario) -> Problem:
         max_charge = min(v.max_charge_kw, evse.max_charge_kw)
         max_discharge = min(v.max_discharge_kw, evse.max_discharge_kw) if v.v2g_consent else 0.0
         steps_after = max(0, departure_step - n)
-        reachable_later = steps_after * max_charge * v.charge_efficiency * step_hours
-        vehicles.append(
-            VehicleSpec(
-                id=v.id,
-                evse_id=v.evse_id,
-                first_step=first,
-                end_step=end,
-                capacity_kwh=v.capacity_kwh,
-                energy_initial_kwh=v.energy_at_arrival_kwh,
-                target_energy_kwh=v.target_energy_kwh,
-                terminal_energy_kwh=max(0.0, v.target_energy_kwh - reachable_later),
-                min_energy_kwh=v.min_energy_kwh,
-                charge_efficiency=v.charge_efficiency,
-                discharge_efficiency=v.discharge_efficiency,
-                max_charge_kw=max_charge,
-                max_discharge_kw=max_discharge,
-                leaves_in_horizon=departure_step <= n,
-            )
+        taper = v.charge_taper
+        spec = VehicleSpec(
+            id=v.id,
+            evse_id=v.evse_id,
+            first_step=first,
+            end_step=end,
+            capacity_kwh=v.capacity_kwh,
+            energy_initial_kwh=v.energy_at_arrival_kwh,
+            target_energy_kwh=v.target_energy_kwh,
+            terminal_energy_kwh=v.target_energy_kwh,
+            min_energy_kwh=v.min_energy_kwh,
+            charge_efficiency=v.charge_efficiency,
+            discharge_efficiency=v.discharge_efficiency,
+            max_charge_kw=max_charge,
+            max_discharge_kw=max_discharge,
+            leaves_in_horizon=departure_step <= n,
+            taper_start_soc=taper.start_soc if taper is not None else None,
+            taper_end_fraction=taper.end_fraction if taper is not None else 1.0,
+            taper_max_kw=v.max_charge_kw,
         )
+        terminal = _energy_needed_before(spec, v.target_energy_kwh, steps_after, step_hours)
+        vehicles.append(replace(spec, terminal_energy_kwh=terminal))
 
     problem = Problem(
         name=scenario.name,
@@ -207,6 +287,29 @@ def build_problem(scenario: Scenario) -> Problem:
         penalty = default_unmet_penalty(problem)
     object.__setattr__(problem, "unmet_penalty_per_kwh", penalty)
     return problem
+
+
+def _energy_needed_before(v: VehicleSpec, target_kwh: float, n_steps: int, step_hours: float) -> float:
+    """The least energy [kWh] from which ``target_kwh`` is reachable in ``n_steps`` more steps (>= 0).
+
+    Without a taper that is ``target - n η Δt P``. With one, each step maps ``E`` to ``min(E + η Δt P,
+    g(E))`` with ``g(E) = (E + η Δt P f + k η Δt C) / (1 + k η Δt)``
+    (:meth:`VehicleSpec.followable_charge_kw`); both are increasing, so a step back from ``y`` is
+    ``max(y - η Δt P, (1 + k η Δt) y - η Δt P f - k η Δt C)``.
+    """
+    gain = v.charge_efficiency * step_hours
+    energy = target_kwh
+    for _ in range(n_steps):
+        if energy <= 0:
+            break
+        back = energy - gain * v.max_charge_kw
+        if v.has_taper:
+            x = v.taper_slope_kw_per_kwh * gain
+            back = max(back, (1 + x) * energy - gain * v.taper_full_kw - x * v.capacity_kwh)
+        if back >= energy:  # no power, or a taper to 0 % that never fills the last kWh
+            break
+        energy = back
+    return max(0.0, energy)
 
 
 def default_unmet_penalty(problem: Problem) -> float:

@@ -20,7 +20,17 @@ import math
 import zoneinfo
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 
 def _finite(value: float) -> float:
@@ -119,6 +129,22 @@ class Evse(_Model):
     max_discharge_kw: NonNegative = Field(0.0, description="0 if the charger is not bidirectional")
 
 
+class ChargeTaper(_Model):
+    """The constant-current/constant-voltage taper of a battery's charge acceptance.
+
+    Up to ``start_soc`` the vehicle accepts its full ``max_charge_kw``; above it the acceptance falls
+    linearly with the state of charge, to ``end_fraction`` of ``max_charge_kw`` at a full battery:
+    ``acceptance = max_charge_kw * (end_fraction + (1 - end_fraction) * (1 - soc) / (1 - start_soc))``.
+    Power is grid side [kW], as everywhere in a scenario; the state of charge is battery energy over
+    ``capacity_kwh``. The line is what :mod:`site_gateway.vehicle_model` simulates.
+    """
+
+    start_soc: float = Field(ge=0, lt=1, description="State of charge [0..1) where the taper starts")
+    end_fraction: float = Field(
+        ge=0, le=1, description="Fraction [0..1] of max_charge_kw still accepted at a full battery"
+    )
+
+
 class VehicleSession(_Model):
     """One vehicle plugged into one EVSE from ``arrival`` to ``departure``."""
 
@@ -139,6 +165,25 @@ class VehicleSession(_Model):
     max_charge_kw: NonNegative
     max_discharge_kw: NonNegative = 0.0
     v2g_consent: bool = False
+    charge_taper: ChargeTaper | None = Field(
+        None, description="CC-CV taper of the charge acceptance above a state of charge; None: no taper"
+    )
+
+    @field_validator("charge_taper", mode="wrap")
+    @classmethod
+    def _taper_names_the_vehicle(
+        cls, value: object, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> ChargeTaper | None:
+        """A bad taper is reported with the vehicle it belongs to (``id`` is validated before it)."""
+        try:
+            taper: ChargeTaper | None = handler(value)
+        except ValidationError as exc:
+            details = "; ".join(
+                f"{'.'.join(['charge_taper', *map(str, error['loc'])])}: {error['msg']}"
+                for error in exc.errors(include_url=False)
+            )
+            raise ValueError(f"vehicle {info.data.get('id')!r}: {details}") from exc
+        return taper
 
 
 class DrEvent(_Model):

@@ -2,10 +2,11 @@
 
 :func:`check_schedule` reads only the pydantic :class:`~optimizer.scenario.Scenario` and the result's
 public tables (``schedule``, ``site``, ``summary()``). It finds plugged steps with datetime maths, rebuilds
-battery energies, site flows, commitment delivery and every money term itself, and reports each broken
-rule as a :class:`Violation`. It shares no code with :mod:`optimizer.problem` or
-:mod:`optimizer.evaluation`, so a mistake there shows up here instead of being repeated (the role of
-PyPSA's ``test/test_lopf_basic_constraints.py``).
+battery energies, site flows, commitment delivery and every money term itself, checks each step's charge
+against the vehicle's CC-CV acceptance at the step's end (written in state of charge, as the simulated
+vehicle does it), and reports each broken rule as a :class:`Violation`. It shares no code with
+:mod:`optimizer.problem` or :mod:`optimizer.evaluation`, so a mistake there shows up here instead of
+being repeated (the role of PyPSA's ``test/test_lopf_basic_constraints.py``).
 
 A step ``k`` covers ``[start + k * step, start + (k + 1) * step)``; a vehicle is plugged in during a step
 only if the step lies fully inside ``[arrival, departure)``.
@@ -146,6 +147,7 @@ class _Checker:
         why_not = "" if may_discharge else ": no V2G consent or no bidirectional EVSE"
         limits = f"limit {max_discharge} kW{why_not}", f"range {floor}..{v.capacity_kwh} kWh"
         powered = np.maximum(charge, discharge) > self.tol
+        accepted = self.acceptance_kw(v, before + self.hours * v.charge_efficiency * charge)
         checks: Checks = {
             "ev_plugged_in": (~np.isin(steps, plugged) & powered, "power while not plugged in"),
             "ev_charge_limit": (self.outside(charge, 0.0, max_charge), f"limit {max_charge} kW"),
@@ -153,11 +155,29 @@ class _Checker:
             "ev_charge_discharge_exclusive": (np.minimum(charge, discharge) > self.tol, "both at once"),
             "ev_energy_balance": (~self.close(energy, expected), "energy does not follow from the powers"),
             "ev_energy_bounds": (self.outside(energy, floor, v.capacity_kwh), limits[1]),
+            "ev_charge_taper": (
+                self.outside(charge, 0.0, accepted),
+                "more than the vehicle accepts at the step's end under its charge taper",
+            ),
         }
         state = {"charge_kw": charge, "discharge_kw": discharge, "energy_kwh": energy, "expected": expected}
+        state["accepted_kw"] = accepted
         self.flag(f"vehicle {v.id!r}", steps, checks, state)
         np.add.at(self.charge_kw, steps, charge)
         np.add.at(self.discharge_kw, steps, discharge)
+
+    @staticmethod
+    def acceptance_kw(v: VehicleSession, energy_kwh: np.ndarray) -> np.ndarray:
+        """The vehicle's own charge acceptance [kW] at battery energy ``energy_kwh``, CC-CV as the
+        simulated vehicle does it: full power up to ``start_soc``, then linearly down to ``end_fraction``
+        at 100 %. A constant power can be held through a step only up to the acceptance at its end."""
+        taper = v.charge_taper
+        if taper is None:
+            return np.full(np.shape(energy_kwh), np.inf)
+        soc = energy_kwh / v.capacity_kwh
+        left = (1.0 - soc) / (1.0 - taper.start_soc)
+        tapered = v.max_charge_kw * (taper.end_fraction + (1.0 - taper.end_fraction) * left)
+        return np.where(soc <= taper.start_soc, v.max_charge_kw, tapered)
 
     def site(self, site: pd.DataFrame) -> None:
         """Limits and power balance of the grid connection (curtailment may absorb up to the generation)."""

@@ -292,6 +292,24 @@ def test_cross_object_errors_name_object_and_field(
             id="efficiency-above-one",
         ),
         pytest.param(
+            changed(**{"vehicles.1.charge_taper": {"start_soc": 1.0, "end_fraction": 0.05}}),
+            ("vehicles", 1, "charge_taper"),
+            "vehicle 'ev-2': charge_taper.start_soc: Input should be less than 1",
+            id="taper-starting-at-full",
+        ),
+        pytest.param(
+            changed(**{"vehicles.0.charge_taper": {"start_soc": 0.8, "end_fraction": -0.1}}),
+            ("vehicles", 0, "charge_taper"),
+            "vehicle 'ev-1': charge_taper.end_fraction: Input should be greater than or equal to 0",
+            id="taper-below-zero-at-full",
+        ),
+        pytest.param(
+            changed(**{"vehicles.0.charge_taper": {"start_soc": 0.8}}),
+            ("vehicles", 0, "charge_taper"),
+            "vehicle 'ev-1': charge_taper.end_fraction: Field required",
+            id="taper-without-end-fraction",
+        ),
+        pytest.param(
             changed(**{"vehicles.0.arrival": "2024-01-01T00:00:00"}),
             ("vehicles", 0, "arrival"),
             "must carry a UTC offset",

@@ -2,7 +2,8 @@
 
 The strategies build valid scenarios of 2-6 vehicles over 8-24 steps of 15, 30 or 60 minutes, starting
 on the hour in one of several UTC offsets (some not whole hours), with arrivals and departures anywhere
-(off the step grid, before or after the horizon), V2G consent on some vehicles, random prices, and
+(off the step grid, before or after the horizon), V2G consent and a CC-CV charge taper on some vehicles
+(so the checker's ``ev_charge_taper`` judges every policy's schedule), random prices, and
 optionally a demand charge with an earlier peak, a DR event and a V2G dispatch. Examples are
 derandomized so a run is repeatable; numbers are whole cents and tenths to keep them readable.
 """
@@ -51,6 +52,19 @@ def cents(low: int, high: int) -> st.SearchStrategy[float]:
     return st.integers(low, high).map(lambda x: x / 100)
 
 
+def accepted_kw(vehicle: dict[str, Any], evse: dict[str, Any], energy_kwh: float, hours: float) -> float:
+    """The most a vehicle takes through a step from ``energy_kwh``: its and its EVSE's limit and, with a
+    taper, the acceptance at the step's end, ``c <= P (f + (1 - f) (C - E - η Δt c) / (C (1 - s)))``."""
+    power = min(vehicle["max_charge_kw"], evse["max_charge_kw"])
+    taper = vehicle["charge_taper"]
+    if taper is None:
+        return power
+    full, capacity = vehicle["max_charge_kw"], vehicle["capacity_kwh"]
+    slope = full * (1 - taper["end_fraction"]) / (capacity * (1 - taper["start_soc"]))
+    line = full * taper["end_fraction"] + slope * (capacity - energy_kwh)
+    return min(power, line / (1 + slope * vehicle["charge_efficiency"] * hours))
+
+
 @st.composite
 def vehicle_and_evse(
     draw: st.DrawFn, index: int, start: dt.datetime, step: int, n: int, generous: bool
@@ -78,11 +92,21 @@ def vehicle_and_evse(
         "max_charge_kw": draw(tenths(3, 22)),
         "max_discharge_kw": draw(tenths(0, 15)),
         "v2g_consent": draw(st.booleans()),
+        "charge_taper": draw(
+            st.one_of(
+                st.none(),
+                st.fixed_dictionaries({"start_soc": cents(0, 95), "end_fraction": cents(0, 100)}),
+            )
+        ),
     }
-    if generous:  # a target the vehicle reaches at full power within its stay
+    if generous:  # a target the vehicle reaches at full power (as its taper allows) within its stay
         plugged = sum(k * step >= arrival and (k + 1) * step <= departure for k in range(n))
-        power = min(vehicle["max_charge_kw"], evse["max_charge_kw"]) * vehicle["charge_efficiency"]
-        reachable = min(capacity, vehicle["energy_at_arrival_kwh"] + plugged * power * step / 60)
+        reachable = vehicle["energy_at_arrival_kwh"]
+        for _ in range(plugged):
+            reachable += (
+                accepted_kw(vehicle, evse, reachable, step / 60) * vehicle["charge_efficiency"] * step / 60
+            )
+            reachable = min(capacity, reachable)
         share = draw(st.integers(0, 100)) / 100
         vehicle["target_energy_kwh"] = vehicle["energy_at_arrival_kwh"] + share * (
             reachable - vehicle["energy_at_arrival_kwh"]

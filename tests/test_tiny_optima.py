@@ -428,3 +428,60 @@ def test_fleet_without_v2g_builds_a_pure_lp() -> None:
     assert len(model.v2g_plugged) == 0
     variables = list(model.component_data_objects(pyo.Var))
     assert variables and all(var.is_continuous() for var in variables)
+
+
+TAPER = {"start_soc": 0.5, "end_fraction": 0.2}
+"""ev-a's CC-CV taper in the tests below: 16 kWh, 10 kW, so ``k = 10 (1 - 0.2) / (16 (1 - 0.5)) = 1`` kW per
+kWh above 8 kWh and the vehicle accepts ``a(E) = 2 + (16 - E)`` [kW]. With η = 1 and Δt = 1 h a step's
+power ``c`` from ``E`` must satisfy ``c <= a(E + c)``, i.e. ``c <= (18 - E) / 2`` (``ev_charge_taper``)."""
+
+
+def test_charge_taper_moves_energy_into_the_dearer_step() -> None:
+    # prices [-, -, 0.30, 0.10]; ev-a plugged 02:00-04:00 (steps 2, 3), 8 -> 14 kWh (6 kWh, η = 1).
+    # Without the taper: all 6 kWh in the cheap step 3, cost 0.60 (checked below).
+    # With it: step 3 from E = 8 + c2 takes at most (18 - 8 - c2) / 2 = 5 - c2 / 2, and c2 + c3 = 6
+    # gives c2 >= 2: c = [2, 4], energies [10, 14]; at step 3's end a(14) = 4 = c3, the taper binds.
+    # energy_cost = 0.30 * 2 + 0.10 * 4 = 1.00 = objective.
+    fields: dict[str, Any] = {"capacity_kwh": 16.0, "energy_at_arrival_kwh": 8.0, "target_energy_kwh": 14.0}
+    prices = {"import_price_per_kwh": [0.20, 0.20, 0.30, 0.10]}
+    untapered = solve(scenario([vehicle("a", "02:00", "04:00", max_charge_kw=10, **fields)], tariff=prices))
+    assert power(untapered, "a") == pytest.approx([0, 0, 0, 6], abs=1e-6)
+    assert_costs(untapered, 0.60, energy_cost=0.60)
+
+    tapered = scenario(
+        [vehicle("a", "02:00", "04:00", max_charge_kw=10, charge_taper=TAPER, **fields)], tariff=prices
+    )
+    result = solve(tapered)
+    assert power(result, "a") == pytest.approx([0, 0, 2, 4], abs=1e-6)
+    assert result.schedule["energy_kwh"].tolist() == pytest.approx([10, 14], abs=1e-6)
+    assert_costs(result, 1.00, energy_cost=1.00)
+    assert result.evaluation.follows_taper
+    # The untapered optimum asks 6 kW of a vehicle that takes (18 - 8) / 2 = 5 through the step.
+    assert {v.rule for v in check_schedule(tapered, untapered)} == {"ev_charge_taper"}
+
+
+def test_charge_taper_leaves_a_full_battery_out_of_reach() -> None:
+    # ev-a wants a full 16 kWh from 8 in steps 2, 3: at most (18 - 8) / 2 = 5 kW, then (18 - 13) / 2 =
+    # 2.5 kW: 15.5 kWh, 0.5 kWh short, however the site or prices look (10 kW for an hour would fill it).
+    # energy_cost = 0.20 * 7.5 = 1.50; unmet_energy_penalty = 100 * 0.5 = 50; objective = 51.50.
+    s = scenario(
+        [
+            vehicle(
+                "a",
+                "02:00",
+                "04:00",
+                max_charge_kw=10,
+                capacity_kwh=16.0,
+                energy_at_arrival_kwh=8.0,
+                target_energy_kwh=16.0,
+                charge_taper=TAPER,
+            )
+        ],
+        unmet_energy_penalty_per_kwh=100.0,
+    )
+    result = solve(s)
+    assert power(result, "a") == pytest.approx([0, 0, 5, 2.5], abs=1e-6)
+    outcome = result.vehicles.set_index("vehicle_id")
+    assert outcome.loc["ev-a", "unmet_kwh"] == pytest.approx(0.5, abs=1e-6)
+    assert outcome.loc["ev-a", "reason"] == "not enough time at the vehicle's maximum charge power"
+    assert_costs(result, 51.50, energy_cost=1.50, unmet_energy_penalty=50.0)

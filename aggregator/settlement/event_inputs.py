@@ -6,8 +6,9 @@ version, as in :mod:`aggregator.api.routes.operators`), the program's payment te
 
 - per target site: metered import per 15-minute interval (:mod:`aggregator.metering`), the baseline by
   the program's method (default ``counterfactual``: the plan in force without the event, see
-  :mod:`aggregator.settlement.event_measurement`), the committed kW (the event's kW split in equal
-  shares among the target sites, as the operators' API shows it) and
+  :mod:`aggregator.settlement.event_measurement`), the committed kW (the site's share of the event's
+  kW, as the operators' API shows it: as its plan in force recorded it when the sites were planned
+  together, else an equal share; see :func:`~aggregator.settlement.event_measurement.site_committed_kw`) and
   :func:`~aggregator.settlement.performance.event_performance`; the event's performance is that of the
   sites' summed series;
 - per charging session plugged in during the window, at a target site, with a vehicle (and so a
@@ -69,6 +70,7 @@ from aggregator.settlement.baselines import (
 from aggregator.settlement.event_measurement import (
     committed_kw,
     expected_import_kw,
+    site_committed_kw,
     vehicle_counterfactual_kw,
 )
 from aggregator.settlement.performance import MEASURED_KINDS, EventPerformance, event_performance
@@ -267,9 +269,9 @@ def settlement_inputs(
         raise SettlementInputError(event_id, f"names no sites and program {program.id!r} has none enrolled")
     index = interval_index(event.window_start, event.window_end, step)
     committed = committed_kw(_INTERVALS.validate_python(event.intervals), index, event.window_end, step)
+    shares = site_committed_kw(session, event_id, site_ids, committed, event.window_end, step)
     sites = tuple(
-        _site_inputs(session, found, site_id, method, committed / len(site_ids), index, step)
-        for site_id in site_ids
+        _site_inputs(session, found, site_id, method, shares[site_id], index, step) for site_id in site_ids
     )
     if not any(int(site.samples.sum()) for site in sites):
         raise NoTelemetryError(

@@ -4,6 +4,13 @@ Both are read per interval of the event's window (15 minutes by default, the ind
 :func:`aggregator.metering.interval_index`):
 
 - :func:`committed_kw`: the event's kW per interval, the time-weighted mean of its signal intervals;
+- :func:`site_committed_kw`: each of the event's sites' share of that kW. The control loop plans the
+  sites of an event together and records each site's share per plan step in its version's
+  ``inputs["event_shares"]`` (:mod:`aggregator.portfolio_planning`). At each interval, when the
+  versions in force of *all* the event's sites record a share for it, the event's kW is split in
+  proportion to those shares (so the sites' commitments always add up to the event's, even when the
+  event changed after the plans); otherwise (versions made before this was recorded, or before the
+  event was known, a site without a plan) each site gets an equal share;
 - :func:`expected_import_kw`: the site's import [kW] without the event, from the counterfactual of the
   :class:`~aggregator.db.models.ScheduleVersion` *in force* at each interval: the site's latest
   version created before the interval starts;
@@ -63,6 +70,41 @@ def committed_kw(
                 covered += overlap
         values.append(weighted / covered if covered else 0.0)
     return pd.Series(values, index=index, dtype=float)
+
+
+def site_committed_kw(
+    session: Session,
+    event_id: int,
+    site_ids: Sequence[str],
+    committed: pd.Series,
+    end: dt.datetime,
+    step: dt.timedelta,
+) -> dict[str, pd.Series]:
+    """Per site of the event (public id ``event_id``), its share [kW] of ``committed`` (the event's kW
+    per interval, :func:`committed_kw`) per interval: in proportion to the shares the versions in
+    force recorded, else equal (module doc). The shares sum to ``committed`` in every interval."""
+    if not site_ids:
+        return {}
+    index = pd.DatetimeIndex(committed.index)
+    key = str(event_id)
+
+    def share(version: Row[Any]) -> list[Any] | None:
+        shares = (version.inputs or {}).get("event_shares")
+        series = shares.get(key) if isinstance(shares, dict) else None
+        return series if isinstance(series, list) else None
+
+    planned = pd.DataFrame(
+        {site_id: _in_force_series(session, site_id, index, end, step, share) for site_id in site_ids},
+        index=index,
+        dtype=float,
+    )
+    total = planned.sum(axis=1, skipna=False)
+    usable = planned.notna().all(axis=1) & (planned >= 0).all(axis=1) & (total > 1e-9)
+    equal = committed.astype(float) / len(site_ids)
+    return {
+        site_id: (committed.astype(float) * planned[site_id] / total.where(usable, 1.0)).where(usable, equal)
+        for site_id in site_ids
+    }
 
 
 def expected_import_kw(

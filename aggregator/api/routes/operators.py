@@ -47,7 +47,7 @@ from aggregator.api.schemas.operators import (
 from aggregator.db.models import DispatchEvent, Program, Role, User
 from aggregator.dispatch_events import EventChain, EventNotFoundError, event_chain, latest_versions
 from aggregator.metering import DEFAULT_STEP, interval_index, site_import_intervals
-from aggregator.settlement.event_measurement import committed_kw, expected_import_kw
+from aggregator.settlement.event_measurement import committed_kw, expected_import_kw, site_committed_kw
 from aggregator.settlement.performance import EventPerformance, event_performance
 from market_adapters.dispatch import SignalStatus
 
@@ -425,11 +425,12 @@ def get_event_performance(
 ) -> EventPerformancePublic:
     """What the event's target sites delivered, per 15-minute interval of its window (latest version).
 
-    Each target site is committed an equal share of the event's kW (for ``dr_cap``, of the cap); the
-    event-level figures are those of the sites' summed series. Expected import is the plans'
-    counterfactual (see :func:`expected_import_kw`), measured import the metered mean
-    (:func:`aggregator.metering.site_import_intervals`); intervals not yet metered or without a
-    counterfactual show ``null`` and are left out of the totals.
+    Each target site is committed its share of the event's kW (for ``dr_cap``, of the cap): the share
+    its plan in force recorded when the sites were planned together, else an equal share (see
+    :func:`site_committed_kw`); the event-level figures are those of the sites' summed series.
+    Expected import is the plans' counterfactual (see :func:`expected_import_kw`), measured import
+    the metered mean (:func:`aggregator.metering.site_import_intervals`); intervals not yet metered or
+    without a counterfactual show ``null`` and are left out of the totals.
     """
     chain = _own_event(session, user, event_id)
     event = chain.latest
@@ -443,14 +444,13 @@ def get_event_performance(
     site_ids = list(event.target_sites)
     if not site_ids and event.program is not None:  # an adapter's event for the whole program
         site_ids = [site.id for site in event.program.sites]
+    shares = site_committed_kw(session, chain.id, site_ids, committed, end, step)
     sites: list[SitePerformance] = []
     expected, measured = [], []
     for site_id in site_ids:
         site_expected = expected_import_kw(session, site_id, index, end, step)
         site_measured = site_import_intervals(session, site_id, event.window_start, end, step).mean_kw
-        performance = event_performance(
-            event.kind, committed / len(site_ids), site_expected, site_measured, step=step
-        )
+        performance = event_performance(event.kind, shares[site_id], site_expected, site_measured, step=step)
         sites.append(
             SitePerformance(site_id=site_id, intervals=_intervals(performance, end), **_totals(performance))
         )
