@@ -93,17 +93,23 @@ class EvseView:
     max_discharge_kw: float = 0.0
     allowed_kw: float | None = None
     """The last power limit sent to the charger."""
+    renew_at: dt.datetime | None = None
+    """When the TxProfile carrying ``allowed_kw`` is sent again: half-way through its validity, so a
+    charger never falls back to its boot default while the same power stays wanted."""
     default_limit_kw: float = 0.0
     """The TxDefaultProfile limit the charger got at boot."""
     power_at: dt.datetime | None = None
     """When the gateway received the latest ``power_kw`` (its own clock)."""
 
-    def needs_limit(self, power_kw: float) -> bool:
+    def needs_limit(self, power_kw: float, now: dt.datetime) -> bool:
         """Whether ``power_kw`` must go to the charger: a transaction runs and the limit it has
-        differs by more than :data:`CHANGE_THRESHOLD_KW` (or it has none from us yet)."""
+        differs by more than :data:`CHANGE_THRESHOLD_KW`, or it has none from us yet, or the profile
+        that carries it is due for renewal."""
         if self.transaction_id is None:
             return False
-        return self.allowed_kw is None or abs(self.allowed_kw - power_kw) > CHANGE_THRESHOLD_KW
+        if self.allowed_kw is None or (self.renew_at is not None and now >= self.renew_at):
+            return True
+        return abs(self.allowed_kw - power_kw) > CHANGE_THRESHOLD_KW
 
     @property
     def delivered_kwh(self) -> float | None:
@@ -246,7 +252,7 @@ class Gateway:
                 view = self._view(event.charge_point_id, event.evse_id)
                 view.transaction_id, view.started_at = event.transaction_id, event.started_at
                 view.meter_start_wh = event.meter_start_wh
-                view.allowed_kw = None
+                view.allowed_kw, view.renew_at = None, None
                 self._session_event(SessionEventKind.STARTED, view, id_token=event.id_token)
                 self._wake.set()
             case SessionStopped():
@@ -356,7 +362,7 @@ class Gateway:
         changed = [
             (self.evses[key], power)
             for key, power in allocation.power_kw.items()
-            if self.evses[key].needs_limit(power)
+            if self.evses[key].needs_limit(power, now)
         ]
         # Reductions first, then increases: while chargers move from the old allocation to the new one
         # their sum never passes the site limit. Within each wave all at once: each push is two round
@@ -386,7 +392,7 @@ class Gateway:
         for view, power, task in applying:
             key, outcome = evse_key(view.charger_id, view.evse_id), task.result()
             if outcome.is_ok:
-                view.allowed_kw = power
+                view.allowed_kw, view.renew_at = power, now + (valid_until - now) / 2
             status = AckStatus.ACCEPTED if outcome.is_ok else AckStatus.REJECTED
             detail = (
                 None

@@ -32,7 +32,7 @@ from site_gateway.contract import (
     setpoint_topic,
     subscription,
 )
-from site_gateway.gateway import Gateway
+from site_gateway.gateway import Gateway, utc_now
 from site_gateway.simulator import PROTOCOLS, Protocol, SimClock, SimulatedCharger
 from site_gateway.vehicle_model import Vehicle
 
@@ -60,8 +60,13 @@ def config(
 class Centre:
     """The aggregator's side of MQTT, reduced to what the tests need."""
 
-    def __init__(self, client: aiomqtt.Client, site_id: str) -> None:
-        self.client, self.site_id = client, site_id
+    def __init__(
+        self,
+        client: aiomqtt.Client,
+        site_id: str,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.client, self.site_id, self.clock = client, site_id, clock
         self.telemetry: list[Telemetry] = []
         self.acks: list[CommandAck] = []
         self.statuses: list[GatewayStatus] = []
@@ -79,7 +84,7 @@ class Centre:
                     self.statuses.append(payload)
 
     async def command(self, powers: dict[str, float], *, valid_s: float = 600) -> str:
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock()
         command_id = f"cmd-{next(self._ids)}"
         command = SetpointCommand(
             site_id=self.site_id,
@@ -116,13 +121,18 @@ async def running_site(
     chargers: int,
     *,
     import_limit_kw: float,
+    shared_clock: bool = False,
     **kwargs: float,
 ) -> AsyncIterator[tuple[Gateway, Centre, list[SimulatedCharger]]]:
+    """A gateway with ``chargers`` simulated stations; ``shared_clock``: the gateway and the centre run on
+    the chargers' simulated clock too (else on real time)."""
     site_id = f"site-{protocol.replace('.', '')}"
+    clock = SimClock(dt.datetime.now(dt.UTC), speed=SPEED)
     gateway = Gateway(
         config(site_id, broker, import_limit_kw=import_limit_kw, **kwargs),
         outbox_path=tmp_path / "outbox.sqlite",
         control_interval_s=0.5,
+        clock=clock.now if shared_clock else utc_now,
     )
     async with (
         aiomqtt.Client(broker.host, broker.port, identifier=f"centre-{site_id}") as client,
@@ -130,9 +140,8 @@ async def running_site(
         asyncio.TaskGroup() as tasks,
     ):
         await client.subscribe(subscription(), qos=1)
-        centre = Centre(client, site_id)
+        centre = Centre(client, site_id, clock.now) if shared_clock else Centre(client, site_id)
         tasks.create_task(centre.listen(), name="centre")
-        clock = SimClock(dt.datetime.now(dt.UTC), speed=SPEED)
         url = f"ws://127.0.0.1:{gateway.ocpp.port}"
         sims = [
             SimulatedCharger(
@@ -188,6 +197,28 @@ def test_setpoint_from_mqtt_reaches_the_charger_and_comes_back_as_telemetry(
             await until(lambda: (kw := centre.charger_kw("cp-0")) is not None and abs(kw - 4.0) < 0.1)
             seqs = [t.seq for t in centre.telemetry]
             assert seqs == sorted(seqs)
+
+    asyncio.run(scenario())
+
+
+def test_a_held_setpoint_outlives_the_profiles_that_carry_it(tmp_path: Path, broker: Mosquitto) -> None:
+    """Each TxProfile is valid for ``schedule_stale_after_s``; while the centre keeps asking for the
+    same power the gateway renews it, so the charger never drops back to its boot default."""
+
+    async def scenario() -> None:
+        async with running_site(
+            tmp_path, broker, "2.0.1", 1, import_limit_kw=50, shared_clock=True, stale_after_s=120
+        ) as (gateway, centre, sims):
+            command_id = await centre.command({"cp-0": 4.0}, valid_s=3600)
+            await until(lambda: centre.ack(command_id) is not None)
+            await until(lambda: abs(sims[0].power_w - 4000) < 50)
+            default = gateway.evses["cp-0/1"].default_limit_kw
+            assert default > 5.0, (
+                "the boot default must differ from the setpoint for this test to mean anything"
+            )
+            # Five profile lifetimes (120 simulated seconds each) later, still the centre's 4 kW.
+            await asyncio.sleep(600 / SPEED)
+            assert abs(sims[0].power_w - 4000) < 50
 
     asyncio.run(scenario())
 
