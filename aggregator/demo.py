@@ -46,7 +46,7 @@ from aggregator.db.models import Charger, ChargingSession, Program, ProgramKind,
 from aggregator.db.session import make_engine, make_sessionmaker
 from aggregator.ingestion import Ingestion, IngestionSettings
 from aggregator.metering import evse_power_intervals, site_import_intervals
-from aggregator.planning import PlanningSettings
+from aggregator.planning import DEFAULT_CHARGE_TAPER, PlanningSettings
 from aggregator.replanning import ReplanRequests
 from aggregator.setpoints import MqttPublisherSettings, MqttSetpointPublisher
 from aggregator.settlement.event_settlement import settle_event_from_db
@@ -128,7 +128,9 @@ def depot_day(options: DemoOptions, day: dt.date) -> tuple[Scenario, dt.datetime
     for n, v in enumerate(keep):
         evse = evse_by_id[v.evse_id].model_copy(update={"id": f"cp-{n:02d}"})
         evses.append(evse)
-        vehicles.append(v.model_copy(update={"evse_id": evse.id, "id": f"veh-{n:02d}"}))
+        # The simulated vehicles taper above 80 % like the planner assumes: both columns are modelled alike.
+        update = {"evse_id": evse.id, "id": f"veh-{n:02d}", "charge_taper": DEFAULT_CHARGE_TAPER}
+        vehicles.append(v.model_copy(update=update))
     site = scenario.site.model_copy(update={"base_load_kw": 0.0, "id": SITE_ID})
     # The day is billed on its own: demand charged from 0 kW.
     charges = [c.model_copy(update={"peak_already_kw": 0.0}) for c in scenario.tariff.demand_charges]
@@ -140,6 +142,7 @@ def depot_day(options: DemoOptions, day: dt.date) -> tuple[Scenario, dt.datetime
 
 
 def _sim_vehicle(v: VehicleSession) -> Vehicle:
+    taper = v.charge_taper or DEFAULT_CHARGE_TAPER
     return Vehicle(
         capacity_kwh=v.capacity_kwh,
         soc=v.energy_at_arrival_kwh / v.capacity_kwh,
@@ -149,6 +152,8 @@ def _sim_vehicle(v: VehicleSession) -> Vehicle:
         target_soc=min(1.0, v.target_energy_kwh / v.capacity_kwh),
         max_discharge_kw=v.max_discharge_kw,
         min_soc=v.min_energy_kwh / v.capacity_kwh,
+        taper_soc=taper.start_soc,
+        min_taper_fraction=taper.end_fraction,
     )
 
 

@@ -81,6 +81,7 @@ from aggregator.db.models import (
 from aggregator.dispatch_windows import EventWindow, site_event_windows
 from market_adapters.dispatch import SignalKind
 from market_adapters.tariffs import TouTariff
+from optimizer.problem import steps_to_reach
 from optimizer.scenario import ChargeTaper, DrEvent, Evse, Scenario, Tariff, V2gDispatch, VehicleSession
 from optimizer.scenario import Site as ScenarioSite
 
@@ -473,10 +474,17 @@ def _vehicle_session(
 
     charge_now = override is not None and override.charge_now
     if charge_now:
-        power = min(max_charge, charger.max_kw) * CHARGE_EFFICIENCY
-        hours = max(target - energy_now, 0.0) / power if power > 0 else 0.0
-        steps = max(1, math.ceil(hours * 60 / settings.step_minutes - 1e-9))
-        departure = min(departure, start + steps * settings.step)
+        steps = steps_to_reach(
+            capacity_kwh=capacity,
+            energy_kwh=energy_now,
+            target_kwh=target,
+            max_charge_kw=min(max_charge, charger.max_kw),
+            charge_efficiency=CHARGE_EFFICIENCY,
+            taper=settings.charge_taper,
+            step_hours=settings.step_minutes / 60,
+            limit=settings.n_steps,
+        )
+        departure = min(departure, start + max(1, steps) * settings.step)
         ctx.notes.append(f"{key}: charge now; target due at {departure.isoformat()}")
 
     consent = current_consent(session, vehicle.id) if vehicle is not None else None

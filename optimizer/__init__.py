@@ -12,6 +12,7 @@ from optimizer.evaluation import Evaluation, evaluate
 from optimizer.problem import Problem, build_problem
 from optimizer.results import ScheduleResult, SolveStatus
 from optimizer.scenario import (
+    ChargeTaper,
     DemandCharge,
     DrEvent,
     Evse,
@@ -26,6 +27,7 @@ from optimizer.solve import POLICIES, SolverOptions, baseline, optimize, schedul
 
 __all__ = [
     "POLICIES",
+    "ChargeTaper",
     "DemandCharge",
     "DrEvent",
     "Evaluation",

@@ -16,7 +16,14 @@ from collections.abc import Callable
 import numpy as np
 
 from optimizer.evaluation import evaluate
-from optimizer.problem import DemandChargeSpec, DispatchSpec, DrEventSpec, Problem, VehicleSpec
+from optimizer.problem import (
+    DemandChargeSpec,
+    DispatchSpec,
+    DrEventSpec,
+    Problem,
+    VehicleSpec,
+    energy_needed_before,
+)
 from optimizer.results import ScheduleResult, SolveStatus
 from optimizer.solve import SolverOptions, optimize
 
@@ -121,7 +128,6 @@ def _subproblem(
     for i in active:
         v = problem.vehicles[i]
         leaves = v.end_step <= stop
-        later = (v.end_step - stop) * v.max_charge_kw * v.charge_efficiency * problem.step_hours
         vehicles.append(
             dataclasses.replace(
                 v,
@@ -130,7 +136,7 @@ def _subproblem(
                 energy_initial_kwh=float(energy[i]),
                 terminal_energy_kwh=v.terminal_energy_kwh
                 if leaves
-                else max(0.0, v.terminal_energy_kwh - later),
+                else energy_needed_before(v, v.terminal_energy_kwh, v.end_step - stop, problem.step_hours),
                 leaves_in_horizon=leaves and v.leaves_in_horizon,
             )
         )

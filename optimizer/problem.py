@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from optimizer.consistency import check_scenario
-from optimizer.scenario import DrEvent, Scenario, TimeWindow
+from optimizer.scenario import ChargeTaper, DrEvent, Scenario, TimeWindow
 
 FloatArray = np.ndarray
 
@@ -242,7 +242,7 @@ def build_problem(scenario: Scenario) -> Problem:
             taper_end_fraction=taper.end_fraction if taper is not None else 1.0,
             taper_max_kw=v.max_charge_kw,
         )
-        terminal = _energy_needed_before(spec, v.target_energy_kwh, steps_after, step_hours)
+        terminal = energy_needed_before(spec, v.target_energy_kwh, steps_after, step_hours)
         vehicles.append(replace(spec, terminal_energy_kwh=terminal))
 
     problem = Problem(
@@ -289,7 +289,46 @@ def build_problem(scenario: Scenario) -> Problem:
     return problem
 
 
-def _energy_needed_before(v: VehicleSpec, target_kwh: float, n_steps: int, step_hours: float) -> float:
+def steps_to_reach(
+    *,
+    capacity_kwh: float,
+    energy_kwh: float,
+    target_kwh: float,
+    max_charge_kw: float,
+    charge_efficiency: float,
+    taper: ChargeTaper | None,
+    step_hours: float,
+    limit: int,
+) -> int:
+    """Steps at the most a vehicle takes (taper included) until its battery holds ``target_kwh``; at
+    most ``limit`` (also when the target is out of reach)."""
+    vehicle = VehicleSpec(
+        id="",
+        evse_id="",
+        first_step=0,
+        end_step=limit,
+        capacity_kwh=capacity_kwh,
+        energy_initial_kwh=energy_kwh,
+        target_energy_kwh=target_kwh,
+        terminal_energy_kwh=target_kwh,
+        min_energy_kwh=0.0,
+        charge_efficiency=charge_efficiency,
+        discharge_efficiency=1.0,
+        max_charge_kw=max_charge_kw,
+        max_discharge_kw=0.0,
+        leaves_in_horizon=True,
+        taper_start_soc=taper.start_soc if taper is not None else None,
+        taper_end_fraction=taper.end_fraction if taper is not None else 1.0,
+        taper_max_kw=max_charge_kw,
+    )
+    for steps in range(limit):
+        if energy_kwh >= target_kwh - 1e-6:
+            return steps
+        energy_kwh = vehicle.reachable_energy_kwh(energy_kwh, 1, step_hours)
+    return limit
+
+
+def energy_needed_before(v: VehicleSpec, target_kwh: float, n_steps: int, step_hours: float) -> float:
     """The least energy [kWh] from which ``target_kwh`` is reachable in ``n_steps`` more steps (>= 0).
 
     Without a taper that is ``target - n η Δt P``. With one, each step maps ``E`` to ``min(E + η Δt P,

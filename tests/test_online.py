@@ -9,6 +9,7 @@ import pytest
 from aggregator.synthetic import generate_depot_day
 from optimizer import Scenario, SolverOptions, build_problem, optimize
 from optimizer.online import rolling_horizon
+from optimizer.scenario import ChargeTaper
 from optimizer.verification import check_schedule
 
 EXACT = SolverOptions(mip_gap=1e-9, time_limit=60)
@@ -57,3 +58,21 @@ def test_realised_peak_is_carried_into_later_plans(depot_day: Scenario) -> None:
     # Billed once, on the realised peak's increase over the peak already reached this month.
     expected = charge.rate_per_kw * max(0.0, result.peak_import_kw - charge.peak_already_kw)
     assert result.costs["demand_charge"] == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+def test_a_short_lookahead_leaves_tapered_vehicles_enough_time(depot_day: Scenario) -> None:
+    """A sub-horizon that ends before a vehicle leaves must leave only what the vehicle can still take
+    afterwards, at its tapered acceptance, not at full power."""
+    taper = ChargeTaper(start_soc=0.5, end_fraction=0.05)
+    vehicles = [
+        v.model_copy(update={"charge_taper": taper, "target_energy_kwh": v.capacity_kwh})
+        for v in depot_day.vehicles
+    ]
+    tapered = depot_day.model_copy(update={"vehicles": vehicles, "dr_events": [], "v2g_dispatches": []})
+    problem = build_problem(tapered)
+    result = rolling_horizon(problem, EXACT, lookahead_steps=8)
+    assert check_schedule(tapered, result) == []
+    reachable = optimize(problem, EXACT).evaluation
+    realised = {o.id: o.unmet_kwh for o in result.evaluation.vehicles}
+    for outcome in reachable.vehicles:
+        assert realised[outcome.id] <= outcome.unmet_kwh + 1e-3, outcome.id

@@ -242,6 +242,25 @@ def test_charge_now_plans_the_earliest_departure_that_reaches_the_target(depot: 
     assert not vehicle.v2g_consent
 
 
+def test_charge_now_allows_for_the_taper_above_80_percent(depot: Depot) -> None:
+    van = depot.vehicle()
+    charging = depot.charging(depot.cp1, van, departure_at=at(10 * 60))
+    depot.telemetry(depot.cp1, -1, soc_percent=50.0)
+    depot.override(charging, charge_now=True, target_soc_percent=100.0)
+    untapered = only_vehicle(depot.inputs(PlanningSettings(charge_taper=None)))
+    tapered = only_vehicle(depot.inputs())
+    # 30 kWh to go at 11 kW x 0.92: 2.96 h without a taper, 12 steps; the last 12 kWh (80-100 %) come
+    # slower, down to 5 % of 11 kW, so the deadline moves out, and the vehicle can reach it by then.
+    assert untapered.departure == START + dt.timedelta(hours=3)
+    assert tapered.departure > untapered.departure
+    assert tapered.charge_taper is not None
+    problem = build_problem(depot.inputs().scenario)
+    spec = problem.vehicles[0]
+    steps = len(spec.steps)
+    assert spec.reachable_energy_kwh(spec.energy_initial_kwh, steps, problem.step_hours) >= 60.0 - 1e-6
+    assert spec.reachable_energy_kwh(spec.energy_initial_kwh, steps - 1, problem.step_hours) < 60.0 - 1e-6
+
+
 @pytest.mark.parametrize(
     ("case", "allowed"),
     [
