@@ -12,7 +12,11 @@ Processes:
   from ``--broker-inflight``: Mosquitto sends a client at most that many QoS 1 messages ahead of its
   PUBACKs, default 20, which caps one subscriber at 20 messages per round trip);
 - this process: :class:`aggregator.ingestion.Ingestion` storing into a fresh SQLite file (default) or
-  ``--database-url`` (PostgreSQL: migrated, bench sites created, their old telemetry deleted).
+  ``--database-url`` (PostgreSQL: migrated, bench sites created, their old telemetry deleted), with
+  ``--consumers`` telemetry connections (``IngestionSettings.telemetry_consumers``: above 1, an MQTT
+  shared subscription). With ``--receive-only`` the writer is off: a bare aiomqtt subscriber (messages
+  handed over as by ingestion, no task per message) only counts them, which measures what the
+  publishers and the broker can deliver and what the MQTT receive path alone costs.
 
 Figures, over the window from the first publish to the last commit:
 
@@ -22,7 +26,8 @@ Figures, over the window from the first publish to the last commit:
 - batches and their mean size;
 - CPU % (of one core) of this process (MQTT receive, decoding, the writer thread), of the
   publishers, of the broker and, for PostgreSQL, of all ``postgres`` processes (other users of the
-  server included).
+  server included); and this process's CPU per message handled [us], which depends less on what
+  else the machine runs than the rates do.
 
 With ``--rate 0`` every site publishes as fast as its PUBACKs come back: the ingestion's ceiling.
 
@@ -57,8 +62,8 @@ from sqlalchemy import delete, select
 from aggregator.db.migrate import upgrade
 from aggregator.db.models import GatewayStatusRecord, Site, TelemetryRecord
 from aggregator.db.session import make_engine, make_sessionmaker
-from aggregator.ingestion import Ingestion, IngestionSettings
-from site_gateway.contract import QOS, Telemetry, TopicKind, telemetry_topic
+from aggregator.ingestion import Counters, Ingestion, IngestionSettings
+from site_gateway.contract import QOS, Telemetry, TopicKind, subscription, telemetry_topic
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SITE_PREFIX = "bench"
@@ -275,6 +280,15 @@ class Results:
     latencies_s: list[float]
     batches: int
     cpu: dict[str, float | None]
+    consumers: int = 1
+    receive_only: bool = False
+
+    @property
+    def cpu_us_per_message(self) -> float:
+        """This process's CPU [us] per message it handled (stored or dropped as a duplicate)."""
+        handled = self.stored + self.duplicates
+        ingestion = self.cpu["ingestion"] or 0.0
+        return 1e6 * ingestion * self.window_s / handled if handled else float("nan")
 
 
 async def run_centre(
@@ -289,8 +303,14 @@ async def run_centre(
         client_id=client_id,
         batch_max_messages=args.batch,
         batch_linger_s=args.linger,
+        telemetry_consumers=args.consumers,
+        share_group=f"bench-{os.getpid()}",
     )
-    ingestion = Ingestion(settings, make_sessionmaker(engine), mirror=sink)
+    ingestion: Ingestion | Counter = (
+        Counter(host, port, client_id)
+        if args.receive_only
+        else Ingestion(settings, make_sessionmaker(engine), mirror=sink)
+    )
     ctx = mp.get_context("spawn")
     sites = [site_id(i) for i in range(args.sites)]
     postgres = engine.dialect.name == "postgresql"
@@ -317,7 +337,7 @@ async def run_centre(
         await asyncio.sleep(max(0.0, start_at - time.time()))
         cpu0 = (time.process_time(), total_cpu(broker_pids))
         pg0 = cpu_by_pid("postgres") if postgres else {}
-        stats = ingestion.stats[TopicKind.TELEMETRY]
+        stats: Counters | CounterStats = ingestion.stats[TopicKind.TELEMETRY]
         loop = asyncio.get_running_loop()
         reports: list[PublisherReport] = []
         for pipe in pipes:
@@ -329,14 +349,15 @@ async def run_centre(
         deadline = time.time() + args.drain_timeout
         while stats.stored + stats.duplicates < published + redelivered and time.time() < deadline:
             await asyncio.sleep(0.05)
-        end = sink.last_commit or time.time()
+        end = (sink.last_commit or time.time()) if isinstance(ingestion, Ingestion) else ingestion.last
         cpu1 = (time.process_time(), total_cpu(broker_pids))
         pg1 = cpu_by_pid("postgres") if postgres else {}
     engine.dispose()
-    await forget_session(host, port, client_id)
+    for identifier in [client_id] + [f"{client_id}-telemetry-{k}" for k in range(args.consumers)]:
+        await forget_session(host, port, identifier)
     window = max(end - start_at, 1e-9)
     return Results(
-        database="PostgreSQL" if postgres else "SQLite",
+        database="none (receive only)" if args.receive_only else "PostgreSQL" if postgres else "SQLite",
         rate=args.rate,
         published=published,
         redelivered=redelivered,
@@ -346,14 +367,66 @@ async def run_centre(
         rejected=stats.rejected + stats.failed,
         window_s=window,
         latencies_s=sink.latencies_s,
-        batches=ingestion.stats.batches,
+        batches=ingestion.stats.batches if isinstance(ingestion, Ingestion) else 0,
         cpu={
             "ingestion": (cpu1[0] - cpu0[0]) / window,
             "publishers": sum(r.cpu_s for r in reports) / window,
             "broker": (cpu1[1] - cpu0[1]) / window if broker_pids else None,
             "postgres": sum(t - pg0.get(pid, 0.0) for pid, t in pg1.items()) / window if postgres else None,
         },
+        consumers=args.consumers,
+        receive_only=args.receive_only,
     )
+
+
+class Counter:
+    """The writer off: one aiomqtt subscriber to the telemetry, handed each message as ``Ingestion``
+    is (its incoming queue replaced, no task per message), counting them; the stand-in for
+    ``Ingestion`` in :func:`run_centre` with ``--receive-only``."""
+
+    def __init__(self, host: str, port: int, client_id: str) -> None:
+        self.stats = {TopicKind.TELEMETRY: CounterStats()}
+        self.batches = 0
+        self.last = 0.0
+        counter = self
+
+        class Inbox(asyncio.Queue[aiomqtt.Message]):
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                counter.stats[TopicKind.TELEMETRY].stored += 1
+                counter.last = time.time()
+
+        self._client = aiomqtt.Client(
+            host, port, identifier=client_id, clean_session=False, timeout=30, queue_type=Inbox
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def _run(self) -> None:
+        async with self._client as client:
+            await client.subscribe(subscription(TopicKind.TELEMETRY), qos=QOS)
+            self._subscribed.set()
+            async for _ in client.messages:
+                pass
+
+    async def wait_subscribed(self, timeout: float) -> None:
+        await asyncio.wait_for(self._subscribed.wait(), timeout)
+
+    async def __aenter__(self) -> Counter:
+        self._task = asyncio.create_task(self._run(), name="bench-counter")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.wait([self._task])
+
+
+@dataclass
+class CounterStats:
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    failed: int = 0
 
 
 async def forget_session(host: str, port: int, client_id: str) -> None:
@@ -389,7 +462,9 @@ def row(results: Results) -> list[str]:
         f"{percentile(ms, 0.99):.1f}",
         f"{max(ms, default=float('nan')):.1f}",
         f"{results.stored + results.duplicates:,} in {results.batches:,}",
+        str(results.consumers),
         cpu("ingestion"),
+        f"{results.cpu_us_per_message:.0f}",
         cpu("publishers"),
         cpu("broker"),
         cpu("postgres"),
@@ -408,7 +483,9 @@ HEADER = [
     "p99 ms",
     "max ms",
     "messages in batches",
+    "telemetry consumers",
     "CPU ingestion",
+    "CPU us/msg",
     "CPU publishers",
     "CPU broker",
     "CPU postgres",
@@ -425,6 +502,15 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
     parser.add_argument("--batch", type=int, default=500, help="IngestionSettings.batch_max_messages")
     parser.add_argument("--linger", type=float, default=0.0, help="IngestionSettings.batch_linger_s")
+    parser.add_argument(
+        "--consumers",
+        type=int,
+        default=1,
+        help="IngestionSettings.telemetry_consumers (>1: shared subscription)",
+    )
+    parser.add_argument(
+        "--receive-only", action="store_true", help="writer off: count the telemetry received, store nothing"
+    )
     parser.add_argument("--database-url", help="default: a fresh SQLite file in a temporary directory")
     parser.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT of the broker")
     parser.add_argument("--private-broker", action="store_true", help="start a Mosquitto on a free port")

@@ -47,7 +47,6 @@ from site_gateway.contract import (
     encode,
     telemetry_topic,
     topic,
-    topic_for,
 )
 from site_gateway.reconnect import Backoff
 from site_gateway.uplink import Uplink, UplinkSettings
@@ -81,7 +80,9 @@ def message(model: type[SiteMessage], seq: int, *, site_id: str = SITE, **fields
 async def publish(client: aiomqtt.Client, *messages: SiteMessage) -> None:
     for m in messages:
         retain = KIND_FOR_MODEL[type(m)] in RETAINED  # as the gateway does: statuses are retained
-        await client.publish(topic_for(m), encode(m), qos=QOS, retain=retain, timeout=TIMEOUT_S)
+        await client.publish(
+            topic(m.site_id, KIND_FOR_MODEL[type(m)]), encode(m), qos=QOS, retain=retain, timeout=TIMEOUT_S
+        )
 
 
 async def wait_until(done: Callable[[], bool], timeout: float = TIMEOUT_S) -> None:
@@ -550,3 +551,99 @@ def test_a_backlog_from_the_broker_is_stored_in_bounded_batches(
     assert stored_seqs(two_sites, OTHER) == list(range(1, 101))
     two_sites.expire_all()
     assert two_sites.scalar(select(func.max(TelemetryRecord.site_import_kw))) == 120.0  # first copies
+
+
+# --------------------------------------------------------------------- shared telemetry subscription
+
+
+def test_telemetry_shared_among_consumers_is_stored_once_and_events_keep_their_order(
+    broker: Mosquitto, engine: Engine, two_sites: Session
+) -> None:
+    """Three connections share the telemetry subscription, the main one takes the rest: every
+    telemetry message arrives once in all (not once per connection), and each site's session events
+    and statuses, sent between its telemetry, still apply in the order sent."""
+    replans = ReplanRequests()
+    settings = IngestionSettings(
+        host=broker.host,
+        port=broker.port,
+        timeout_s=5.0,
+        backoff=Backoff(initial_s=0.05, max_s=0.5),
+        telemetry_consumers=3,
+        batch_max_messages=20,
+    )
+    sent: list[SiteMessage] = []
+    for seq in range(1, 121):
+        sent += [telemetry(seq, float(seq)), telemetry(seq, 0.0, site_id=OTHER)]
+        if seq == 30:
+            sent.append(session_event(1000, "started"))
+        if seq == 60:
+            sent.append(session_event(1001, "ev_charging_needs", energy_request_kwh=20.0))
+            sent.append(message(GatewayStatus, 1002, state="fallback", reason="stale", since=T0))
+        if seq == 90:
+            sent.append(session_event(1003, "stopped", energy_kwh=19.5))
+            sent.append(message(GatewayStatus, 1004, state="offline", reason="connection lost"))
+    sent.append(telemetry(5, 5.0))  # a redelivery
+
+    async def scenario() -> Ingestion:
+        async with Ingestion(settings, make_sessionmaker(engine), replans=replans) as ing:
+            await ing.wait_subscribed(TIMEOUT_S)
+            async with aiomqtt.Client(broker.host, broker.port, timeout=5) as client:
+                await publish(client, *sent)
+            counters = ing.stats[TopicKind.TELEMETRY]
+            await wait_until(lambda: counters.stored + counters.duplicates == 241)
+            await wait_until(lambda: ing.stats[TopicKind.SESSION].stored == 3)
+            await wait_until(lambda: ing.stats[TopicKind.STATUS].stored == 2)
+            assert ing.connects == 4
+        return ing
+
+    ing = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert ing.stats[TopicKind.TELEMETRY] == Counters(received=241, stored=240, duplicates=1)
+    assert ing.stats[TopicKind.SESSION] == Counters(received=3, stored=3)
+    assert ing.stats[TopicKind.STATUS] == Counters(received=2, stored=2)
+    assert stored_seqs(two_sites, SITE) == list(range(1, 121))
+    assert stored_seqs(two_sites, OTHER) == list(range(1, 121))
+    assert replans.take() == {SITE: ["arrival:cp-1/1", "needs:cp-1/1", "departure:cp-1/1"]}
+    status = two_sites.get(GatewayStatusRecord, SITE)
+    assert status is not None
+    assert (status.state, status.last_seq) == (GatewayState.OFFLINE, 1004)
+
+
+def test_telemetry_consumers_must_be_at_least_one(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="telemetry_consumers must be at least 1, got 0"):
+        Ingestion(IngestionSettings(host="127.0.0.1", telemetry_consumers=0), make_sessionmaker(engine))
+
+
+def test_messages_beyond_max_pending_wait_in_the_client_and_keep_their_order(
+    broker: Mosquitto, engine: Engine, seeded: Session
+) -> None:
+    """A backlog of 150 messages against room for 8: those that find the queue full wait in the MQTT
+    client's queue and come after the ones before them, so none of 50 statuses (each newer than the
+    last) arrives after a newer one and is taken for stale."""
+    backlog: list[SiteMessage] = []
+    for seq in range(1, 151):  # every third a status
+        if seq % 3 == 0:
+            backlog.append(message(GatewayStatus, seq, state="online" if seq % 2 else "fallback", since=T0))
+        else:
+            backlog.append(telemetry(seq, float(seq)))
+    settings = IngestionSettings(
+        host=broker.host, port=broker.port, timeout_s=5.0, batch_max_messages=4, max_pending=8
+    )
+
+    async def scenario() -> Ingestion:
+        async with Ingestion(settings, make_sessionmaker(engine)) as ing:
+            await ing.wait_subscribed(TIMEOUT_S)
+        async with aiomqtt.Client(broker.host, broker.port, timeout=5) as client:
+            await publish(client, *backlog)
+        async with Ingestion(settings, make_sessionmaker(engine)) as ing:
+            status, counters = ing.stats[TopicKind.STATUS], ing.stats[TopicKind.TELEMETRY]
+            await wait_until(lambda: counters.stored == 100 and status.stored + status.duplicates >= 50)
+            assert ing.pending <= 8
+        return ing
+
+    ing = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert ing.stats[TopicKind.TELEMETRY] == Counters(received=100, stored=100)
+    # the broker hands the retained status (seq 150) again on the resubscription: a duplicate
+    assert ing.stats[TopicKind.STATUS].stored == 50
+    assert ing.stats[TopicKind.STATUS].received - ing.stats[TopicKind.STATUS].duplicates == 50
+    status = seeded.get(GatewayStatusRecord, SITE)
+    assert status is not None and status.last_seq == 150
