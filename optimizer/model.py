@@ -41,7 +41,7 @@ Objective [currency]: ``energy_cost - export_revenue + demand_charge + battery_w
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyomo.environ as pyo
@@ -395,66 +395,108 @@ def add_v2g_dispatches(m: pyo.ConcreteModel, problem: Problem) -> None:
     dispatches = problem.dispatches
     if not dispatches:
         return
-    dt = problem.step_hours
     index = [(d, k) for d, dispatch in enumerate(dispatches) for k in range(len(dispatch.steps))]
-    m.v2g_dispatch_steps = pyo.Set(initialize=index, dimen=2, ordered=True)
 
     def room(d: int, k: int, limit: str) -> float:
         """Sum of the plugged vehicles' ``max_charge_kw`` or ``max_discharge_kw`` in the dispatch step."""
         at = m.vehicles_at_step.get(int(dispatches[d].steps[k]), ())
         return sum(getattr(problem.vehicles[i], limit) for i in at)
 
-    # Where no plugged vehicle can discharge nothing can be delivered.
-    m.v2g_delivered_kw = pyo.Var(
-        m.v2g_dispatch_steps,
-        domain=pyo.NonNegativeReals,
-        bounds=lambda _, d, k: (0.0, dispatches[d].export_kw if room(d, k, "max_discharge_kw") > 0 else 0.0),
+    def net_export(d: int, k: int) -> Any:
+        t = int(dispatches[d].steps[k])
+        at = m.vehicles_at_step.get(t, ())
+        return pyo.quicksum(m.discharge_kw[i, t] for i in at if (i, t) in m.v2g_plugged) - pyo.quicksum(
+            m.charge_kw[i, t] for i in at
+        )
+
+    penalty, payment = add_soft_export(
+        m,
+        "v2g",
+        index,
+        steps_name="v2g_dispatch_steps",
+        delivery_name="v2g_dispatch_delivery",
+        step_hours=problem.step_hours,
+        requested_kw=lambda d: dispatches[d].export_kw,
+        payment_per_kwh=lambda d: dispatches[d].price_per_kwh,
+        penalty_per_kwh=lambda d: dispatches[d].penalty_per_kwh,
+        room=room,
+        net_export=net_export,
     )
+    m.cost_terms.update(v2g_penalty=penalty, v2g_payment=payment)
+
+
+def add_soft_export(
+    m: pyo.Block,
+    prefix: str,
+    index: list[tuple[int, int]],
+    *,
+    steps_name: str,
+    delivery_name: str,
+    step_hours: float,
+    requested_kw: Callable[[int], float],
+    payment_per_kwh: Callable[[int], float],
+    penalty_per_kwh: Callable[[int], float],
+    room: Callable[[int, int, str], float],
+    net_export: Callable[[int, int], Any],
+) -> tuple[pyo.Expression, pyo.Expression]:
+    """A soft request for net vehicle export over steps ``index`` of requests ``(r, k)``: delivery
+    ``{prefix}_delivered_kw`` paid up to the request, the rest penalised; its (penalty, payment) [currency].
+
+    Shared by a site's V2G dispatches and a portfolio's joint export; ``room(r, k, limit)`` is the plugged
+    vehicles' summed ``max_charge_kw`` / ``max_discharge_kw`` and ``net_export(r, k)`` their discharge minus
+    charge [kW] in that step.
+    """
+    steps = pyo.Set(initialize=index, dimen=2, ordered=True)
+    m.add_component(steps_name, steps)
+    # Where no plugged vehicle can discharge nothing can be delivered.
+    delivered = pyo.Var(
+        steps,
+        domain=pyo.NonNegativeReals,
+        bounds=lambda _, r, k: (0.0, requested_kw(r) if room(r, k, "max_discharge_kw") > 0 else 0.0),
+    )
+    m.add_component(f"{prefix}_delivered_kw", delivered)
 
     # Delivery only matters where it is paid or penalised. Net charging delivers nothing (it is not
     # negative delivery), so where vehicles may charge a binary switches the bound off.
     paid = [
-        (d, k)
-        for d, k in index
-        if dispatches[d].export_kw > 0
-        and dispatches[d].price_per_kwh + dispatches[d].penalty_per_kwh > 0
-        and room(d, k, "max_discharge_kw") > 0
+        (r, k)
+        for r, k in index
+        if requested_kw(r) > 0
+        and payment_per_kwh(r) + penalty_per_kwh(r) > 0
+        and room(r, k, "max_discharge_kw") > 0
     ]
-    m.v2g_delivery_steps = pyo.Set(initialize=paid, dimen=2, ordered=True)
-    m.v2g_charging_steps = pyo.Set(
-        initialize=[(d, k) for d, k in paid if room(d, k, "max_charge_kw") > 0], dimen=2, ordered=True
+    delivery_steps = pyo.Set(initialize=paid, dimen=2, ordered=True)
+    charging_steps = pyo.Set(
+        initialize=[(r, k) for r, k in paid if room(r, k, "max_charge_kw") > 0], dimen=2, ordered=True
     )
-    m.v2g_is_delivering = pyo.Var(m.v2g_charging_steps, domain=pyo.Binary)
+    is_delivering = pyo.Var(charging_steps, domain=pyo.Binary)
+    m.add_component(f"{prefix}_delivery_steps", delivery_steps)
+    m.add_component(f"{prefix}_charging_steps", charging_steps)
+    m.add_component(f"{prefix}_is_delivering", is_delivering)
 
-    def delivery(m: pyo.ConcreteModel, d: int, k: int) -> object:
-        t = int(dispatches[d].steps[k])
-        at = m.vehicles_at_step.get(t, ())
-        net_export = pyo.quicksum(m.discharge_kw[i, t] for i in at if (i, t) in m.v2g_plugged) - pyo.quicksum(
-            m.charge_kw[i, t] for i in at
-        )
-        if (d, k) in m.v2g_charging_steps:
-            net_export += room(d, k, "max_charge_kw") * (1 - m.v2g_is_delivering[d, k])
-        return m.v2g_delivered_kw[d, k] <= net_export
+    def delivery(_: pyo.Block, r: int, k: int) -> object:
+        bound = net_export(r, k)
+        if (r, k) in charging_steps:
+            bound += room(r, k, "max_charge_kw") * (1 - is_delivering[r, k])
+        return delivered[r, k] <= bound
 
-    m.v2g_dispatch_delivery = pyo.Constraint(m.v2g_delivery_steps, rule=delivery)
-    m.v2g_delivery_when_delivering = pyo.Constraint(
-        m.v2g_charging_steps,
-        rule=lambda m, d, k: m.v2g_delivered_kw[d, k] <= dispatches[d].export_kw * m.v2g_is_delivering[d, k],
+    m.add_component(delivery_name, pyo.Constraint(delivery_steps, rule=delivery))
+    m.add_component(
+        f"{prefix}_delivery_when_delivering",
+        pyo.Constraint(
+            charging_steps, rule=lambda _, r, k: delivered[r, k] <= requested_kw(r) * is_delivering[r, k]
+        ),
     )
-    m.v2g_penalty = pyo.Expression(
-        expr=dt
-        * pyo.quicksum(
-            dispatches[d].penalty_per_kwh * (dispatches[d].export_kw - m.v2g_delivered_kw[d, k])
-            for d, k in m.v2g_dispatch_steps
-        )
+    penalty = pyo.Expression(
+        expr=step_hours
+        * pyo.quicksum(penalty_per_kwh(r) * (requested_kw(r) - delivered[r, k]) for r, k in index)
     )
-    m.v2g_payment = pyo.Expression(
-        expr=dt
-        * pyo.quicksum(
-            dispatches[d].price_per_kwh * m.v2g_delivered_kw[d, k] for d, k in m.v2g_dispatch_steps
-        )
+    payment = pyo.Expression(
+        expr=step_hours * pyo.quicksum(payment_per_kwh(r) * delivered[r, k] for r, k in index)
     )
-    m.cost_terms.update(v2g_penalty=m.v2g_penalty, v2g_payment=m.v2g_payment)
+    m.add_component(f"{prefix}_penalty", penalty)
+    m.add_component(f"{prefix}_payment", payment)
+    return penalty, payment
 
 
 def add_charging_urgency(m: pyo.ConcreteModel, problem: Problem) -> None:

@@ -42,7 +42,7 @@ from pyomo.common.gc_manager import PauseGC
 
 from optimizer.errors import ScenarioError
 from optimizer.evaluation import evaluate
-from optimizer.model import add_site, site_cost
+from optimizer.model import add_site, add_soft_export, site_cost
 from optimizer.problem import DispatchSpec, Problem, build_problem, default_unmet_penalty
 from optimizer.results import ScheduleResult, SolveStatus
 from optimizer.scenario import AwareDatetime, NonNegative, Scenario, Series
@@ -501,56 +501,20 @@ def add_portfolio_exports(
             terms += [-site.charge_kw[i, t] for i in site.vehicles_at_step.get(t, ())]
         return pyo.quicksum(terms)
 
-    # Where no plugged vehicle can discharge nothing can be delivered.
-    m.portfolio_v2g_steps = pyo.Set(initialize=index, dimen=2, ordered=True)
-    m.portfolio_v2g_delivered_kw = pyo.Var(
-        m.portfolio_v2g_steps,
-        domain=pyo.NonNegativeReals,
-        bounds=lambda _, e, k: (0.0, events[e].requested_kw if room(e, k, "max_discharge_kw") > 0 else 0.0),
+    penalty, payment = add_soft_export(
+        m,
+        "portfolio_v2g",
+        index,
+        steps_name="portfolio_v2g_steps",
+        delivery_name="portfolio_v2g_delivery",
+        step_hours=dt,
+        requested_kw=lambda e: events[e].requested_kw,
+        payment_per_kwh=lambda e: events[e].payment_per_kwh,
+        penalty_per_kwh=lambda e: events[e].penalty_per_kwh,
+        room=room,
+        net_export=net_export,
     )
-
-    # Delivery only matters where it is paid or penalised. Net charging delivers nothing (it is not
-    # negative delivery), so where vehicles may charge a binary switches the bound off.
-    paid = [
-        (e, k)
-        for e, k in index
-        if events[e].requested_kw > 0
-        and events[e].payment_per_kwh + events[e].penalty_per_kwh > 0
-        and room(e, k, "max_discharge_kw") > 0
-    ]
-    m.portfolio_v2g_delivery_steps = pyo.Set(initialize=paid, dimen=2, ordered=True)
-    m.portfolio_v2g_charging_steps = pyo.Set(
-        initialize=[(e, k) for e, k in paid if room(e, k, "max_charge_kw") > 0], dimen=2, ordered=True
-    )
-    m.portfolio_v2g_is_delivering = pyo.Var(m.portfolio_v2g_charging_steps, domain=pyo.Binary)
-
-    def delivery(m: pyo.ConcreteModel, e: int, k: int) -> object:
-        bound = net_export(e, k)
-        if (e, k) in m.portfolio_v2g_charging_steps:
-            bound += room(e, k, "max_charge_kw") * (1 - m.portfolio_v2g_is_delivering[e, k])
-        return m.portfolio_v2g_delivered_kw[e, k] <= bound
-
-    m.portfolio_v2g_delivery = pyo.Constraint(m.portfolio_v2g_delivery_steps, rule=delivery)
-    m.portfolio_v2g_delivery_when_delivering = pyo.Constraint(
-        m.portfolio_v2g_charging_steps,
-        rule=lambda m, e, k: (
-            m.portfolio_v2g_delivered_kw[e, k] <= events[e].requested_kw * m.portfolio_v2g_is_delivering[e, k]
-        ),
-    )
-    m.portfolio_v2g_penalty = pyo.Expression(
-        expr=dt
-        * pyo.quicksum(
-            events[e].penalty_per_kwh * (events[e].requested_kw - m.portfolio_v2g_delivered_kw[e, k])
-            for e, k in index
-        )
-    )
-    m.portfolio_v2g_payment = pyo.Expression(
-        expr=dt
-        * pyo.quicksum(events[e].payment_per_kwh * m.portfolio_v2g_delivered_kw[e, k] for e, k in index)
-    )
-    m.cost_terms.update(
-        portfolio_v2g_penalty=m.portfolio_v2g_penalty, portfolio_v2g_payment=m.portfolio_v2g_payment
-    )
+    m.cost_terms.update(portfolio_v2g_penalty=penalty, portfolio_v2g_payment=payment)
 
 
 def add_portfolio_objective(m: pyo.ConcreteModel) -> None:
