@@ -193,7 +193,7 @@ class PortfolioResult:
 
     @property
     def is_ok(self) -> bool:
-        return self.status in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE)
+        return self.status.is_ok
 
     @property
     def is_heuristic(self) -> bool:

@@ -25,6 +25,11 @@ class SolveStatus(enum.StrEnum):
     HEURISTIC = "heuristic"
     """Made by a rule (a baseline policy, or the fallback when the solver found no schedule)."""
 
+    @property
+    def is_ok(self) -> bool:
+        """The solver's own schedule (optimal, or feasible within its gap)."""
+        return self in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE)
+
 
 @dataclass
 class ScheduleResult:
@@ -48,7 +53,7 @@ class ScheduleResult:
 
     @property
     def is_ok(self) -> bool:
-        return self.status in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE)
+        return self.status.is_ok
 
     @property
     def is_heuristic(self) -> bool:
