@@ -11,7 +11,9 @@ One plan of one site (:meth:`ControlLoop.plan_site`):
 
 1. inputs from the database (:func:`aggregator.planning.site_plan_inputs`, in a worker thread);
 2. solve (worker thread, ``solver_time_limit_s``). With dispatch events, the counterfactual (the site
-   without them) is solved first: its import is the baseline of the events, and it is stored;
+   without them) is solved first and stored; its import, with each vehicle's power replaced by the
+   baseline frozen when the event was first planned with that vehicle (:mod:`aggregator.event_baselines`),
+   is the event's baseline, stored as ``inputs["event_baselines"]`` (public event id → kW per step);
 3. store a :class:`~aggregator.db.models.ScheduleVersion` superseding the site's previous one. Its
    status is the solver's (``optimal`` / ``feasible``). When the solver finds no schedule (time-out
    without an incumbent, a failure, an input the optimizer refuses), the previous version shifted to
@@ -175,9 +177,15 @@ def shifted_plan(
 
 
 def _inputs_document(solution: SiteSolution) -> dict[str, Any]:
-    """``schedule_versions.inputs``: :meth:`PlanInputs.to_json` plus, for a site planned with others,
-    ``event_shares`` (public event id → committed kW per step) and ``portfolio`` (the joint model)."""
+    """``schedule_versions.inputs``: :meth:`PlanInputs.to_json` plus, with dispatch events,
+    ``event_baselines`` (public event id → the baseline import [kW] per step the plan was made
+    against) and, for a site planned with others, ``event_shares`` (public event id → committed kW
+    per step) and ``portfolio`` (the joint model)."""
     document: dict[str, Any] = dict(solution.inputs.to_json(solution.scenario))
+    if solution.event_baselines:
+        document["event_baselines"] = {
+            str(event): kw for event, kw in sorted(solution.event_baselines.items())
+        }
     if solution.event_shares:
         document["event_shares"] = {str(event): kw for event, kw in sorted(solution.event_shares.items())}
     if solution.portfolio is not None:
@@ -206,7 +214,7 @@ def _json_ready(document: Any) -> Any:
 @dataclass
 class ControlStats:
     plans: int = 0
-    """Schedule versions stored."""
+    """Plans completed: the schedule version stored and its command handed to the publisher."""
     failures: int = 0
     """Plans where the solver gave no schedule, and plans that an error stopped."""
     fallbacks: int = 0
@@ -309,6 +317,7 @@ class ControlLoop:
                 if command is not None and publish:
                     await self._publisher.publish(command)
                     self.stats.published += 1
+                self.stats.plans += 1
             return versions
         finally:
             for lock in locks:
@@ -380,7 +389,6 @@ class ControlLoop:
                         command.command_id,
                     )
             version_id = version.id
-        self.stats.plans += 1
         if solution.solver_failed:
             self.stats.failures += 1
         if status is ScheduleStatus.SHIFTED or (

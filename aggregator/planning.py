@@ -43,7 +43,11 @@ interval: ``dr_reduction`` → :class:`~optimizer.DrEvent` with ``reduction_kw``
 ``dr_cap`` → :class:`~optimizer.DrEvent` with ``cap_kw``, ``v2g_export`` →
 :class:`~optimizer.V2gDispatch`. The baseline is the counterfactual plan's import (the site planned
 without any event), so :attr:`PlanInputs.scenario` carries no events and
-:meth:`PlanInputs.scenario_with_events` adds them once that baseline is known. An event that applies
+:meth:`PlanInputs.scenario_with_events` adds them once that baseline is known. Once an event has been
+planned, each vehicle's part of that baseline is frozen (:mod:`aggregator.event_baselines`): the
+baseline of a later plan is the fresh counterfactual import with each present vehicle's fresh power
+replaced by its frozen power, where it has one (:meth:`PlanInputs.event_baselines_kw`), so a plan
+that pre-charged a vehicle before the event does not lower its own baseline. An event that applies
 to several sites (:attr:`EventWindow.site_ids`) is split among them by one optimisation of all of
 them (:mod:`aggregator.portfolio_planning`).
 
@@ -79,6 +83,7 @@ from aggregator.db.models import (
     Vehicle,
 )
 from aggregator.dispatch_windows import EventWindow, site_event_windows
+from aggregator.event_baselines import FrozenBaseline, frozen_baselines
 from market_adapters.dispatch import SignalKind
 from market_adapters.tariffs import TouTariff
 from optimizer.problem import steps_to_reach
@@ -183,13 +188,43 @@ class PlanInputs:
     notes: list[str] = field(default_factory=list)
     """Everything assumed or corrected, one sentence each."""
     problems: list[PlanningInputError] = field(default_factory=list)
+    frozen: dict[int, dict[str, FrozenBaseline]] = field(default_factory=dict)
+    """Event public id → scenario vehicle id → the vehicle's baseline frozen when the event was first
+    planned with it (:mod:`aggregator.event_baselines`); vehicles not yet planned with it are absent."""
 
     @property
     def dispatch_event_ids(self) -> list[int]:
         return sorted({e.event_id for e in self.events})
 
+    def event_baselines_kw(
+        self, import_kw: Sequence[float], vehicle_power_kw: Mapping[str, Sequence[float]]
+    ) -> dict[int, list[float]]:
+        """Per event with a baseline (``dr_reduction``, ``dr_cap``; by public id), the site's import
+        without it per step [kW]: the fresh counterfactual's ``import_kw`` minus each present vehicle's
+        fresh counterfactual power (``vehicle_power_kw``, scenario vehicle id → kW per step, positive
+        charging) plus its frozen power (:attr:`frozen`), step by step where the frozen baseline covers
+        the step; the fresh value elsewhere."""
+        step, start, n_steps = self.scenario.step, self.scenario.start, self.scenario.n_steps
+        baselines: dict[int, list[float]] = {}
+        for window in self.events:
+            if window.kind is SignalKind.V2G_EXPORT or window.public_id in baselines:
+                continue
+            series = [float(v) for v in import_kw]
+            for key, frozen in self.frozen.get(window.public_id, {}).items():
+                fresh = vehicle_power_kw.get(key)
+                if fresh is None:
+                    continue
+                for k, value in enumerate(frozen.on_grid(start, step, n_steps)):
+                    if math.isfinite(value):
+                        series[k] += value - float(fresh[k])
+            baselines[window.public_id] = series
+        return baselines
+
     def scenario_with_events(
-        self, baseline_import_kw: Sequence[float] | None, events: Sequence[EventWindow] | None = None
+        self,
+        baseline_import_kw: Sequence[float] | None,
+        events: Sequence[EventWindow] | None = None,
+        event_baselines_kw: Mapping[int, Sequence[float]] | None = None,
     ) -> Scenario:
         """:attr:`scenario` with the dispatch events, ``baseline_import_kw`` the counterfactual import
         per step [kW] (needed for ``dr_reduction`` events and to pay DR delivery; ``None`` drops the
@@ -197,8 +232,11 @@ class PlanInputs:
 
         ``events`` replaces :attr:`events` (all of them by default): a site planned with others
         leaves the events it shares with them to the joint model (:mod:`aggregator.portfolio_planning`).
+        ``event_baselines_kw`` (event public id → kW per step, :meth:`event_baselines_kw`) replaces
+        ``baseline_import_kw`` for the events it names.
         """
         events = self.events if events is None else events
+        event_baselines_kw = event_baselines_kw or {}
         if not events:
             return self.scenario
         step = self.scenario.step
@@ -219,9 +257,10 @@ class PlanInputs:
                 continue
             baseline: list[float] | None = None
             if baseline_import_kw is not None:
+                series = event_baselines_kw.get(event.public_id, baseline_import_kw)
                 first = (event.start - self.scenario.start) // step
                 last = (event.end - self.scenario.start) // step
-                baseline = [max(0.0, float(v)) for v in baseline_import_kw[first:last]]
+                baseline = [max(0.0, float(v)) for v in series[first:last]]
             if event.kind is SignalKind.DR_REDUCTION:
                 if baseline is None:
                     continue
@@ -338,18 +377,41 @@ def site_plan_inputs(
         ],
         vehicles=vehicles,
     )
+    sessions = {vehicle_key(charging.id): charging.id for charging in open_sessions}
+    events = site_event_windows(session, site_id, start, end, settings.step, ctx.notes)
     return PlanInputs(
         site_id=site_id,
         now=now,
         scenario=scenario,
-        sessions={vehicle_key(charging.id): charging.id for charging in open_sessions},
+        sessions=sessions,
         evses={
             evse_key(c.charge_point_id, c.evse_id): (c.charge_point_id, c.evse_id) for c in chargers.values()
         },
-        events=site_event_windows(session, site_id, start, end, settings.step, ctx.notes),
+        events=events,
         notes=ctx.notes,
         problems=ctx.problems,
+        frozen=_frozen(session, site_id, events, sessions, ctx),
     )
+
+
+def _frozen(
+    session: Session, site_id: str, events: Sequence[EventWindow], sessions: Mapping[str, int], ctx: _Context
+) -> dict[int, dict[str, FrozenBaseline]]:
+    """The present vehicles' frozen baselines for the events with a baseline, one note per vehicle."""
+    public_ids = {e.public_id for e in events if e.kind is not SignalKind.V2G_EXPORT}
+    if not public_ids:
+        return {}
+    keys = {charging_id: key for key, charging_id in sessions.items()}
+    found = frozen_baselines(session, site_id, public_ids, set(keys))
+    frozen: dict[int, dict[str, FrozenBaseline]] = {}
+    for event_id, by_session in sorted(found.items()):
+        for charging_id, baseline in sorted(by_session.items()):
+            frozen.setdefault(event_id, {})[keys[charging_id]] = baseline
+            ctx.notes.append(
+                f"dispatch event {event_id}: {keys[charging_id]}'s baseline is frozen at schedule "
+                f"version {baseline.version_id}"
+            )
+    return frozen
 
 
 def _open_sessions(

@@ -8,8 +8,11 @@ found, breadth first; the cap keeps one model small enough to solve within a con
 
 :func:`solve_portfolio_group` (the control loop's :data:`SolveGroup`) solves a group:
 
-1. each site's counterfactual: the site alone without any event (as for a single site); its import
-   is the site's baseline for every event;
+1. each site's counterfactual: the site alone without any event (as for a single site); its import,
+   with each vehicle's part replaced by the vehicle's baseline frozen when the event was first
+   planned with it (:meth:`~aggregator.planning.PlanInputs.event_baselines_kw`,
+   :mod:`aggregator.event_baselines`), is the site's baseline for the event, stored as
+   ``inputs["event_baselines"]`` (public event id → kW per step) of its schedule version;
 2. the events shared by at least two sites of the group, ``dr_reduction`` and ``v2g_export``, become
    :class:`~optimizer.portfolio.PortfolioEvent` s (one per event interval, baseline per site its
    counterfactual import) and :func:`~optimizer.portfolio.solve_portfolio` plans all sites in one
@@ -87,6 +90,9 @@ class SiteSolution:
     event), for the events it shares with other sites; empty when planned alone or without a split."""
     portfolio: dict[str, Any] | None = None
     """The joint model it was solved in: ``{"site_ids": [...], "events": [PortfolioEvent JSON]}``."""
+    event_baselines: dict[int, list[float]] = field(default_factory=dict)
+    """Dispatch event public id → the site's baseline import [kW] per horizon step the events were
+    planned against (:meth:`~aggregator.planning.PlanInputs.event_baselines_kw`)."""
 
     @property
     def solver_failed(self) -> bool:
@@ -126,15 +132,31 @@ def _solve_alone(
 ) -> SiteSolution:
     """``inputs`` with ``events`` in the site's own model; the counterfactual solved unless given."""
     scenario = inputs.scenario
+    baselines: dict[int, list[float]] = {}
     try:
         if inputs.events and counterfactual is None:
             counterfactual = _solve(inputs.scenario, options, urgency_weight)
         if events and counterfactual is not None:
-            scenario = inputs.scenario_with_events(counterfactual.evaluation.import_kw.tolist(), events)
-        return SiteSolution(inputs, scenario, _solve(scenario, options, urgency_weight), counterfactual)
+            baselines = event_baselines(inputs, counterfactual)
+            scenario = inputs.scenario_with_events(
+                counterfactual.evaluation.import_kw.tolist(), events, baselines
+            )
+        result = _solve(scenario, options, urgency_weight)
+        return SiteSolution(inputs, scenario, result, counterfactual, event_baselines=baselines)
     except ScenarioError as error:
         log.error("site %s: the optimizer refused the inputs: %s", inputs.site_id, error)
-        return SiteSolution(inputs, scenario, None, counterfactual, error=str(error))
+        return SiteSolution(
+            inputs, scenario, None, counterfactual, error=str(error), event_baselines=baselines
+        )
+
+
+def event_baselines(inputs: PlanInputs, counterfactual: ScheduleResult) -> dict[int, list[float]]:
+    """The site's baseline per event (public id → kW per step) from its fresh ``counterfactual``, with
+    each vehicle's frozen power in place of its fresh power
+    (:meth:`~aggregator.planning.PlanInputs.event_baselines_kw`)."""
+    power = counterfactual.charge_kw - counterfactual.discharge_kw
+    vehicles = {vehicle.id: power[i].tolist() for i, vehicle in enumerate(counterfactual.problem.vehicles)}
+    return inputs.event_baselines_kw(counterfactual.evaluation.import_kw.tolist(), vehicles)
 
 
 # ------------------------------------------------------------------------------------------ groups
@@ -281,15 +303,20 @@ def _solve_jointly(
     options: SolverOptions,
     urgency_weight: float,
 ) -> dict[str, SiteSolution]:
-    baselines = {
+    imports = {
         inputs.site_id: counterfactuals[inputs.site_id].evaluation.import_kw.tolist() for inputs in planned
     }
+    baselines = {
+        inputs.site_id: event_baselines(inputs, counterfactuals[inputs.site_id]) for inputs in planned
+    }
     scenarios = {
-        inputs.site_id: inputs.scenario_with_events(baselines[inputs.site_id], own[inputs.site_id])
+        inputs.site_id: inputs.scenario_with_events(
+            imports[inputs.site_id], own[inputs.site_id], baselines[inputs.site_id]
+        )
         for inputs in planned
     }
     first = planned[0].scenario
-    events = [_portfolio_event(window, first, baselines) for window in joint]
+    events = [_portfolio_event(window, first, imports, baselines) for window in joint]
     try:
         result = solve_portfolio(
             list(scenarios.values()), events, options, charging_urgency_weight=urgency_weight
@@ -323,16 +350,25 @@ def _solve_jointly(
             counterfactuals[site],
             event_shares=mine,
             portfolio=portfolio | {"status": result.status.value, "message": result.message},
+            event_baselines=baselines[site],
         )
     return solutions
 
 
 def _portfolio_event(
-    window: EventWindow, first: Scenario, baselines: Mapping[str, list[float]]
+    window: EventWindow,
+    first: Scenario,
+    imports: Mapping[str, list[float]],
+    event_baselines: Mapping[str, Mapping[int, list[float]]],
 ) -> PortfolioEvent:
+    """The joint model's event for ``window``; a reduction's baseline per site is the site's baseline
+    for the event (``event_baselines``: site → public id → kW per step), else its ``imports``."""
     kind = JOINT_KINDS[window.kind]
     start = (window.start - first.start) // first.step
     stop = (window.end - first.start) // first.step
+    baselines = {
+        site: event_baselines.get(site, {}).get(window.public_id, imports[site]) for site in window.site_ids
+    }
     return PortfolioEvent(
         id=window.scenario_id,
         kind=kind,
@@ -371,6 +407,7 @@ __all__ = [
     "SiteSolution",
     "SolveGroup",
     "commitment_shares",
+    "event_baselines",
     "portfolio_group",
     "solve_portfolio_group",
     "solve_site",

@@ -316,7 +316,7 @@ def test_the_loop_plans_on_its_cadence_and_at_once_on_request(engine: Engine, se
             await until(lambda: loop.stats.plans == 5)
             replans.request("nowhere", "override:session 9")  # unknown: logged, the loop goes on
             replans.request("depot-2", "arrival:session 2")
-            await until(lambda: loop.stats.plans == 6)
+            await until(lambda: loop.stats.plans == 6 and len(publisher.commands) == 6)
             assert loop.running
         return loop
 

@@ -301,6 +301,50 @@ def test_an_event_without_telemetry_is_refused(session: Session) -> None:
         settlement_inputs(session, world.event_id, now=AFTER)
 
 
+def test_a_replan_that_precharged_the_vehicles_keeps_their_frozen_baselines(session: Session) -> None:
+    """A version made at 17:10 (in force from 17:15) after the vehicles were charged ahead: its fresh
+    counterfactual has them at 0 kW (import 7 kW, the base load). Each vehicle's baseline stays the
+    11 kW frozen at 16:45, when the event was first planned, so the site's is 7 + 3 x 11 = 40 kW and
+    the measurement and the shares are those of the first test."""
+    world = build_world(session)
+    made = world.start + dt.timedelta(minutes=10)
+    session.add(
+        ScheduleVersion(
+            site_id=world.site_id,
+            created_at=made,
+            horizon_start=world.start,
+            step_seconds=900,
+            trigger="cadence",
+            inputs={
+                "scenario": {},
+                "sessions": {f"session-{s}": s for s in world.sessions.values()},
+                "events": [world.event_id],
+            },
+            result_summary={},
+            status=ScheduleStatus.OPTIMAL,
+            plan={"site_import_kw": [7.0] * 8, "vehicles": {}},
+            counterfactual={
+                "site_import_kw": [7.0] * 8,
+                "vehicles": {
+                    f"session-{s}": {"power_kw": [0.0] * 8, "evse_id": f"cp-{name}/1"}
+                    for name, s in world.sessions.items()
+                },
+            },
+        )
+    )
+    session.commit()
+    inputs = settlement_inputs(session, world.event_id, now=AFTER)
+    [site] = inputs.sites
+    assert list(site.baseline.baseline_kw) == [40.0] * 4
+    assert inputs.performance is not None
+    assert inputs.performance.delivered_kwh == pytest.approx(20.0)
+    assert inputs.attribution is not None
+    delivered = {
+        name: inputs.attribution.vehicles[world.sessions[name]].delivered_kwh for name in ("a", "b", "c")
+    }
+    assert delivered == {"a": 11.0, "b": 8.0, "c": 5.5}
+
+
 def _append_version(session: Session, event_id: int, **changes: object) -> int:
     first = session.get(DispatchEvent, event_id)
     assert first is not None

@@ -18,6 +18,8 @@ from aggregator.db.models import (
     ProgramKind,
     ProgramSite,
     Role,
+    ScheduleStatus,
+    ScheduleVersion,
     SessionOverride,
     Site,
     TelemetryRecord,
@@ -30,6 +32,7 @@ from aggregator.planning import (
     PlanningSettings,
     SiteNotFoundError,
     site_plan_inputs,
+    vehicle_key,
 )
 from market_adapters.dispatch import SignalKind, SignalStatus
 from market_adapters.tariffs import parse_tou_tariff
@@ -406,6 +409,50 @@ def test_dispatch_events_map_to_the_optimizer_events_that_apply(depot: Depot) ->
     assert cut.baseline_kw == baseline[8:13]
     (dispatch,) = scenario.v2g_dispatches
     assert dispatch.export_kw == 8.0 and dispatch.price_per_kwh == 0.5
+    build_problem(scenario)
+
+
+def test_each_vehicles_frozen_power_replaces_its_fresh_power_in_the_events_baseline(depot: Depot) -> None:
+    """A version made at 11:45 listing the ``cut`` event planned the vehicle at 4, 5, 6, 7 kW without it
+    (11:45 to 12:45): that is its frozen baseline. With a fresh counterfactual of 40 kW, 3 of them the
+    vehicle's, the cut's baseline is 40 - 3 + frozen where the frozen one covers the step, 40 after;
+    the cap, never planned before, keeps the fresh 40 kW; the V2G export has no baseline."""
+    charging = depot.charging(depot.cp2, depot.vehicle())
+    depot.program(per_kwh_delivered=0.5)
+    cap = depot.event("cap", SignalKind.DR_CAP, 53, 127, 20.0)
+    cut = depot.event("cut", SignalKind.DR_REDUCTION, 120, 180, 15.0)
+    depot.event("v2g", SignalKind.V2G_EXPORT, 180, 240, 8.0)
+    made = START + dt.timedelta(hours=1, minutes=45)
+    version = ScheduleVersion(
+        site_id=SITE,
+        created_at=NOW - dt.timedelta(minutes=30),
+        horizon_start=made,
+        step_seconds=900,
+        trigger="event",
+        inputs={"scenario": {}, "sessions": {vehicle_key(charging.id): charging.id}, "events": [cut.id]},
+        result_summary={},
+        status=ScheduleStatus.OPTIMAL,
+        plan={"site_import_kw": [0.0] * 4, "vehicles": {}},
+        counterfactual={
+            "site_import_kw": [9.0] * 4,
+            "vehicles": {vehicle_key(charging.id): {"power_kw": [4.0, 5.0, 6.0, 7.0], "evse_id": "cp-2/1"}},
+        },
+    )
+    depot.db.add(version)
+    inputs = depot.inputs()
+
+    assert set(inputs.frozen) == {cut.id}
+    assert inputs.frozen[cut.id][vehicle_key(charging.id)].version_id == version.id
+    note = f"dispatch event {cut.id}: {vehicle_key(charging.id)}'s baseline is frozen at schedule version"
+    assert f"{note} {version.id}" in inputs.notes
+    baselines = inputs.event_baselines_kw([40.0] * 96, {vehicle_key(charging.id): [3.0] * 96})
+    assert set(baselines) == {cap.id, cut.id}
+    assert baselines[cap.id] == [40.0] * 96
+    assert baselines[cut.id] == [40.0] * 7 + [41.0, 42.0, 43.0, 44.0] + [40.0] * 85
+    scenario = inputs.scenario_with_events([40.0] * 96, None, baselines)
+    dr_cap, dr_cut = scenario.dr_events
+    assert dr_cap.baseline_kw == [40.0] * 5
+    assert dr_cut.baseline_kw == [42.0, 43.0, 44.0, 40.0, 40.0]
     build_problem(scenario)
 
 

@@ -27,6 +27,7 @@ from aggregator.db.models import (
     Charger,
     ChargingSession,
     DispatchEvent,
+    EvseTelemetryRecord,
     Program,
     ProgramKind,
     ProgramSite,
@@ -219,6 +220,47 @@ def test_performance_and_settlement_read_the_planned_shares(engine: Engine, sess
     flex_site = next(site for site in settled.sites if site.site_id == FLEX)
     # Measured 3 kW against a counterfactual of 11 kW: flex delivered its whole share.
     assert flex_site.performance.performance_factor == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_group_replan_keeps_the_baseline_frozen_when_the_event_was_first_planned(
+    engine: Engine, session: Session
+) -> None:
+    """At 10:25 the flexible site's vehicle reports its target reached: its fresh counterfactual no
+    longer charges, but its part of the joint event's baseline stays the 11 kW of the first plan."""
+    portfolio = Portfolio(session)
+    event = portfolio.event()
+    clock = FakeClock(NOW)
+    loop = control(engine, clock)
+    run(lambda: loop.plan_site(FLEX, "event"))
+    clock.advance(dt.timedelta(minutes=30))
+    session.add(
+        TelemetryRecord(
+            site_id=FLEX,
+            seq=1,
+            sent_at=clock.now,
+            received_at=clock.now,
+            site_import_kw=0.0,
+            base_load_kw=0.0,
+            evses=[EvseTelemetryRecord(charger_id="cp-1", evse_id=1, power_kw=0.0, soc_percent=80.0)],
+        )
+    )
+    session.commit()
+    run(lambda: loop.plan_site(FLEX, "cadence"))
+
+    first, second = versions(session, FLEX)
+    assert second.horizon_start == T0 + STEP and second.counterfactual is not None
+    remaining = slice(0, 3)  # 10:15 to 11:00
+    assert second.counterfactual["site_import_kw"][remaining] == pytest.approx([0.0] * 3, abs=1e-6)
+    (joint,) = second.inputs["portfolio"]["events"]
+    assert joint["baseline_kw"][FLEX] == pytest.approx([11.0] * 3, abs=1e-6)
+    assert second.inputs["event_baselines"][str(event.id)][remaining] == pytest.approx([11.0] * 3, abs=1e-6)
+    assert first.inputs["event_baselines"][str(event.id)][EVENT_STEPS] == pytest.approx([11.0] * 4, abs=1e-6)
+    # The stiff site's vehicle is still where it was: frozen and fresh agree.
+    _, stiff = versions(session, STIFF)
+    assert stiff.counterfactual is not None
+    assert joint["baseline_kw"][STIFF] == pytest.approx(stiff.counterfactual["site_import_kw"][remaining])
+    # Flex, with nothing left to charge, carries the whole request against its frozen baseline.
+    assert shares(second, event)[remaining] == pytest.approx([REQUESTED_KW] * 3, abs=1e-6)
 
 
 def test_without_recorded_shares_each_site_is_committed_an_equal_share(session: Session) -> None:

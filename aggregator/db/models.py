@@ -491,7 +491,9 @@ class ScheduleVersion(Base):
     in the scenario: charging_sessions.id}, "events": [dispatch_events.id, ...]}``; enough to explain
     and to re-run the result. A site planned with others for a shared dispatch event also has
     ``"event_shares": {public event id: [kW committed by this site per step]}`` and ``"portfolio":
-    {"site_ids", "events", "status", "message"}`` (see ``aggregator.portfolio_planning``)."""
+    {"site_ids", "events", "status", "message"}`` (see ``aggregator.portfolio_planning``). A plan with
+    dispatch events has ``"event_baselines": {public event id: [baseline import kW per step]}``, each
+    vehicle at the power frozen when the event was first planned with it (``aggregator.event_baselines``)."""
     result_summary: Mapped[dict[str, Any]]
     status: Mapped[ScheduleStatus] = mapped_column(value_enum(ScheduleStatus, "schedule_status"))
     plan: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -327,7 +327,7 @@ def _site_inputs(
         raise SettlementInputError(event.id, f"target site {site_id!r} does not exist")
     window = site_import_intervals(session, site_id, start, end, step)
     if isinstance(method, CounterfactualConfig):
-        expected = expected_import_kw(session, site_id, index, end, step)
+        expected = expected_import_kw(session, site_id, event.id, index, end, step)
         baseline = Baseline("counterfactual", expected, expected)
     else:
         span_start, span_end = _metering_span(method, start, end, step)
@@ -424,7 +424,9 @@ def _vehicle_inputs(
         metered = (
             readings.mean_kw if readings is not None else pd.Series(np.nan, index=index, dtype=float)
         ).where(plugged_in)
-        planned = vehicle_counterfactual_kw(session, charging.site_id, charging.id, index, end, step)
+        planned = vehicle_counterfactual_kw(
+            session, charging.site_id, event_id, charging.id, index, end, step
+        )
         discharged = float((-metered).clip(lower=0).sum()) * hours
         vehicles.append(
             VehicleInputs(

@@ -12,11 +12,16 @@ Both are read per interval of the event's window (15 minutes by default, the ind
   event changed after the plans); otherwise (versions made before this was recorded, or before the
   event was known, a site without a plan) each site gets an equal share;
 - :func:`expected_import_kw`: the site's import [kW] without the event, from the counterfactual of the
-  :class:`~aggregator.db.models.ScheduleVersion` *in force* at each interval: the site's latest
-  version created before the interval starts;
-- :func:`vehicle_counterfactual_kw`: one charging session's power [kW] (positive charging) in that
-  same counterfactual, found through the version's ``inputs["sessions"]`` (scenario vehicle id →
-  ``charging_sessions.id``).
+  :class:`~aggregator.db.models.ScheduleVersion` *in force* at each interval (the site's latest
+  version created before the interval starts), with each of that version's sessions' power replaced
+  by the session's baseline frozen when the event was first planned with it
+  (:mod:`aggregator.event_baselines`), where one covers the interval: a plan that pre-charged a
+  vehicle before the event re-solves a counterfactual that no longer charges in the window, the
+  frozen one still does;
+- :func:`vehicle_counterfactual_kw`: one charging session's power [kW] (positive charging) without
+  the event: its frozen baseline where one covers the interval, else its power in the counterfactual
+  of the version in force, found through the version's ``inputs["sessions"]`` (scenario vehicle id
+  → ``charging_sessions.id``).
 
 A plan value is the time-weighted mean of the plan's steps over the interval (cut at the window's
 end); ``NaN`` where the version in force has no counterfactual, does not cover the whole interval,
@@ -39,6 +44,7 @@ from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import ScheduleVersion
+from aggregator.event_baselines import FrozenBaseline, frozen_baselines, plan_mean
 
 
 class IntervalLike(Protocol):
@@ -93,8 +99,14 @@ def site_committed_kw(
         series = shares.get(key) if isinstance(shares, dict) else None
         return series if isinstance(series, list) else None
 
+    def planned_share(version: Row[Any], start: dt.datetime, stop: dt.datetime) -> float:
+        return _mean(version, share(version), start, stop)
+
     planned = pd.DataFrame(
-        {site_id: _in_force_series(session, site_id, index, end, step, share) for site_id in site_ids},
+        {
+            site_id: _in_force_series(session, site_id, index, end, step, planned_share)
+            for site_id in site_ids
+        },
         index=index,
         dtype=float,
     )
@@ -108,14 +120,32 @@ def site_committed_kw(
 
 
 def expected_import_kw(
-    session: Session, site_id: str, index: pd.DatetimeIndex, end: dt.datetime, step: dt.timedelta
+    session: Session,
+    site_id: str,
+    event_id: int,
+    index: pd.DatetimeIndex,
+    end: dt.datetime,
+    step: dt.timedelta,
 ) -> pd.Series:
-    """The site's expected import without dispatch events [kW] per interval of ``index`` (module doc):
-    the ``counterfactual["site_import_kw"]`` of the version in force at each interval."""
+    """The site's expected import without dispatch event ``event_id`` (public id) [kW] per interval of
+    ``index`` (module doc): the ``counterfactual["site_import_kw"]`` of the version in force at each
+    interval, each of its sessions' counterfactual power replaced by the frozen one where there is
+    one."""
+    frozen = frozen_baselines(session, site_id, [event_id]).get(event_id, {})
 
-    def site_import(version: Row[Any]) -> list[Any] | None:
-        series = (version.counterfactual or {}).get("site_import_kw")
-        return series if isinstance(series, list) else None
+    def site_import(version: Row[Any], start: dt.datetime, stop: dt.datetime) -> float:
+        counterfactual = version.counterfactual if isinstance(version.counterfactual, dict) else {}
+        value = _mean(version, counterfactual.get("site_import_kw"), start, stop)
+        vehicles = counterfactual.get("vehicles")
+        for key, charging_session_id in _sessions(version).items():
+            baseline = frozen.get(charging_session_id)
+            if baseline is None or not isinstance(vehicles, dict):
+                continue
+            fresh = _mean(version, _power(vehicles.get(key)), start, stop)
+            kept = baseline.mean_kw(start, stop)
+            if math.isfinite(fresh) and math.isfinite(kept):
+                value += kept - fresh
+        return value
 
     return _in_force_series(session, site_id, index, end, step, site_import)
 
@@ -123,24 +153,58 @@ def expected_import_kw(
 def vehicle_counterfactual_kw(
     session: Session,
     site_id: str,
+    event_id: int,
     charging_session_id: int,
     index: pd.DatetimeIndex,
     end: dt.datetime,
     step: dt.timedelta,
 ) -> pd.Series:
-    """Charging session ``charging_session_id``'s power without dispatch events [kW, positive
-    charging] per interval of ``index`` (module doc): its vehicle's ``power_kw`` in the counterfactual
-    of the version in force at each interval."""
+    """Charging session ``charging_session_id``'s power without dispatch event ``event_id`` (public
+    id) [kW, positive charging] per interval of ``index`` (module doc): its frozen baseline where one
+    covers the interval, else its vehicle's ``power_kw`` in the counterfactual of the version in force;
+    ``NaN`` where the version in force does not plan the session."""
+    frozen: FrozenBaseline | None = (
+        frozen_baselines(session, site_id, [event_id], [charging_session_id])
+        .get(event_id, {})
+        .get(charging_session_id)
+    )
 
-    def vehicle_power(version: Row[Any]) -> list[Any] | None:
-        sessions = (version.inputs or {}).get("sessions") or {}
-        keys = [key for key, value in sessions.items() if value == charging_session_id]
-        vehicles = (version.counterfactual or {}).get("vehicles") or {}
-        planned = vehicles.get(keys[0]) if keys else None
-        series = planned.get("power_kw") if isinstance(planned, dict) else None
-        return series if isinstance(series, list) else None
+    def vehicle_power(version: Row[Any], start: dt.datetime, stop: dt.datetime) -> float:
+        keys = [key for key, value in _sessions(version).items() if value == charging_session_id]
+        if not keys:
+            return math.nan
+        kept = frozen.mean_kw(start, stop) if frozen is not None else math.nan
+        if math.isfinite(kept):
+            return kept
+        vehicles = (version.counterfactual if isinstance(version.counterfactual, dict) else {}).get(
+            "vehicles"
+        )
+        return _mean(
+            version, _power(vehicles.get(keys[0]) if isinstance(vehicles, dict) else None), start, stop
+        )
 
     return _in_force_series(session, site_id, index, end, step, vehicle_power)
+
+
+def _sessions(version: Row[Any]) -> dict[str, Any]:
+    sessions = (version.inputs or {}).get("sessions")
+    return sessions if isinstance(sessions, dict) else {}
+
+
+def _power(planned: Any) -> list[Any] | None:
+    series = planned.get("power_kw") if isinstance(planned, dict) else None
+    return series if isinstance(series, list) else None
+
+
+def _mean(version: Row[Any], series: Any, start: dt.datetime, stop: dt.datetime) -> float:
+    """The mean of one of ``version``'s per-step series over ``[start, stop)`` (``NaN`` if not one)."""
+    return plan_mean(
+        series if isinstance(series, list) else None,
+        version.horizon_start,
+        dt.timedelta(seconds=version.step_seconds),
+        start,
+        stop,
+    )
 
 
 def _in_force_series(
@@ -149,9 +213,10 @@ def _in_force_series(
     index: pd.DatetimeIndex,
     end: dt.datetime,
     step: dt.timedelta,
-    pick: Callable[[Row[Any]], list[Any] | None],
+    value: Callable[[Row[Any], dt.datetime, dt.datetime], float],
 ) -> pd.Series:
-    """Per interval of ``index``: the mean of ``pick(version in force)`` over the interval (or ``NaN``)."""
+    """Per interval ``[t, t + step)`` of ``index`` (cut at ``end``): ``value(version in force, start,
+    end)`` (or ``NaN`` where no version was made before the interval)."""
     versions = _versions_in_force(session, site_id, index)
     values = []
     for t in index:
@@ -160,16 +225,7 @@ def _in_force_series(
         if not made_before:
             values.append(math.nan)
             continue
-        version = made_before[-1]
-        values.append(
-            plan_mean(
-                pick(version),
-                version.horizon_start,
-                dt.timedelta(seconds=version.step_seconds),
-                slot_start,
-                min(slot_start + step, end),
-            )
-        )
+        values.append(value(made_before[-1], slot_start, min(slot_start + step, end)))
     return pd.Series(values, index=index, dtype=float)
 
 
@@ -200,27 +256,11 @@ def _versions_in_force(session: Session, site_id: str, index: pd.DatetimeIndex) 
     return [*earlier, *during]
 
 
-def plan_mean(
-    series: Sequence[Any] | None,
-    horizon_start: dt.datetime,
-    plan_step: dt.timedelta,
-    start: dt.datetime,
-    end: dt.datetime,
-) -> float:
-    """Time-weighted mean of a plan's per-step ``series`` [kW] over ``[start, end)``; ``NaN`` if the
-    series is missing or does not cover the whole span."""
-    if series is None or start < horizon_start:
-        return math.nan
-    first = int((start - horizon_start) // plan_step)
-    last = math.ceil((end - horizon_start) / plan_step)
-    if last > len(series):
-        return math.nan
-    weighted = 0.0
-    for k in range(first, last):
-        value = series[k]
-        if value is None:
-            return math.nan
-        step_start = horizon_start + k * plan_step
-        overlap = (min(end, step_start + plan_step) - max(start, step_start)).total_seconds()
-        weighted += float(value) * overlap
-    return weighted / (end - start).total_seconds()
+__all__ = [
+    "IntervalLike",
+    "committed_kw",
+    "expected_import_kw",
+    "plan_mean",
+    "site_committed_kw",
+    "vehicle_counterfactual_kw",
+]

@@ -428,7 +428,8 @@ def get_event_performance(
     Each target site is committed its share of the event's kW (for ``dr_cap``, of the cap): the share
     its plan in force recorded when the sites were planned together, else an equal share (see
     :func:`site_committed_kw`); the event-level figures are those of the sites' summed series.
-    Expected import is the plans' counterfactual (see :func:`expected_import_kw`), measured import
+    Expected import is the plans' counterfactual with each vehicle at the baseline frozen when the
+    event was first planned with it (see :func:`expected_import_kw`), measured import
     the metered mean (:func:`aggregator.metering.site_import_intervals`); intervals not yet metered or
     without a counterfactual show ``null`` and are left out of the totals.
     """
@@ -448,7 +449,7 @@ def get_event_performance(
     sites: list[SitePerformance] = []
     expected, measured = [], []
     for site_id in site_ids:
-        site_expected = expected_import_kw(session, site_id, index, end, step)
+        site_expected = expected_import_kw(session, site_id, chain.id, index, end, step)
         site_measured = site_import_intervals(session, site_id, event.window_start, end, step).mean_kw
         performance = event_performance(event.kind, shares[site_id], site_expected, site_measured, step=step)
         sites.append(
