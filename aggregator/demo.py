@@ -56,7 +56,7 @@ from optimizer.baselines import run_policy
 from optimizer.evaluation import Evaluation, bill_site, evaluate
 from optimizer.problem import Problem, build_problem
 from optimizer.scenario import Scenario, VehicleSession
-from site_gateway.config import GatewayConfig
+from site_gateway.config import GatewayConfig, MqttBrokerSection
 from site_gateway.gateway import Gateway
 from site_gateway.simulator import SimClock, SimulatedCharger
 from site_gateway.vehicle_model import Vehicle
@@ -319,11 +319,11 @@ async def _api_server(app: Any) -> AsyncIterator[str]:
 @contextlib.asynccontextmanager
 async def _broker(url: str | None) -> AsyncIterator[tuple[str, int]]:
     if url is not None:
-        parts = httpx.URL(url.replace("mqtt://", "http://", 1))
-        yield parts.host, parts.port or 1883
+        given = MqttBrokerSection(url=url)  # refuses anything but mqtt:// and mqtts:// by name
+        yield given.host, given.port
         return
-    async with EmbeddedBroker() as broker:
-        yield broker.host, broker.port
+    async with EmbeddedBroker() as embedded:
+        yield embedded.host, embedded.port
 
 
 def _gateway_config(scenario: Scenario, host: str, port: int, outbox: Path) -> GatewayConfig:

@@ -158,3 +158,17 @@ def test_example_gateway_config_is_valid() -> None:
     config = load_config(Path(__file__).resolve().parents[1] / "examples" / "site.toml")
     assert config.site.id == "depot-north"
     assert config.ocpp.port == 9000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--broker-url", "http://broker.example"), "--broker-url"),
+        (("--minutes", "0"), "--minutes"),
+        (("--vehicles", "0"), "--vehicles"),
+    ],
+)
+def test_demo_refuses_bad_options_by_name(args: tuple[str, ...], message: str) -> None:
+    result = runner.invoke(app, ["demo", *args])
+    assert result.exit_code == 2
+    assert message in result.output

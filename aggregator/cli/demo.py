@@ -7,11 +7,13 @@ import logging
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from aggregator.demo import DemoOptions, DemoProgress, DemoReport, run_day
+from site_gateway.config import MqttBrokerSection
 
 console = Console()
 
@@ -59,6 +61,15 @@ def demo_options(
 ) -> DemoOptions:
     logging.getLogger("aggregator").setLevel(logging.ERROR)
     logging.getLogger("site_gateway").setLevel(logging.ERROR)
+    if broker_url is not None:
+        try:
+            MqttBrokerSection(url=broker_url)
+        except ValidationError as error:
+            console.print(f"[bold red]error:[/] --broker-url: {error.errors()[0]['msg']}")
+            raise typer.Exit(code=2) from error
+    if minutes <= 0 or vehicles < 1:
+        console.print("[bold red]error:[/] --minutes must be > 0 and --vehicles at least 1")
+        raise typer.Exit(code=2)
     return DemoOptions(vehicles=vehicles, seed=seed, minutes=minutes, broker_url=broker_url, workdir=workdir)
 
 
