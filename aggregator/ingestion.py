@@ -22,15 +22,28 @@ How it behaves:
   still once per ``(site_id, seq)``).
 - A message is counted as received and queued, undecoded, as paho hands it over (aiomqtt's incoming
   queue is replaced by one that appends to ours: no task and no await per message). One writer task
-  stores the queue in batches: each batch is decoded with :func:`site_gateway.contract.decode_message`
-  and stored in one database transaction, both in a worker thread (so the event loop only receives):
-  whatever has arrived when the writer is free, up to ``batch_max_messages`` (after waiting up to
-  ``batch_linger_s`` for more, when set). Under load a batch is what arrived while the previous one was
-  written, so batches grow with the load and an idle centre stores each message at once. Within a
-  batch, messages are applied in arrival order; runs of telemetry go in as one bulk insert
+  takes the queue in batches, in arrival order: whatever has arrived when it is free (see below), up
+  to ``batch_max_messages`` (after waiting up to ``batch_linger_s`` for more, when set). Each batch is
+  decoded with :func:`site_gateway.contract.decode_message` and then stored in one database
+  transaction, both in worker threads (so the event loop only receives). Under load a batch is what
+  arrived while the previous ones were stored, so batches grow with the load and an idle centre
+  stores each message at once. Within a batch, messages are applied in arrival order; runs of
+  telemetry go in as one bulk insert
   (:func:`~aggregator.db.telemetry.insert_telemetry_many`). When more than ``max_pending`` messages
   wait, further messages wait in the MQTT client's own queue (paho still reads them) until the writer
   has made room. The storing itself is :mod:`aggregator.ingestion_store`.
+- Batches of telemetry alone are independent of each other, so on PostgreSQL up to
+  ``telemetry_writers`` of them are stored at once, each in its own transaction on its own
+  connection, and the writer is free to take the next batch while fewer than that are being stored:
+  the database's work on one batch overlaps the decoding and storing of the next. (Their rows go in
+  sorted and their ``last_seen_at`` updates take the sites' rows in one order, so they cannot
+  deadlock.) Every other batch is a barrier: it waits until the batches before it have committed,
+  and the batches after it wait until it has, so session events, statuses and acks, and the
+  telemetry around them, are applied exactly as one writer would apply them. So is a telemetry batch
+  that carries the state of charge an open session waits for (see below), so the first such reading
+  in arrival order is the one kept. On SQLite, which takes one writing transaction at a time, one
+  batch is stored at a time whatever ``telemetry_writers`` says, and the writer is free once it has
+  committed.
 - Nothing that one message does stops the loop: a payload that breaks the contract, a message for a
   site not in ``sites``, a session event for a charger the centre does not know, an ack for a command
   the site was not sent, or a database error is logged (naming the topic, and the field for a contract
@@ -66,7 +79,8 @@ How it behaves:
   a gateway going ``online`` after ``offline`` or no status at all (``gateway_online``).
 - With ``mirror``, every committed batch's new telemetry is offered to it
   (:class:`~aggregator.telemetry_mirror.TelemetryMirror`, whose ``offer`` never blocks).
-- Every accepted message also moves the site's ``gateway_status.last_seen_at``.
+- Every accepted message also moves the site's ``gateway_status.last_seen_at`` forward (never back, as
+  batches stored at once may commit out of arrival order).
 
 Caveat: aiomqtt (paho) acknowledges a QoS 1 message when it arrives, not when we have stored it, so a
 crash between the two loses that message (and so does leaving the ``async with`` block by an error;
@@ -96,6 +110,7 @@ from aggregator.ingestion_store import (
     EvseKey,
     Received,
     RejectedMessage,
+    independent,
     load_awaiting_soc,
     store_batch,
 )
@@ -143,6 +158,9 @@ class IngestionSettings:
     """Messages queued for the writer beyond which further ones wait in the MQTT client's queue."""
     telemetry_consumers: int = 1
     """Sessions sharing the telemetry subscription; 1 takes telemetry on the one main session."""
+    telemetry_writers: int = 2
+    """Telemetry-only batches stored at once, each in its own transaction and connection (PostgreSQL;
+    SQLite stores one batch at a time)."""
     share_group: str = "fleetgrid-centre"
     """Name of the shared subscription's group (``$share/{share_group}/...``) when
     ``telemetry_consumers`` is above 1; stable, as the client ids are."""
@@ -211,11 +229,12 @@ class Undecodable:
 
 @dataclass
 class Decoded:
-    """The writer thread's work on one batch: each message decoded (or not), and the valid ones
-    stored in one transaction (``result``), or the error that rolled it back."""
+    """One batch decoded in a worker thread: each message (or its contract error), and whether the
+    valid ones may be stored while other batches are (see
+    :func:`~aggregator.ingestion_store.independent`)."""
 
     messages: list[Received | Undecodable]
-    result: BatchResult | Exception | None
+    independent: bool
 
     @property
     def valid(self) -> list[Received]:
@@ -276,6 +295,8 @@ class Ingestion:
             )
         if settings.telemetry_consumers < 1:
             raise ValueError(f"telemetry_consumers must be at least 1, got {settings.telemetry_consumers}")
+        if settings.telemetry_writers < 1:
+            raise ValueError(f"telemetry_writers must be at least 1, got {settings.telemetry_writers}")
         self.settings = settings
         self._sessions = sessions
         self._replans = replans
@@ -298,6 +319,10 @@ class Ingestion:
         self._room = asyncio.Event()
         self._room.set()
         self._write_lock = asyncio.Lock()
+        self._concurrent_stores: int | None = None
+        """How many batches the database takes at once; ``None`` until the first store has seen it."""
+        self._storing: set[asyncio.Task[None]] = set()
+        """Independent batches being stored."""
         self._closing = False
         self._tasks: asyncio.TaskGroup | None = None
         self._receivers: list[asyncio.Task[None]] = []
@@ -433,7 +458,8 @@ class Ingestion:
 
     async def handle_batch(self, messages: Iterable[tuple[str, object]]) -> None:
         """Count ``(topic, payload)`` pairs as received, then decode and store them as one batch, as the
-        writer would; never raises for a bad message or a database error."""
+        writer would, and return once it (and any batch still being stored) has committed; never raises
+        for a bad message or a database error."""
         batch = []
         for topic_name, payload in messages:
             kind = _kind_of(topic_name)
@@ -441,62 +467,85 @@ class Ingestion:
             batch.append(Arrived(topic_name, kind, payload, self._clock()))
         if batch:
             await self._write(batch)
+            await self._settle()
 
     async def _write_batches(self) -> None:
         limit, linger = self.settings.batch_max_messages, self.settings.batch_linger_s
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._arrived.clear()
-                await self._arrived.wait()
-                continue
-            wait = self._pending_since + linger - time.monotonic()
-            if wait > 0 and len(self._pending) < limit and not self._closing:
-                await asyncio.sleep(min(wait, linger))
-                continue
-            batch, self._pending = self._pending[:limit], self._pending[limit:]
-            self._pending_since = time.monotonic()
-            if len(self._pending) < self.settings.max_pending // 2:
-                self._room.set()
-            await self._write(batch)
+        try:
+            while True:
+                if not self._pending:
+                    if self._closing:
+                        return
+                    self._arrived.clear()
+                    await self._arrived.wait()
+                    continue
+                wait = self._pending_since + linger - time.monotonic()
+                if wait > 0 and len(self._pending) < limit and not self._closing:
+                    await asyncio.sleep(min(wait, linger))
+                    continue
+                if self._concurrent_stores is not None and len(self._storing) >= self._concurrent_stores:
+                    # every writer busy: let the batch grow until one is free (fewer, larger commits)
+                    await asyncio.wait(list(self._storing), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                batch, self._pending = self._pending[:limit], self._pending[limit:]
+                self._pending_since = time.monotonic()
+                if len(self._pending) < self.settings.max_pending // 2:
+                    self._room.set()
+                await self._write(batch)
+        finally:  # what is being stored is counted, even when the writer is cancelled
+            await self._settle()
 
     async def _write(self, batch: list[Arrived]) -> None:
-        """Decode ``batch`` and store it in one transaction, or message by message if that fails;
-        count; act on it."""
+        """Decode ``batch``, then store it (see :meth:`_store_batch`): alongside the batches being
+        stored when it is independent of them, else once they have committed and before the next
+        batch. Returns once the batch is stored or, when independent, once its store has started."""
         async with self._write_lock:
-            decoded = await asyncio.to_thread(self._decode_and_store, batch)
+            decoded = await asyncio.to_thread(self._decode, batch)
             self._count_undecodable(decoded.messages)
-            valid, result = decoded.valid, decoded.result
-            if result is None:
+            valid = decoded.valid
+            if not valid:
                 return
-            if not isinstance(result, Exception):
-                self._committed(valid, result)
-                return
+            if decoded.independent and self._concurrent_stores is not None:
+                while len(self._storing) >= self._concurrent_stores:  # handle_batch does not wait above
+                    await asyncio.wait(list(self._storing), return_when=asyncio.FIRST_COMPLETED)
+                task = asyncio.create_task(self._store_batch(valid), name="ingestion-store")
+                self._storing.add(task)
+                task.add_done_callback(self._storing.discard)
+            else:
+                await self._settle()
+                await self._store_batch(valid)
+
+    async def _settle(self) -> None:
+        """Wait until every batch being stored has committed (or failed) and been counted."""
+        while self._storing:
+            await asyncio.wait(list(self._storing))
+
+    def _decode(self, batch: list[Arrived]) -> Decoded:
+        """Decode ``batch`` (in a worker thread)."""
+        messages = [decode_arrived(a) for a in batch]
+        valid = [m for m in messages if isinstance(m, Received)]
+        return Decoded(messages, independent(valid, self._awaiting_soc))
+
+    async def _store_batch(self, valid: list[Received]) -> None:
+        """Store ``valid`` in one transaction, or message by message if that fails; count; act on it.
+        Never raises."""
+        try:
+            result = await asyncio.to_thread(self._store, valid)
+        except Exception as err:
             if len(valid) == 1:
-                self._count_failure(valid[0], result)
+                self._count_failure(valid[0], err)
                 return
             self.stats.fallbacks += 1
             log.warning(
-                "ingestion: a batch of %d messages failed (%s); storing them one by one", len(valid), result
+                "ingestion: a batch of %d messages failed (%s); storing them one by one", len(valid), err
             )
             for received in valid:
                 try:
                     self._committed([received], await asyncio.to_thread(self._store, [received]))
                 except Exception as one_err:
                     self._count_failure(received, one_err)
-
-    def _decode_and_store(self, batch: list[Arrived]) -> Decoded:
-        """The writer thread's work on one batch: decode, then store the valid messages in one
-        transaction; a store error is returned, for the caller to fall back."""
-        decoded = Decoded([decode_arrived(a) for a in batch], None)
-        valid = decoded.valid
-        if valid:
-            try:
-                decoded.result = self._store(valid)
-            except Exception as err:
-                decoded.result = err
-        return decoded
+            return
+        self._committed(valid, result)
 
     def _count_undecodable(self, messages: list[Received | Undecodable]) -> None:
         for message in messages:
@@ -533,10 +582,15 @@ class Ingestion:
             self._mirror.offer(result.stored_telemetry)
 
     def _store(self, batch: list[Received]) -> BatchResult:
-        """One batch, one transaction (committed here, rolled back on any error); in a worker thread."""
+        """One batch, one transaction (committed here, rolled back on any error); in a worker thread.
+        The first store (never alongside another) loads the open sessions awaiting a state of charge
+        and learns how many batches the database can take at once."""
         with self._sessions() as session, session.begin():
             if self._awaiting_soc is None:
                 self._awaiting_soc = load_awaiting_soc(session)
+            if self._concurrent_stores is None:
+                postgres = session.get_bind().dialect.name == "postgresql"
+                self._concurrent_stores = self.settings.telemetry_writers if postgres else 1
             return store_batch(session, batch, self._awaiting_soc, self._known_sites)
 
 

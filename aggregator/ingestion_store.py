@@ -3,9 +3,12 @@
 :func:`store_batch` is the writer's work for one batch (in a worker thread, inside the caller's
 transaction): it checks the sites, then applies the messages in arrival order, telemetry runs as one
 bulk insert (:func:`~aggregator.db.telemetry.insert_telemetry_many`), statuses, session events and
-acks one by one, and moves each site's ``gateway_status.last_seen_at`` once. What each message did
-comes back as a :class:`BatchResult`, for :mod:`aggregator.ingestion` to count and act on after the
-commit. The rules for each kind of message are in :mod:`aggregator.ingestion`'s docstring.
+acks one by one, and moves each site's ``gateway_status.last_seen_at`` forward once (never back; on
+PostgreSQL in one statement that takes the sites' rows in the order of their ids, so that telemetry
+batches stored at once cannot deadlock). What each message did comes back as a :class:`BatchResult`,
+for :mod:`aggregator.ingestion` to count and act on after the commit. :func:`independent` says which
+batches may be stored alongside others. The rules for each kind of message are in
+:mod:`aggregator.ingestion`'s docstring.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import datetime as dt
 import enum
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, select, update
@@ -157,10 +161,16 @@ class BatchWriter:
         if not self.last_seen:
             return
         self.session.flush()
+        connection = self.session.connection()
+        if connection.dialect.name == "postgresql":
+            sites = sorted(self.last_seen)
+            at = [self.last_seen[site_id] for site_id in sites]
+            connection.exec_driver_sql(_PG_LAST_SEEN, {"site_id": sites, "at": at})
+            return
         table = Base.metadata.tables[GatewayStatusRecord.__tablename__]
-        self.session.connection().execute(
+        connection.execute(
             update(table)
-            .where(table.c.site_id == bindparam("b_site"))
+            .where(table.c.site_id == bindparam("b_site"), table.c.last_seen_at < bindparam("b_at"))
             .values(last_seen_at=bindparam("b_at")),
             [{"b_site": site_id, "b_at": at} for site_id, at in self.last_seen.items()],
         )
@@ -343,8 +353,43 @@ class BatchWriter:
         return Outcome.STORED
 
 
+_PG_LAST_SEEN = """\
+UPDATE gateway_status SET last_seen_at = GREATEST(gateway_status.last_seen_at, seen.at)
+FROM (
+    SELECT g.site_id, v.at
+    FROM gateway_status AS g JOIN unnest(%(site_id)b::varchar[], %(at)b::timestamptz[]) AS v(site_id, at)
+        ON v.site_id = g.site_id
+    ORDER BY g.site_id
+    FOR UPDATE OF g
+) AS seen
+WHERE gateway_status.site_id = seen.site_id"""
+"""``last_seen_at`` of many sites (PostgreSQL): the rows are locked in ``site_id`` order (``ORDER BY``
+then ``FOR UPDATE``), so two transactions moving the same sites wait for each other, never in a
+cycle; a time older than the one stored changes nothing."""
+
+
 def _unknown_site(site_id: str) -> RejectedMessage:
     return RejectedMessage(f"unknown site {site_id!r} (no row in sites)")
+
+
+def independent(batch: Sequence[Received], awaiting_soc: dict[EvseKey, AwaitingSoc] | None) -> bool:
+    """Whether ``batch`` may be stored alongside other batches: it is telemetry alone and none of it
+    reports the state of charge that an open session in ``awaiting_soc`` waits for (``None``: not
+    loaded yet, so no)."""
+    if awaiting_soc is None:
+        return False
+    for received in batch:
+        message = received.message
+        if not isinstance(message, Telemetry):
+            return False
+        if awaiting_soc:
+            for evse in message.evses:
+                if evse.soc_percent is None:
+                    continue
+                waiting = awaiting_soc.get((message.site_id, evse.charger_id, evse.evse_id))
+                if waiting is not None and message.sent_at >= waiting.started_at:
+                    return False
+    return True
 
 
 def load_awaiting_soc(session: Session) -> dict[EvseKey, AwaitingSoc]:

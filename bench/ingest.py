@@ -14,9 +14,11 @@ Processes:
 - this process: :class:`aggregator.ingestion.Ingestion` storing into a fresh SQLite file (default) or
   ``--database-url`` (PostgreSQL: migrated, bench sites created, their old telemetry deleted), with
   ``--consumers`` telemetry connections (``IngestionSettings.telemetry_consumers``: above 1, an MQTT
-  shared subscription). With ``--receive-only`` the writer is off: a bare aiomqtt subscriber (messages
-  handed over as by ingestion, no task per message) only counts them, which measures what the
-  publishers and the broker can deliver and what the MQTT receive path alone costs.
+  shared subscription) and ``--writers`` telemetry batches stored at once
+  (``IngestionSettings.telemetry_writers``, PostgreSQL only). With ``--receive-only`` the writer is
+  off: a bare aiomqtt subscriber (messages handed over as by ingestion, no task per message) only
+  counts them, which measures what the publishers and the broker can deliver and what the MQTT
+  receive path alone costs.
 
 Figures, over the window from the first publish to the last commit:
 
@@ -281,6 +283,7 @@ class Results:
     batches: int
     cpu: dict[str, float | None]
     consumers: int = 1
+    writers: int = 1
     receive_only: bool = False
 
     @property
@@ -304,6 +307,7 @@ async def run_centre(
         batch_max_messages=args.batch,
         batch_linger_s=args.linger,
         telemetry_consumers=args.consumers,
+        telemetry_writers=args.writers,
         share_group=f"bench-{os.getpid()}",
     )
     ingestion: Ingestion | Counter = (
@@ -375,6 +379,7 @@ async def run_centre(
             "postgres": sum(t - pg0.get(pid, 0.0) for pid, t in pg1.items()) / window if postgres else None,
         },
         consumers=args.consumers,
+        writers=args.writers if postgres else 1,
         receive_only=args.receive_only,
     )
 
@@ -463,6 +468,7 @@ def row(results: Results) -> list[str]:
         f"{max(ms, default=float('nan')):.1f}",
         f"{results.stored + results.duplicates:,} in {results.batches:,}",
         str(results.consumers),
+        str(results.writers),
         cpu("ingestion"),
         f"{results.cpu_us_per_message:.0f}",
         cpu("publishers"),
@@ -484,6 +490,7 @@ HEADER = [
     "max ms",
     "messages in batches",
     "telemetry consumers",
+    "writers",
     "CPU ingestion",
     "CPU us/msg",
     "CPU publishers",
@@ -507,6 +514,12 @@ def main() -> None:
         type=int,
         default=1,
         help="IngestionSettings.telemetry_consumers (>1: shared subscription)",
+    )
+    parser.add_argument(
+        "--writers",
+        type=int,
+        default=IngestionSettings.telemetry_writers,
+        help="IngestionSettings.telemetry_writers (telemetry batches stored at once; PostgreSQL only)",
     )
     parser.add_argument(
         "--receive-only", action="store_true", help="writer off: count the telemetry received, store nothing"

@@ -207,3 +207,35 @@ def test_any_deliveries_in_any_batches_store_each_message_once(
     )
     stored = {(site, seq - base): kw for site, seq, kw in sites.execute(query)}
     assert stored == {key: float(i) for key, i in first.items()}
+
+
+def test_a_batch_of_messages_without_readings_or_optional_values(sites: Session) -> None:
+    bare = [Telemetry(site_id="depot-1", seq=seq, sent_at=SENT, site_import_kw=-2.5) for seq in (1, 2)]
+    reading = EvseTelemetry(charger_id="CP-9", evse_id=2, power_kw=0.0)
+    batch = [*bare, Telemetry(site_id="depot-2", seq=1, sent_at=SENT, site_import_kw=0.0, evses=(reading,))]
+    assert insert_telemetry_many(sites, batch, received_at=RECEIVED) == [True, True, True]
+    assert insert_telemetry_many(sites, bare) == [False, False]
+    sites.commit()
+    stored = sites.execute(select(TelemetryRecord.site_id, TelemetryRecord.seq, TelemetryRecord.base_load_kw))
+    assert sorted(stored) == [("depot-1", 1, None), ("depot-1", 2, None), ("depot-2", 1, None)]
+    assert evse_rows(sites) == [(1, "CP-9", 2, 0.0, None, None)]
+
+
+def test_postgresql_takes_a_batch_in_one_order_whatever_its_arrival_order(sites: Session) -> None:
+    """Rows go in sorted by (site, seq), so two writers holding the same redelivered messages wait for
+    each other in one order (ids follow the order of insertion); SQLite keeps arrival order."""
+    batch = [
+        telemetry(5, "depot-2"),
+        telemetry(3, "depot-1"),
+        telemetry(1, "depot-2"),
+        telemetry(2, "depot-1"),
+    ]
+    assert insert_telemetry_many(sites, batch) == [True] * 4
+    sites.commit()
+    inserted = list(
+        sites.execute(select(TelemetryRecord.site_id, TelemetryRecord.seq).order_by(TelemetryRecord.id))
+    )
+    if sites.get_bind().dialect.name == "postgresql":
+        assert inserted == [("depot-1", 2), ("depot-1", 3), ("depot-2", 1), ("depot-2", 5)]
+    else:
+        assert inserted == [(m.site_id, m.seq) for m in batch]

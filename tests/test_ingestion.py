@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiomqtt
 import pytest
@@ -30,6 +32,7 @@ from aggregator.db.models import (
 )
 from aggregator.db.session import make_sessionmaker
 from aggregator.ingestion import Counters, Ingestion, IngestionSettings
+from aggregator.ingestion_store import AwaitingSoc, Received, independent
 from aggregator.replanning import ReplanRequests
 from site_gateway.contract import (
     KIND_FOR_MODEL,
@@ -44,6 +47,7 @@ from site_gateway.contract import (
     Telemetry,
     TopicKind,
     build,
+    decode_message,
     encode,
     telemetry_topic,
     topic,
@@ -647,3 +651,178 @@ def test_messages_beyond_max_pending_wait_in_the_client_and_keep_their_order(
     assert ing.stats[TopicKind.STATUS].received - ing.stats[TopicKind.STATUS].duplicates == 50
     status = seeded.get(GatewayStatusRecord, SITE)
     assert status is not None and status.last_seq == 150
+
+
+def test_telemetry_writers_must_be_at_least_one(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="telemetry_writers must be at least 1, got 0"):
+        Ingestion(IngestionSettings(host="127.0.0.1", telemetry_writers=0), make_sessionmaker(engine))
+
+
+# ------------------------------------------------------------------ telemetry batches stored at once
+
+
+def decoded(*messages: SiteMessage) -> list[Received]:
+    """As the writer has them once decoded."""
+    topics = [topic(m.site_id, KIND_FOR_MODEL[type(m)]) for m in messages]
+    return [
+        Received(t, parsed.kind, payload, T0)
+        for t, m in zip(topics, messages, strict=True)
+        for parsed, payload in [decode_message(t, encode(m))]
+    ]
+
+
+def test_only_telemetry_without_an_awaited_state_of_charge_is_independent() -> None:
+    """What may be stored alongside other batches: telemetry alone, none of it the state of charge
+    (at or after the start) of an open session still waiting for one."""
+    waiting = {(SITE, "cp-1", 1): AwaitingSoc(session_id=7, started_at=T0 + dt.timedelta(minutes=10))}
+    plain = decoded(telemetry(11, 1.0), soc_telemetry(12, None), soc_telemetry(13, 50.0, charger_id="cp-2"))
+    assert independent(plain, waiting)
+    assert independent(plain, {})
+    assert not independent(plain, None)  # not loaded yet: the first batch is stored alone
+    assert independent(decoded(soc_telemetry(9, 30.0)), waiting)  # sent before the session started
+    assert not independent(decoded(telemetry(11, 1.0), soc_telemetry(10, 30.0)), waiting)
+    assert not independent(decoded(telemetry(11, 1.0), session_event(12, "plugged_in")), {})
+    assert not independent(decoded(message(GatewayStatus, 12, state="online", since=T0)), {})
+    assert not independent(decoded(message(CommandAck, 12, command_id="c-1", status="accepted")), {})
+
+
+class Concurrency:
+    """Watches an engine's transactions: the most open at once. With ``meet`` (PostgreSQL), the
+    telemetry inserts number 2 and 3 (of independent batches: the first batch is stored alone) wait
+    for each other, so they must be in two transactions at once or the batches fail."""
+
+    def __init__(self, engine: Engine, *, meet: bool) -> None:
+        self.engine, self.meet = engine, meet
+        self.open = self.peak = self.inserts = 0
+        self.lock = threading.Lock()
+        self.rendezvous = threading.Barrier(2, timeout=TIMEOUT_S)
+
+    def begin(self, conn: Any) -> None:
+        with self.lock:
+            self.open += 1
+            self.peak = max(self.peak, self.open)
+
+    def end(self, conn: Any) -> None:
+        with self.lock:
+            self.open -= 1
+
+    def execute(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not statement.startswith("WITH message AS"):
+            return
+        with self.lock:
+            self.inserts += 1
+            meet = self.meet and self.inserts in (2, 3)
+        if meet:
+            self.rendezvous.wait()
+
+    def __enter__(self) -> Self:
+        for name, fn in self._listeners():
+            event.listen(self.engine, name, fn)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, fn in self._listeners():
+            event.remove(self.engine, name, fn)
+
+    def _listeners(self) -> list[tuple[str, Callable[..., None]]]:
+        return [
+            ("begin", self.begin),
+            ("commit", self.end),
+            ("rollback", self.end),
+            ("before_cursor_execute", self.execute),
+        ]
+
+
+def test_telemetry_batches_stored_at_once_keep_every_guarantee(
+    broker: Mosquitto, engine: Engine, two_sites: Session
+) -> None:
+    """Two sites' telemetry (with redeliveries, some in later batches) in batches of at most 8, up
+    to 3 stored at once on PostgreSQL (one at a time on SQLite), with one site's session events and
+    statuses in between: each message is stored once with its reading, the counters are exact, the
+    events and statuses apply in the order sent, and the session gets the first state of charge sent
+    after its start."""
+    postgres = engine.dialect.name == "postgresql"
+    replans = ReplanRequests()
+    settings = IngestionSettings(
+        host=broker.host,
+        port=broker.port,
+        timeout_s=5.0,
+        backoff=Backoff(initial_s=0.05, max_s=0.5),
+        batch_max_messages=8,
+        telemetry_writers=3,
+    )
+    seqs = itertools.count(1)  # one counter for all of SITE's messages, as its uplink has
+    sent: list[SiteMessage] = []
+    site_telemetry: list[int] = []
+    start = last_status = 0
+    for k in range(1, 121):
+        seq = next(seqs)
+        sent.append(soc_telemetry(seq, seq / 2 if start else None))
+        site_telemetry.append(seq)
+        sent.append(telemetry(k, float(k), site_id=OTHER))
+        if k % 15 == 0:  # redeliveries, which may fall into a batch stored alongside the first copy's
+            sent += [soc_telemetry(site_telemetry[-4], None), telemetry(k - 3, 0.0, site_id=OTHER)]
+        if k == 40:
+            start = next(seqs)
+            sent.append(session_event(start, "started"))
+        if k == 70:
+            sent.append(session_event(next(seqs), "ev_charging_needs", energy_request_kwh=20.0))
+            sent.append(message(GatewayStatus, next(seqs), state="fallback", reason="stale", since=T0))
+        if k == 100:
+            sent.append(session_event(next(seqs), "stopped", energy_kwh=19.5))
+            last_status = next(seqs)
+            sent.append(message(GatewayStatus, last_status, state="online", since=T0))
+    telemetry_sent = sum(isinstance(m, Telemetry) for m in sent)
+
+    async def scenario() -> Ingestion:
+        async with Ingestion(settings, make_sessionmaker(engine), replans=replans) as ing:
+            await ing.wait_subscribed(TIMEOUT_S)
+            async with aiomqtt.Client(broker.host, broker.port, timeout=5) as client:
+                await publish(client, *sent)
+            counters = ing.stats[TopicKind.TELEMETRY]
+            await wait_until(
+                lambda: counters.stored + counters.duplicates + counters.failed == telemetry_sent
+            )
+            await wait_until(
+                lambda: ing.stats[TopicKind.STATUS].stored + ing.stats[TopicKind.SESSION].stored == 5
+            )
+        return ing
+
+    with Concurrency(engine, meet=postgres) as concurrency:
+        ing = asyncio.run(asyncio.wait_for(scenario(), 30))
+
+    assert concurrency.peak >= 2 if postgres else concurrency.peak == 1
+    assert ing.stats.fallbacks == 0
+    assert ing.stats[TopicKind.TELEMETRY] == Counters(received=telemetry_sent, stored=240, duplicates=16)
+    assert ing.stats[TopicKind.SESSION] == Counters(received=3, stored=3)
+    assert ing.stats[TopicKind.STATUS] == Counters(received=2, stored=2)
+    assert stored_seqs(two_sites, SITE) == site_telemetry
+    assert stored_seqs(two_sites, OTHER) == list(range(1, 121))
+    assert two_sites.scalar(select(func.count()).select_from(EvseTelemetryRecord)) == 240
+    assert replans.take() == {SITE: ["arrival:cp-1/1", "needs:cp-1/1", "departure:cp-1/1"]}
+    status = two_sites.get(GatewayStatusRecord, SITE)
+    assert status is not None
+    assert (status.state, status.last_seq) == (GatewayState.ONLINE, last_status)
+    (charging,) = two_sites.scalars(select(ChargingSession)).all()
+    # the first state of charge after the start: the next telemetry's (sent 1 minute later)
+    assert (charging.soc_at_start_percent, charging.energy_kwh) == ((start + 1) / 2, 19.5)
+
+
+def test_last_seen_only_moves_forward(engine: Engine, seeded: Session) -> None:
+    """Batches may commit out of arrival order (stored at once): an earlier reception time committed
+    later does not move ``last_seen_at`` back."""
+    now = [T0 + dt.timedelta(hours=2)]
+    ing = Ingestion(IngestionSettings(host="127.0.0.1"), make_sessionmaker(engine), clock=lambda: now[0])
+    asyncio.run(
+        ing.handle_batch(wire(message(GatewayStatus, 1, state="online", since=T0), telemetry(2, 1.0)))
+    )
+    now[0] = T0 + dt.timedelta(hours=1)
+    asyncio.run(ing.handle_batch(wire(telemetry(3, 1.0))))
+    seeded.expire_all()
+    status = seeded.get(GatewayStatusRecord, SITE)
+    assert status is not None and status.last_seen_at == T0 + dt.timedelta(hours=2)
+    now[0] = T0 + dt.timedelta(hours=3)
+    asyncio.run(ing.handle_batch(wire(telemetry(4, 1.0))))
+    seeded.expire_all()
+    status = seeded.get(GatewayStatusRecord, SITE)
+    assert status is not None and status.last_seen_at == T0 + dt.timedelta(hours=3)
