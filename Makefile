@@ -19,7 +19,7 @@ $(UV):
 	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	$(UV) sync --frozen --compile-bytecode --extra dev --python $(PYTHON)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -15,8 +15,14 @@
     username = "centre"
     password_env = "FLEETGRID_MQTT_PASSWORD"
 
-    [control]                               # see aggregator.control.ControlSettings
-    cadence_minutes = 15
+    [control]                               # aggregator.control.ControlSettings
+    cadence_minutes = 15                    # a duration's key names its unit (CONTROL_DURATIONS)
+    solver_time_limit_s = 10
+    setpoint_validity_minutes = 60
+
+    [control.planning]                      # aggregator.planning.PlanningSettings
+    horizon_hours = 24
+    step_minutes = 15
 
     [influxdb]                              # optional telemetry mirror
     url = "http://127.0.0.1:8086"
@@ -47,23 +53,46 @@
 
 Secrets are never in the file: each ``*_env`` names the environment variable that holds one, and the API's
 signing secret and environment come from ``FLEETGRID_SECRET_KEY`` / ``FLEETGRID_ENVIRONMENT``
-(:class:`aggregator.api.config.Settings`). Every section is optional; unknown keys are refused with the
-file and key named.
+(:class:`aggregator.api.config.Settings`). Every section is optional. A mistake is one line naming the
+file, the key and what is wrong; an unknown key gets the keys its table allows. ``[control]`` is checked
+by :meth:`CentralConfig.control_settings` (``fleetgrid aggregator`` calls it before it starts), so that
+the commands that only need the database do not load the control loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from aggregator.db.session import DEFAULT_URL
-from market_adapters.openadr2 import Openadr2Settings, ProgramMapping
-from market_adapters.openadr3_objects import OpenAdr3Settings
-from site_gateway.config import ConfigError, MqttBrokerSection, read_toml, secret_from_env
+from site_gateway.config import (
+    ConfigError,
+    MqttBrokerSection,
+    config_problems,
+    read_toml,
+    secret_from_env,
+    unknown_key,
+)
+
+if TYPE_CHECKING:  # imported where used: `fleetgrid admin` reads this file and needs neither
+    from aggregator.control import ControlSettings
+    from market_adapters.openadr2 import Openadr2Settings
+    from market_adapters.openadr3_objects import OpenAdr3Settings
 
 EMBEDDED = "embedded"
 
@@ -174,6 +203,8 @@ class Openadr2Section(_OpenadrSection):
     request_timeout_s: float = Field(20.0, gt=0)
 
     def _settings(self, secret: str | None) -> Openadr2Settings:
+        from market_adapters.openadr2 import Openadr2Settings, ProgramMapping
+
         return Openadr2Settings(
             vtn_url=self.vtn_url,
             ven_name=self.ven_name,
@@ -217,6 +248,8 @@ class Openadr3Section(_OpenadrSection):
     request_timeout_s: float = Field(10.0, gt=0)
 
     def _settings(self, secret: str | None) -> OpenAdr3Settings:
+        from market_adapters.openadr3_objects import OpenAdr3Settings
+
         return OpenAdr3Settings(
             vtn_url=self.vtn_url,
             client_id=self.client_id,
@@ -240,16 +273,81 @@ class Openadr3Section(_OpenadrSection):
 OpenadrSection = Annotated[Openadr2Section | Openadr3Section, Field(discriminator="kind")]
 
 
+MINUTE = dt.timedelta(minutes=1)
+HOUR = dt.timedelta(hours=1)
+
+CONTROL_DURATIONS: dict[str, tuple[str, dt.timedelta]] = {
+    "cadence_minutes": ("cadence", MINUTE),
+    "setpoint_validity_minutes": ("setpoint_validity", MINUTE),
+    "horizon_hours": ("horizon", HOUR),
+    "default_dwell_hours": ("default_dwell", HOUR),
+    "overdue_stay_minutes": ("overdue_stay", MINUTE),
+    "base_load_max_age_minutes": ("base_load_max_age", MINUTE),
+}
+"""``[control]`` and ``[control.planning]`` keys that are durations: the key names the unit, and sets the
+:class:`~aggregator.control.ControlSettings` / :class:`~aggregator.planning.PlanningSettings` field
+(a :class:`~datetime.timedelta`). Every other key is the settings field's own name."""
+
+
 class CentralConfig(_Section):
     database: DatabaseSection = DatabaseSection()
     api: ApiSection = ApiSection()
     mqtt: MqttSection = MqttSection()
     control: dict[str, Any] = Field(default_factory=dict)
-    """Passed to :class:`aggregator.control.ControlSettings`, which validates it."""
+    """The control loop's settings as written; :meth:`control_settings` validates them."""
     influxdb: InfluxSection | None = None
     openadr: list[OpenadrSection] = Field(default_factory=list)
     """One VEN per entry, started by the service (see :mod:`aggregator.grid_signals`)."""
 
+    _source: Path | None = PrivateAttr(None)
+    """The file this was read from, named in errors."""
+
     @classmethod
     def load(cls, path: Path) -> CentralConfig:
-        return read_toml(path, cls, CentralConfigError)
+        config = read_toml(path, cls, CentralConfigError)
+        config._source = Path(path)
+        return config
+
+    def control_settings(self) -> ControlSettings:
+        """``[control]`` as the control loop's settings; :class:`CentralConfigError` naming the file, the
+        key (``control.planning.horizon_hours``) and what is wrong, with the keys allowed for an
+        unknown one."""
+        from aggregator.control import ControlSettings
+
+        where = self._source or Path("central.toml")
+        problems: list[str] = []
+        values = _settings_values(self.control, ControlSettings, "control", problems)
+        if not problems:
+            try:
+                return TypeAdapter(ControlSettings).validate_python(values)
+            except ValidationError as error:
+                problems.append(config_problems(error, ControlSettings, prefix="control"))
+        raise CentralConfigError(f"{where}: {'; '.join(problems)}")
+
+
+def _settings_values(
+    table: Mapping[str, Any], settings: Any, where: str, problems: list[str]
+) -> dict[str, Any]:
+    """A ``[control]`` table (or its ``planning`` table) as values of the dataclass ``settings``: durations
+    from :data:`CONTROL_DURATIONS` keys; unknown keys and bad durations appended to ``problems``."""
+    file_keys = {setting: key for key, (setting, _) in CONTROL_DURATIONS.items()}
+    allowed = [file_keys.get(field.name, field.name) for field in dataclasses.fields(settings)]
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in allowed:
+            problems.append(f"{where}.{key}: {unknown_key(key, allowed)}")
+        elif key in CONTROL_DURATIONS:
+            setting, unit = CONTROL_DURATIONS[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                problems.append(
+                    f"{where}.{key}: must be a positive number of {key.rsplit('_', 1)[1]}, got {value!r}"
+                )
+            else:
+                values[setting] = value * unit
+        elif key == "planning" and isinstance(value, Mapping):
+            from aggregator.planning import PlanningSettings
+
+            values[key] = _settings_values(value, PlanningSettings, f"{where}.planning", problems)
+        else:
+            values[key] = value
+    return values

@@ -5,7 +5,10 @@ external_event_id)``), not cancelled, not a price signal (no commitment), overla
 program the site is enrolled in (``program_sites``), whose ``target_sites`` name the site or are empty
 (the whole program). Each interval of an event is one :class:`EventWindow`, clipped to the horizon and
 widened to the step grid (a commitment is never shortened). Price and penalty per kWh come from the
-event row, else the program's ``payment_terms`` ``per_kwh`` / ``penalty_per_kwh``, else 0.
+event row, else the program's ``payment_terms`` ``per_kwh_delivered`` / ``penalty_per_kwh_short``,
+else 0. An event planned with neither (nothing to gain by delivering) gets a line in ``notes`` that
+says it is planned as unpaid, and why: its program is declared unpaid (``Program.unpaid``), or its
+terms pay nothing per kWh.
 
 Each window names the event's public id (its first version's row id, see
 :mod:`aggregator.dispatch_events`) and the sites the event applies to: its ``target_sites`` that are
@@ -98,6 +101,14 @@ def site_event_windows(
         except ValueError as error:
             notes.append(f"dispatch event {event.id}: {error}; planned as unpaid")
             price, penalty = 0.0, 0.0
+        else:
+            if price == 0 and penalty == 0:
+                why = (
+                    "is declared unpaid"
+                    if program.unpaid
+                    else "pays nothing per kWh delivered and charges nothing per kWh short"
+                )
+                notes.append(f"dispatch event {event.id}: program {program.id!r} {why}; planned as unpaid")
         for position, interval in enumerate(event.intervals or []):
             parsed = _interval(interval)
             if parsed is None:

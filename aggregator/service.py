@@ -33,7 +33,7 @@ from aggregator.api.app import create_app
 from aggregator.api.config import Settings
 from aggregator.broker import EmbeddedBroker
 from aggregator.central_config import CentralConfig, Openadr2Section, OpenadrSection
-from aggregator.control import ControlLoop, ControlSettings
+from aggregator.control import ControlLoop
 from aggregator.db.migrate import upgrade
 from aggregator.db.session import make_engine, make_sessionmaker
 from aggregator.grid_signals import GridSignalStore, PortfolioFlexibility
@@ -52,7 +52,7 @@ class AggregatorService:
 
     def __init__(self, config: CentralConfig, settings: Settings) -> None:
         self.config = config
-        self.control_settings = ControlSettings.from_mapping(config.control)
+        self.control_settings = config.control_settings()
         self.settings = settings.model_copy(update={"database_url": config.database.url})
         self.replans = ReplanRequests()
         self.engine = make_engine(config.database.url)

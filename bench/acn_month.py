@@ -46,12 +46,13 @@ def main() -> None:
     console = Console(width=130)
 
     zone = zoneinfo.ZoneInfo(ACN_TIMEZONE)
-    sessions = read_acn_sessions(args.shared / "data/acn/caltech_201903.json.gz")
+    month_start = dt.datetime(2019, 3, 1, tzinfo=zone)  # step 0 of the file; its name does not say
+    sessions = read_acn_sessions(args.shared / "data/acn/caltech_201903.json.gz", start=month_start)
     tariff = read_tou_tariff(args.shared / "data/tariffs/sce_tou_ev_4_march_2019.json")
     scenario = scenario_from_acn(
         sessions,
         tariff,
-        start=dt.datetime(2019, 3, 1, tzinfo=zone),
+        start=month_start,
         end=dt.datetime(2019, 4, 1, tzinfo=zone),
         step_minutes=5,
         demand_interval_minutes=5,

@@ -15,19 +15,26 @@ Fitted by maximum likelihood, with numpy only:
 The printed numbers are embedded as constants in ``aggregator/synthetic.py``; rerun this script and
 update them there if the data or the method changes::
 
-    .venv/bin/python bench/fit_acn_distributions.py [path/to/caltech_201903.json.gz]
+    .venv/bin/python bench/fit_acn_distributions.py [path/to/events.json.gz [START]]
+
+Another file needs its start (its first step's local date, ``2019-11-01``) unless it has an acnportal
+name (``caltech_20191101T000000_20191201T000000_5m_208V_6.6kW.json.gz``), which carries it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
+import zoneinfo
 from pathlib import Path
 
 import numpy as np
 
-from market_adapters.acn import read_acn_sessions
+from market_adapters.acn import ACN_TIMEZONE, read_acn_sessions
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "acn" / "caltech_201903.json.gz"
+DEFAULT_START = dt.datetime(2019, 3, 1, tzinfo=zoneinfo.ZoneInfo(ACN_TIMEZONE))
+"""Step 0 of :data:`DEFAULT_PATH`, whose name does not carry it."""
 
 
 INITIAL_MEANS_H = ((8.5, 15.0), (8.5, 12.0, 18.0))
@@ -66,8 +73,8 @@ def lognormal_mle(x: np.ndarray) -> tuple[float, float]:
     return float(logs.mean()), float(logs.std())
 
 
-def main(path: Path) -> None:
-    sessions = read_acn_sessions(path)
+def main(path: Path, start: dt.datetime | None) -> None:
+    sessions = read_acn_sessions(path, start=start)
     weekday = [s for s in sessions if s.arrival.weekday() < 5]
     arrival_h = np.array([s.arrival.hour + s.arrival.minute / 60 for s in weekday])
     dwell_h = np.array([(s.departure - s.arrival).total_seconds() / 3600 for s in weekday])
@@ -103,4 +110,8 @@ def main(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_PATH)
+    if len(sys.argv) > 1:
+        local = dt.datetime.fromisoformat(sys.argv[2]) if len(sys.argv) > 2 else None
+        main(Path(sys.argv[1]), local and local.replace(tzinfo=zoneinfo.ZoneInfo(ACN_TIMEZONE)))
+    else:
+        main(DEFAULT_PATH, DEFAULT_START)

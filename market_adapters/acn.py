@@ -10,9 +10,13 @@ The format: a JSON document that is itself a JSON *string* (decode twice) holdin
 "context_dict": {object id: {"class": ..., "attributes": {...}}}}``. The top object is an
 ``EventQueue`` whose ``_queue`` lists ``[timestamp, PluginEvent id]``; each ``PluginEvent`` points to
 an ``EV`` (``ev``), each ``EV`` to its ``Battery`` (``_battery``). Times are integer steps (5 minutes
-in ACN-Data) counted from a start the file does not record: 2019-03-01 00:00 America/Los_Angeles for
-the shared Caltech March 2019 file. Steps are absolute time, so a step is added to the start in UTC
-(the daylight-saving change on 2019-03-10 shifts local clock hours against step numbers).
+in ACN-Data) counted from a start the file does not record. acnportal's own file names carry it
+(:func:`acn_file_name`): ``{site}_{start}_{end}_{period}m_{voltage}V_{max battery power}kW.json.gz``
+with ``start`` and ``end`` as local ``YYYYMMDDTHHMMSS`` at the site (every ACN-Data site is in
+:data:`ACN_TIMEZONE`), e.g. ``caltech_20190301T000000_20190401T000000_5m_208V_6.6kW.json.gz``. A file
+named otherwise needs its start given (:class:`AcnStartUnknownError` otherwise): no start is ever
+assumed. Steps are absolute time, so a step is added to the start in UTC (a daylight-saving change
+shifts local clock hours against step numbers).
 
 The outside names map to ours in one table, :data:`VARIABLE_MAP`.
 """
@@ -23,26 +27,29 @@ import datetime as dt
 import gzip
 import json
 import logging
+import re
+import urllib.parse
 import urllib.request
 import zoneinfo
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from market_adapters.errors import AdapterFormatError
+from market_adapters.errors import AdapterError, AdapterFormatError
 from market_adapters.tariffs import TouTariff
 from optimizer.scenario import Evse, Scenario, Site, VehicleSession
 
 logger = logging.getLogger(__name__)
 
 ACN_TIMEZONE = "America/Los_Angeles"
-ACN_START = dt.datetime(2019, 3, 1, tzinfo=zoneinfo.ZoneInfo(ACN_TIMEZONE))
-"""Step 0 of the shared Caltech March 2019 file (local midnight, PST)."""
+"""Local time of every ACN-Data site (Caltech, JPL, Office001: all in California)."""
 ACN_STEP_MINUTES = 5
+"""ACN-Data's period [min], used when neither the file name nor the caller says otherwise."""
 ACN_EVSE_KW = 6.6
 """Maximum power of every Caltech ACN EVSE at 208 V [kW]."""
 ACN_EXPERIMENTS_URL = (
@@ -50,6 +57,14 @@ ACN_EXPERIMENTS_URL = (
     "2_1_acnsim_journal/data/caltech_20190301T000000_20190401T000000_5m_208V_6.6kW.json.gz"
 )
 """Where the ACN-Sim experiments keep the shared March 2019 file (for :func:`fetch_acn_sessions`)."""
+
+ACN_FILE_NAME_PATTERN = re.compile(
+    r"^(?P<site>[^/]+?)_(?P<start>\d{8}T\d{6})_(?P<end>\d{8}T\d{6})_(?P<period>\d+)m_"
+    r"(?P<voltage>\d+(?:\.\d+)?)V_(?P<max_kw>\d+(?:\.\d+)?)kW\.json(?:\.gz)?$"
+)
+"""acnportal's event-queue file name (ACN-Sim experiments, notebook 2.1): ``f"{site}_{start:%Y%m%dT%H%M%S}
+_{end:%Y%m%dT%H%M%S}_{period}m_{voltage}V_{default_battery_power}kW.json.gz"``, times local."""
+ACN_FILE_NAME_EXAMPLE = "caltech_20190301T000000_20190401T000000_5m_208V_6.6kW.json.gz"
 
 VARIABLE_MAP: dict[str, str] = {
     # EV attributes
@@ -67,6 +82,100 @@ _EV_CLASS = "acnportal.acnsim.models.ev.EV"
 _BATTERY_CLASS = "acnportal.acnsim.models.battery.Battery"
 _PLUGIN_CLASS = "acnportal.acnsim.events.event.PluginEvent"
 _QUEUE_CLASS = "acnportal.acnsim.events.event_queue.EventQueue"
+
+
+class AcnStartUnknownError(AdapterError, ValueError):
+    """A file whose step 0 is not known: its name is not acnportal's and no start was given."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        super().__init__(
+            f"{source}: the file does not record when its step 0 is, and its name is not acnportal's "
+            f"(like {ACN_FILE_NAME_EXAMPLE}, which carries it); give the start"
+        )
+
+
+@dataclass(frozen=True)
+class AcnFileName:
+    """What an acnportal event-queue file name says (:data:`ACN_FILE_NAME_PATTERN`)."""
+
+    site: str
+    start: dt.datetime
+    """Step 0, timezone-aware (local time at the site)."""
+    end: dt.datetime
+    """End of the period the file was generated for, timezone-aware."""
+    step_minutes: int
+    voltage_v: float
+    max_battery_kw: float
+    """acnportal's default maximum battery power [kW]."""
+
+
+def acn_file_name(name: str, *, timezone: str = ACN_TIMEZONE) -> AcnFileName | None:
+    """What an acnportal file name (the last part of a path or URL) says, its times read in
+    ``timezone``; ``None`` for a name not in acnportal's form.
+
+    Raises :class:`~market_adapters.errors.AdapterFormatError` for a name in the form whose dates
+    are not dates, whose end is not after its start, or whose period is 0.
+    """
+    found = ACN_FILE_NAME_PATTERN.match(name)
+    if found is None:
+        return None
+    zone = zoneinfo.ZoneInfo(timezone)
+    moments = {}
+    for part in ("start", "end"):
+        try:
+            moments[part] = dt.datetime.strptime(found[part], "%Y%m%dT%H%M%S").replace(tzinfo=zone)
+        except ValueError as error:
+            raise AdapterFormatError(
+                name, "file name", "", f"has {part} {found[part]!r}, not a date YYYYMMDDTHHMMSS"
+            ) from error
+    if moments["end"] <= moments["start"]:
+        raise AdapterFormatError(
+            name, "file name", "", f"has end {found['end']} not after start {found['start']}"
+        )
+    period = int(found["period"])
+    if period < 1:
+        raise AdapterFormatError(name, "file name", "", f"has a period of {found['period']} minutes")
+    return AcnFileName(
+        site=found["site"],
+        start=moments["start"],
+        end=moments["end"],
+        step_minutes=period,
+        voltage_v=float(found["voltage"]),
+        max_battery_kw=float(found["max_kw"]),
+    )
+
+
+def _step_zero(
+    name: str,
+    source: str,
+    start: dt.datetime | None,
+    step_minutes: int | None,
+    timezone: str,
+) -> tuple[dt.datetime, int]:
+    """Step 0 and the step [min] of a file called ``name``: from its name when acnportal's (a
+    ``start`` or ``step_minutes`` given as well must agree), else ``start`` (required) and
+    ``step_minutes`` (default :data:`ACN_STEP_MINUTES`)."""
+    named = acn_file_name(name, timezone=timezone)
+    if named is None:
+        if start is None:
+            raise AcnStartUnknownError(source)
+        return start, step_minutes if step_minutes is not None else ACN_STEP_MINUTES
+    if start is not None and start != named.start:
+        raise AdapterFormatError(
+            source,
+            "file name",
+            "",
+            f"says step 0 is {named.start.isoformat()}, but the start given is {start.isoformat()}",
+        )
+    if step_minutes is not None and step_minutes != named.step_minutes:
+        raise AdapterFormatError(
+            source,
+            "file name",
+            "",
+            f"says steps are {named.step_minutes} min, but {step_minutes} min was given",
+        )
+    return start if start is not None else named.start, named.step_minutes
 
 
 class AcnSession(BaseModel):
@@ -95,46 +204,62 @@ class AcnSession(BaseModel):
 def fetch_acn_sessions(
     url: str = ACN_EXPERIMENTS_URL,
     *,
-    start: dt.datetime = ACN_START,
-    step_minutes: int = ACN_STEP_MINUTES,
+    start: dt.datetime | None = None,
+    step_minutes: int | None = None,
+    timezone: str = ACN_TIMEZONE,
     timeout: float = 60.0,
 ) -> list[AcnSession]:
-    """Download an event-queue file (gzipped or not) from ``url`` and parse it."""
+    """Download an event-queue file (gzipped or not) from ``url`` and parse it; step 0 and the step
+    come from the URL's file name as in :func:`read_acn_sessions`."""
+    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+    first, step = _step_zero(name, url, start, step_minutes, timezone)
     with urllib.request.urlopen(url, timeout=timeout) as response:
         payload = response.read()
-    return parse_acn_sessions(_decode(payload, url), start=start, step_minutes=step_minutes, source=url)
+    return parse_acn_sessions(_decode(payload, url), start=first, step_minutes=step, source=url)
 
 
 def read_acn_sessions(
-    path: str | Path, *, start: dt.datetime = ACN_START, step_minutes: int = ACN_STEP_MINUTES
+    path: str | Path,
+    *,
+    start: dt.datetime | None = None,
+    step_minutes: int | None = None,
+    timezone: str = ACN_TIMEZONE,
 ) -> list[AcnSession]:
     """Read an event-queue file (``.json`` or gzipped) into sessions sorted by arrival.
 
-    Raises :class:`FileNotFoundError` for a missing file and
-    :class:`~market_adapters.errors.AdapterFormatError` for one that is not the acnportal format.
+    Step 0 and the step [min] come from an acnportal file name (:func:`acn_file_name`, local times
+    read in ``timezone``); ``start`` and ``step_minutes`` given as well must agree with it. A file
+    named otherwise needs ``start`` (timezone-aware); its step is ``step_minutes``, by default
+    :data:`ACN_STEP_MINUTES`.
+
+    Raises :class:`FileNotFoundError` for a missing file, :class:`AcnStartUnknownError` when step 0
+    is not known, and :class:`~market_adapters.errors.AdapterFormatError` for a file that is not the
+    acnportal format or a name that disagrees with what was given.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ACN event-queue file not found: {path}")
+    first, step = _step_zero(path.name, str(path), start, step_minutes, timezone)
     return parse_acn_sessions(
-        _decode(path.read_bytes(), str(path)), start=start, step_minutes=step_minutes, source=str(path)
+        _decode(path.read_bytes(), str(path)), start=first, step_minutes=step, source=str(path)
     )
 
 
 def parse_acn_sessions(
     data: str | Mapping[str, Any],
     *,
-    start: dt.datetime = ACN_START,
+    start: dt.datetime,
     step_minutes: int = ACN_STEP_MINUTES,
     source: str = "<data>",
 ) -> list[AcnSession]:
     """Turn a decoded event queue (the dict, or the JSON string acnportal writes) into sessions.
 
-    ``start`` (timezone-aware) is the moment of step 0. Arrival and departure are ``start + step *
-    k`` in absolute time, shown in ``start``'s zone as a fixed UTC offset (``-08:00`` before the
-    2019-03-10 DST change, ``-07:00`` after): their clock hour is local, and subtracting them gives
-    elapsed time (Python subtracts two datetimes sharing one ``ZoneInfo`` in wall-clock time, an
-    hour off across a DST change). Sessions are sorted by (arrival_step, departure_step, session_id).
+    ``start`` (timezone-aware) is the moment of step 0: the payload does not record it. Arrival and
+    departure are ``start + step * k`` in absolute time, shown in ``start``'s zone as a fixed UTC
+    offset (``-08:00`` before the 2019-03-10 DST change, ``-07:00`` after): their clock hour is
+    local, and subtracting them gives elapsed time (Python subtracts two datetimes sharing one
+    ``ZoneInfo`` in wall-clock time, an hour off across a DST change). Sessions are sorted by
+    (arrival_step, departure_step, session_id).
     """
     if start.tzinfo is None or start.utcoffset() is None:
         raise ValueError(f"start must be timezone-aware, got {start}")

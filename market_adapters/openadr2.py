@@ -43,12 +43,6 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-with warnings.catch_warnings():
-    # openleadr imports signxml, whose signer names cryptography's DSA key type in an annotation;
-    # cryptography >= 51 deprecates DSA with a warning at that lookup. We never sign with DSA.
-    warnings.filterwarnings("ignore", message="DSA is deprecated", module="signxml")
-    from openleadr import OpenADRClient, objects
-
 from market_adapters.dispatch import (
     FlexibilityOracle,
     GridSignal,
@@ -434,6 +428,15 @@ class Ven:
     # -- life ------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        # openleadr (and its XML signing stack) is imported here, when a VEN starts, not with the
+        # settings models: `fleetgrid admin --config central.toml` reads those and would wait ~0.5 s.
+        with warnings.catch_warnings():
+            # openleadr imports signxml, whose signer names cryptography's DSA key type in an
+            # annotation; cryptography >= 51 deprecates DSA with a warning at that lookup. We never
+            # sign with DSA.
+            warnings.filterwarnings("ignore", message="DSA is deprecated", module="signxml")
+            from openleadr import OpenADRClient, objects
+
         s = self.settings
         secure = not s.insecure_test_mode
         if not secure:

@@ -2,6 +2,9 @@
 
 Example::
 
+    accept_unknown_tokens = true      # unknown RFID cards and eMAIDs may still charge (a top-level key,
+                                      # so before the first table)
+
     [site]
     id = "depot-north"
     import_limit_kw = 150
@@ -34,8 +37,6 @@ Example::
     phases = 3
     discharge_on_201 = false
 
-    accept_unknown_tokens = true      # top level: unknown RFID cards and eMAIDs may still charge
-
     [[tokens]]                        # local authorization list (the centre will push it later)
     id_token = "04A2B3C4D5"
     driver_id = "driver-17"
@@ -46,13 +47,18 @@ Secrets never sit in the file: ``password_env`` names an environment variable.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 import tomllib
+import types
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 
 class ConfigError(ValueError):
@@ -197,7 +203,8 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def read_toml(path: str | Path, model: type[M], error: type[ConfigError] = ConfigError) -> M:
-    """Read ``path`` as TOML into ``model``; ``error`` naming the file, the field and what is wrong."""
+    """Read ``path`` as TOML into ``model``; ``error`` naming the file, then each key that is wrong and
+    what is wrong with it, on one line (see :func:`config_problems`)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -210,10 +217,118 @@ def read_toml(path: str | Path, model: type[M], error: type[ConfigError] = Confi
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc']) or '(file)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise error(f"{path}: {problems}") from exc
+        raise error(f"{path}: {config_problems(exc, model)}") from exc
+
+
+def config_problems(error: ValidationError, model: Any, prefix: str = "") -> str:
+    """``error``'s problems on one line, ``; ``-separated, in the file's terms: the key path as written
+    in TOML (``chargers[0].max_charge_kw``; ``prefix`` before it), then an unknown key with the keys
+    its table allows, a missing required key, or the value's problem with the value given.
+
+    ``model`` is the type that was validated (a pydantic model or a dataclass): the allowed keys are
+    read from its fields."""
+    return "; ".join(_problem(e, model, prefix) for e in error.errors(include_url=False))
+
+
+def _problem(error: ErrorDetails, model: Any, prefix: str) -> str:
+    path, allowed = _where(model, error["loc"], prefix)
+    if error["type"] == "extra_forbidden":
+        what = unknown_key(str(error["loc"][-1]), allowed)
+    elif error["type"] == "missing":
+        what = "required key missing"
+    else:
+        what = error["msg"].removeprefix("Value error, ")
+        given = error.get("input")
+        if isinstance(given, str | int | float) and repr(given) not in what:
+            shown = repr(given)
+            what += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    text = f"{path}: {what}" if path else what
+    return " ".join(text.splitlines())
+
+
+def unknown_key(key: str, allowed: Sequence[str] | None) -> str:
+    """What is wrong with ``key``: unknown, the closest allowed key if one is close, the allowed keys."""
+    close = difflib.get_close_matches(key, allowed or [], n=1)
+    what = "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
+    return what if allowed is None else f"{what}; allowed keys: {', '.join(allowed)}"
+
+
+def _where(model: Any, loc: tuple[int | str, ...], prefix: str) -> tuple[str, list[str] | None]:
+    """The key path of an error's ``loc`` as written in the file, and the keys that the table holding
+    its last key allows (``None`` where the types do not say). Pydantic's tag of a tagged union's member
+    (``openadr.0.3.client_id``) is not a key of the file and is left out."""
+    path, annotation, table = prefix, model, model
+    for part in loc:
+        member = _tagged_member(annotation, part)
+        if member is not None:
+            annotation = table = member
+            continue
+        table = annotation
+        path += f"[{part}]" if isinstance(part, int) else f"{'.' if path else ''}{part}"
+        annotation = _child(annotation, part)
+    return path, _keys(table)
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The types a field of type ``annotation`` may hold (``Annotated`` and ``None`` taken off)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return tuple(m for arg in get_args(annotation) for m in _members(arg) if m is not type(None))
+    return (annotation,)
+
+
+def _fields(cls: Any) -> dict[str, Any] | None:
+    """Field name -> type of a pydantic model or a dataclass; ``None`` for anything else."""
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return {name: info.annotation for name, info in cls.model_fields.items()}
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+        try:
+            hints = get_type_hints(cls)
+        except (NameError, TypeError):
+            hints = {}
+        return {f.name: hints.get(f.name) for f in dataclasses.fields(cls)}
+    return None
+
+
+def _keys(annotation: Any) -> list[str] | None:
+    for member in _members(annotation):
+        fields = _fields(member)
+        if fields is not None:
+            return list(fields)
+    return None
+
+
+def _child(annotation: Any, part: int | str) -> Any:
+    """The type at key or index ``part`` of a value of type ``annotation`` (``None``: unknown)."""
+    for member in _members(annotation):
+        fields = _fields(member)
+        if fields is not None:
+            if part in fields:
+                return fields[part]
+            continue
+        origin, args = get_origin(member), get_args(member)
+        if isinstance(origin, type) and issubclass(origin, Mapping) and len(args) == 2:
+            return args[1]
+        if isinstance(origin, type) and issubclass(origin, Sequence) and args and isinstance(part, int):
+            return args[0]
+    return None
+
+
+def _tagged_member(annotation: Any, part: int | str) -> Any:
+    """The member of a union that pydantic's ``part`` of an error's location names (a tagged union's
+    tag, or a plain union member's class name), else ``None``."""
+    members = _members(annotation)
+    if len(members) < 2 or not isinstance(part, str):
+        return None
+    for member in members:
+        if part in (getattr(member, "__name__", None), str(member)):  # a plain union's member, by its type
+            return member
+        for field in (_fields(member) or {}).values():
+            if get_origin(field) is Literal and part in get_args(field):
+                return member
+    return None
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from api_world import TestClient, World
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -12,6 +15,7 @@ from typer.testing import CliRunner
 from aggregator.api.security import hash_api_key, verify_password
 from aggregator.cli import app
 from aggregator.db.models import ApiKey, Charger, Program, ProgramSite, Role, Site, User
+from aggregator.settlement.terms import PaymentTerms
 
 runner = CliRunner()
 
@@ -71,6 +75,8 @@ def test_bootstrap_a_depot(database_url: str, session: Session) -> None:
         "dr",
         "--owner",
         "ops@grid.example",
+        "--term",
+        "per_kwh_delivered=0.30",
     )
     ok(database_url, "enrol", "dr-1", "depot-1")
     key = ok(
@@ -86,6 +92,11 @@ def test_bootstrap_a_depot(database_url: str, session: Session) -> None:
     assert (charger.charge_point_id, charger.max_kw, charger.bidirectional) == ("cp-1", 11, True)
     program = session.get(Program, "dr-1")
     assert program is not None and program.owner_id == operator.id
+    assert (program.payment_terms, program.currency, program.unpaid) == (
+        {"per_kwh_delivered": "0.30"},
+        "USD",
+        False,
+    )
     assert session.get(ProgramSite, ("dr-1", "depot-1")) is not None
     stored = session.scalars(select(ApiKey)).one()
     assert stored.key_hash == hash_api_key(key) and stored.site_id == "depot-1" and stored.name == "gw"
@@ -101,7 +112,10 @@ def test_bootstrap_a_depot(database_url: str, session: Session) -> None:
             "Mars/Base",
         ),
         (("add-charger", "nowhere", "cp-1"), "no site 'nowhere'"),
-        (("create-program", "p", "--name", "P", "--kind", "dr", "--owner", "nobody@x.org"), "no account"),
+        (
+            ("create-program", "p", "--name", "P", "--kind", "dr", "--owner", "nobody@x.org", "--unpaid"),
+            "no account",
+        ),
         (("enrol", "no-program", "no-site"), "no program"),
         (
             ("create-user", "a@b.org", "--role", "driver", "--password-env", "UNSET_VARIABLE"),
@@ -121,7 +135,16 @@ def test_a_program_must_be_run_by_a_grid_operator(database_url: str, session: Se
     env = {"PW": "a long enough password"}
     ok(database_url, "create-user", "driver@x.org", "--role", "driver", "--password-env", "PW", env=env)
     code, output = admin(
-        database_url, "create-program", "p", "--name", "P", "--kind", "v2g", "--owner", "driver@x.org"
+        database_url,
+        "create-program",
+        "p",
+        "--name",
+        "P",
+        "--kind",
+        "v2g",
+        "--owner",
+        "driver@x.org",
+        "--unpaid",
     )
     assert code == 2 and "grid_operator" in output
     assert session.get(Program, "p") is None
@@ -145,3 +168,127 @@ def test_config_file_names_the_database(tmp_path: Path) -> None:
     config.write_text("[database]\nurl = 3\n")
     result = runner.invoke(app, ["admin", "--config", str(config), "init-db"])
     assert result.exit_code == 2 and "database.url" in result.output
+
+
+# ------------------------------------------------------------------------------- programs' terms
+
+TERMS = {
+    "currency": "EUR",
+    "per_kwh_delivered": 0.3,
+    "penalty_per_kwh_short": 0.1,
+    "performance_threshold": 0.5,
+    "platform_fee_percent": 20,
+    "wear_funded_by_platform": True,
+}
+"""Payment terms as an operator writes them; stored exactly so."""
+
+TERMS_FILES = {
+    "json": json.dumps(TERMS),
+    "toml": """currency = "EUR"
+per_kwh_delivered = 0.3
+penalty_per_kwh_short = 0.1
+performance_threshold = 0.5
+platform_fee_percent = 20
+wear_funded_by_platform = true
+""",
+    "yaml": """currency: EUR
+per_kwh_delivered: 0.3
+penalty_per_kwh_short: 0.1
+performance_threshold: 0.5
+platform_fee_percent: 20
+wear_funded_by_platform: true
+""",
+}
+
+
+def operator(database_url: str) -> str:
+    env = {"PW": "a long enough password"}
+    ok(database_url, "create-user", "ops@x.org", "--role", "grid_operator", "--password-env", "PW", env=env)
+    return "ops@x.org"
+
+
+def create_program(url: str, *args: str) -> tuple[int, str]:
+    return admin(url, "create-program", "p", "--name", "P", "--kind", "dr", "--owner", "ops@x.org", *args)
+
+
+@pytest.mark.parametrize("suffix", sorted(TERMS_FILES))
+def test_program_terms_come_from_a_file(
+    database_url: str, session: Session, tmp_path: Path, suffix: str
+) -> None:
+    operator(database_url)
+    path = tmp_path / f"terms.{suffix}"
+    path.write_text(TERMS_FILES[suffix])
+    output = ok(database_url, "create-program", "p", "--name", "P", "--kind", "dr", "--owner", "ops@x.org",
+                "--terms", str(path))  # fmt: skip
+    assert "paying 0.3 EUR/kWh delivered" in output
+    program = session.get(Program, "p")
+    assert program is not None
+    assert program.payment_terms == TERMS and program.currency == "EUR" and not program.unpaid
+    terms = PaymentTerms.model_validate(program.payment_terms)  # what settlement and planning read
+    assert (terms.per_kwh_delivered, terms.platform_fee_percent) == (Decimal("0.3"), Decimal(20))
+
+
+def test_a_term_option_sets_one_term_over_the_file(
+    database_url: str, session: Session, tmp_path: Path
+) -> None:
+    operator(database_url)
+    path = tmp_path / "terms.json"
+    path.write_text(json.dumps(TERMS))
+    ok(database_url, "create-program", "p", "--name", "P", "--kind", "v2g", "--owner", "ops@x.org",
+       "--terms", str(path), "--term", "per_kwh_delivered=0.45", "--term", "per_event = 2")  # fmt: skip
+    program = session.get(Program, "p")
+    assert program is not None
+    assert program.payment_terms == {**TERMS, "per_kwh_delivered": "0.45", "per_event": "2"}
+
+
+def test_a_program_without_terms_is_refused(database_url: str, session: Session) -> None:
+    operator(database_url)
+    code, output = create_program(database_url)
+    assert code == 2
+    assert "a dr program needs payment terms" in output
+    assert "--terms FILE" in output and "--term per_kwh_delivered=0.30" in output and "--unpaid" in output
+    assert session.get(Program, "p") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"per_kwh_delivered": -1}', "--terms {path}: per_kwh_delivered: Input should be greater than"),
+        ('{"per_kwh": 0.3}', "per_kwh: Extra inputs are not permitted"),
+        ('{"penalty_per_kwh_short": 0.3}', "the terms pay nothing"),
+        ('{"currency": "EUR", "per_event": 1}', "the terms pay in EUR, the program is in USD"),
+        ("[1, 2]", "--terms {path}: expected a mapping of term names to values, got list"),
+        ("{", "--terms {path}: not valid JSON"),
+    ],
+)
+def test_bad_terms_are_refused_by_name(
+    database_url: str, session: Session, tmp_path: Path, text: str, message: str
+) -> None:
+    operator(database_url)
+    path = tmp_path / "terms.json"
+    path.write_text(text)
+    currency = ["--currency", "usd"] if "per_event" in text else []
+    code, output = create_program(database_url, "--terms", str(path), *currency)
+    assert code == 2
+    assert message.format(path=path) in " ".join(output.split())
+    assert session.get(Program, "p") is None
+
+
+def test_unpaid_and_terms_contradict(database_url: str, session: Session) -> None:
+    operator(database_url)
+    code, output = create_program(database_url, "--unpaid", "--term", "per_kwh_delivered=0.3")
+    assert code == 2 and "--unpaid declares that the program pays nothing" in output
+    code, output = create_program(database_url, "--term", "per_kwh_delivered")
+    assert code == 2 and "expected NAME=VALUE" in output
+    assert session.get(Program, "p") is None
+
+
+def test_an_unpaid_program_is_visible_in_the_api(
+    database_url: str, world: World, client: TestClient, session: Session
+) -> None:
+    output = ok(database_url, "create-program", "dr-free", "--name", "Free DR", "--kind", "dr",
+                "--owner", world.users[Role.GRID_OPERATOR].email, "--unpaid")  # fmt: skip
+    assert "declared unpaid" in output
+    shown = client.get("/admin/programs/dr-free", headers=world.headers(Role.ADMIN))
+    assert shown.status_code == 200, shown.text
+    assert (shown.json()["unpaid"], shown.json()["payment_terms"]) == (True, {})

@@ -50,7 +50,7 @@ def program_body(world: World, **changes: object) -> dict[str, object]:
         "kind": "v2g",
         "owner_id": world.users[Role.GRID_OPERATOR].id,
         "currency": "EUR",
-        "payment_terms": {"per_kwh": 0.3},
+        "payment_terms": {"per_kwh_delivered": 0.3},
         "measurement": {"baseline": "counterfactual"},
         **changes,
     }
@@ -284,12 +284,12 @@ def test_programs_are_created_read_and_changed(
     patched = client.patch(
         f"/admin/programs/{body['id']}",
         headers=admin,
-        json={"owner_id": other, "payment_terms": {"per_kwh": 0.4}, "name": "Summer V2G 2"},
+        json={"owner_id": other, "payment_terms": {"per_kwh_delivered": 0.4}, "name": "Summer V2G 2"},
     )
     assert patched.status_code == 200, patched.text
     assert (patched.json()["owner_id"], patched.json()["payment_terms"], patched.json()["kind"]) == (
         other,
-        {"per_kwh": 0.4},
+        {"per_kwh_delivered": 0.4},
         "v2g",
     )
     by_owner = client.get("/admin/programs", headers=admin, params={"owner_id": other}).json()
@@ -297,7 +297,7 @@ def test_programs_are_created_read_and_changed(
     stored = session.get(Program, body["id"])
     assert stored is not None
     session.refresh(stored)
-    assert stored.payment_terms == {"per_kwh": 0.4}
+    assert stored.payment_terms == {"per_kwh_delivered": 0.4}
 
 
 @pytest.mark.parametrize(
@@ -308,6 +308,15 @@ def test_programs_are_created_read_and_changed(
         ({"currency": "euro"}, "currency"),
         ({"owner_id": 999999}, "owner_id"),
         ({"payment_terms": [1, 2]}, "payment_terms"),
+        ({"payment_terms": {}}, "a program needs payment terms"),
+        ({"payment_terms": {"per_kwh": 0.3}}, "per_kwh: Extra inputs are not permitted"),
+        ({"payment_terms": {"per_kwh_delivered": -1}}, "per_kwh_delivered: Input should be greater than"),
+        ({"payment_terms": {"penalty_per_kwh_short": 1}}, "the terms pay nothing"),
+        (
+            {"payment_terms": {"currency": "USD", "per_event": 5}},
+            "the terms pay in USD, the program is in EUR",
+        ),
+        ({"unpaid": True}, "a program declared unpaid has no payment terms, got per_kwh_delivered"),
     ],
 )
 def test_program_input_is_validated(
@@ -318,6 +327,31 @@ def test_program_input_is_validated(
     )
     assert refused.status_code == 422
     assert field in refused.text
+
+
+def test_an_unpaid_program_is_declared_and_shown(client: TestClient, admin_world: World) -> None:
+    admin = admin_world.headers(Role.ADMIN)
+    body = program_body(admin_world, payment_terms={}, unpaid=True)
+    created = client.post("/admin/programs", headers=admin, json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["unpaid"] is True and created.json()["payment_terms"] == {}
+    assert client.get(f"/admin/programs/{body['id']}", headers=admin).json()["unpaid"] is True
+    paid = client.post("/admin/programs", headers=admin, json=program_body(admin_world)).json()
+    assert paid["unpaid"] is False
+
+    url = f"/admin/programs/{body['id']}"
+    terms_only = client.patch(url, headers=admin, json={"payment_terms": {"per_kwh_delivered": 0.2}})
+    assert terms_only.status_code == 422 and "declared unpaid has no payment terms" in terms_only.text
+    now_paid = client.patch(
+        url, headers=admin, json={"unpaid": False, "payment_terms": {"per_kwh_delivered": 0.2}}
+    )
+    assert now_paid.status_code == 200, now_paid.text
+    assert (now_paid.json()["unpaid"], now_paid.json()["payment_terms"]) == (
+        False,
+        {"per_kwh_delivered": 0.2},
+    )
+    emptied = client.patch(url, headers=admin, json={"payment_terms": {}})
+    assert emptied.status_code == 422 and "needs payment terms" in emptied.text
 
 
 @pytest.mark.parametrize("role", [Role.DRIVER, Role.TRADER, Role.ADMIN])

@@ -22,7 +22,7 @@ from market_adapters.billing import (
     optimizer_tariff,
 )
 from market_adapters.errors import AdapterFormatError
-from market_adapters.meter import MeterDataError, read_meter_csv
+from market_adapters.meter import MeterDataError, MeterUnit, read_meter_csv, stated_unit
 from market_adapters.tariffs import parse_tou_tariff, read_tou_tariff
 from market_adapters.urdb import parse_urdb_tariff, read_urdb_tariff
 from optimizer.scenario import TimeWindow
@@ -319,10 +319,93 @@ def test_meter_csv(tmp_path: Path) -> None:
     assert str(read_meter_csv(across, timezone=LA).index.tz) == LA
 
 
+def test_meter_csv_in_kwh_per_interval(tmp_path: Path) -> None:
+    path = tmp_path / "energy.csv"
+    rows = [f"{t.isoformat()},{v * 0.25}" for t, v in peak_day().items()]  # 15 min: kWh = kW / 4
+    path.write_text("timestamp,kWh\n" + "\n".join(rows) + "\n")
+    meter = read_meter_csv(path)
+    assert meter.to_numpy() == pytest.approx(peak_day().to_numpy())
+    assert bill(acn_sce(), meter).total == Decimal("186.9345") + Decimal("3102")
+    hourly = tmp_path / "hourly.csv"  # 100 kWh in an hour is 100 kW, in 15 minutes 400 kW
+    hourly.write_text("Time,Energy\n2019-08-14T00:00:00-07:00,100\n2019-08-14T01:00:00-07:00,50\n")
+    read = read_meter_csv(hourly, time_column="time", power_column="ENERGY", unit=MeterUnit.KWH)
+    assert read.tolist() == [100.0, 50.0]
+    assert read_meter_csv(hourly, time_column="Time", power_column="Energy", unit="kW").tolist() == [100, 50]
+
+
+@pytest.mark.parametrize(
+    ("column", "unit"),
+    [
+        ("kW", "kW"),
+        ("import_kw", "kW"),
+        ("kWh", "kWh"),
+        ("energy (kWh)", "kWh"),
+        ("power_w", "W"),
+        ("power", None),
+        ("kw_or_kwh", None),
+        ("kwhs", None),
+    ],
+)
+def test_a_column_name_states_a_unit_only_unambiguously(column: str, unit: str | None) -> None:
+    assert stated_unit(column) == unit
+
+
+def site_csv(tmp_path: Path) -> tuple[Path, pd.Series]:
+    """``site.csv`` of a real tiny schedule (3 vehicles, 2019-03-05), and its import [kW]."""
+    from aggregator.reports import write_result
+    from aggregator.synthetic import generate_depot_day
+    from optimizer import SolverOptions, build_problem, optimize
+
+    problem = build_problem(generate_depot_day(3, 1))
+    result = optimize(problem, SolverOptions(time_limit=30))
+    assert result.status.is_ok, result.message
+    write_result(result, tmp_path, plot=False)
+    return tmp_path / "site.csv", pd.Series(result.evaluation.import_kw, index=problem.index)
+
+
+def test_our_own_site_csv_is_billed_from_its_import(tmp_path: Path) -> None:
+    path, import_kw = site_csv(tmp_path)
+    assert import_kw.max() > 0
+    meter = read_meter_csv(path, timezone=LA)
+    assert (meter.index == import_kw.index).all()
+    assert meter.to_numpy() == pytest.approx(import_kw.to_numpy(), rel=1e-5, abs=1e-9)  # "%.6g"
+    assert abs(bill(acn_sce(), meter).total - bill(acn_sce(), import_kw).total) < Decimal("0.01")
+    exported = read_meter_csv(path, power_column="export_kw", timezone=LA)
+    assert exported.to_numpy() == pytest.approx(0.0)
+    with pytest.raises(AdapterFormatError, match="field 'import_kw' says kW, but the unit declared is kWh"):
+        read_meter_csv(path, unit="kWh")
+    lines = path.read_text().splitlines()
+    assert lines[0].split(",")[:2] == ["start", "import_kw"]
+    cells = lines[4].split(",")
+    lines[4] = ",".join([cells[0], "n/a", *cells[2:]])
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AdapterFormatError) as caught:
+        read_meter_csv(path)
+    assert str(caught.value) == f"{path}: line 5: field 'import_kw' 'n/a' is not a number"
+
+
 @pytest.mark.parametrize(
     ("text", "where"),
     [
-        ("time,kW\n", "line 1: must be the header"),
+        (
+            "time,kW\n",
+            r"line 1: has no time column named timestamp or start; name it \(--time-column\); "
+            "its columns: 'time', 'kW'",
+        ),
+        ("timestamp,power\n", "line 1: has no power column named kw or kwh or import_kw"),
+        (
+            "timestamp,kW,kWh\n",
+            r"line 1: has 'kW' and 'kWh'; name the power column to read \(--power-column\)",
+        ),
+        ("timestamp,kW,KW\n", "line 1: field 'kW' appears 2 times"),
+        (
+            "timestamp,kWh\n2019-08-14T00:00:00-07:00,5\n",
+            "has one reading in kWh; the interval it covers needs a second reading",
+        ),
+        (
+            "timestamp,kWh\n2019-08-14T00:15:00-07:00,5\n2019-08-14T00:00:00-07:00,5\n",
+            "line 3: field 'timestamp' 2019-08-14T00:00:00-07:00 is not after the reading before",
+        ),
         (
             "timestamp,kW\n2019-08-14T00:00:00,5\n",
             "line 2: field 'timestamp' '2019-08-14T00:00:00' has no UTC",
@@ -368,3 +451,36 @@ def test_cli_prints_the_bill(tmp_path: Path) -> None:
     meter.write_text("timestamp,kW\n2019-08-14T00:00:00,5\n")
     bad = runner.invoke(cli, args, env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "line 2: field 'timestamp'" in bad.output
+
+
+def test_cli_bills_our_site_csv_and_named_columns(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from aggregator.cli.tariff import app as tariff_app
+
+    cli = typer.Typer()
+    cli.add_typer(tariff_app, name="tariff")
+    runner = CliRunner()
+    acnportal = tmp_path / "sce_tou_ev_4.json"
+    acnportal.write_text(json.dumps(SCE_TOU_EV_4))
+    path, _ = site_csv(tmp_path / "out")
+    expected = bill(acn_sce(), read_meter_csv(path)).total
+    args = ["tariff", "bill", "--tariff", str(acnportal), "--meter", str(path)]
+    result = runner.invoke(cli, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"{cents(expected) / 100:,.2f}" in result.output
+
+    custom = tmp_path / "logger.csv"  # a data logger's own names: 15-minute kWh
+    custom.write_text(
+        "Reading start,site,Demand\n"
+        + "".join(f"{t.isoformat()},depot,{v / 4}\n" for t, v in shifted_day().items())
+    )
+    named = [*args[:5], str(custom), "--time-column", "reading start", "--power-column", "Demand"]
+    unstated = runner.invoke(cli, named, env={"COLUMNS": "400"})
+    assert unstated.exit_code == 2
+    assert f"{custom}: line 1: field 'Demand' does not say whether it holds kW" in unstated.output
+    assert "--unit kW or --unit kWh" in unstated.output
+    billed = runner.invoke(cli, [*named, "--unit", "kwh"], env={"COLUMNS": "200"})
+    assert billed.exit_code == 0, billed.output
+    assert "1,512.49" in billed.output  # the same day as test_cli_prints_the_bill, in kWh

@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from postgres import BACKENDS, PostgresServer
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from aggregator.db.migrate import alembic_config, downgrade, upgrade
 from aggregator.db.models import Base
@@ -80,3 +80,30 @@ def test_constraints_are_named_by_convention(empty_url: str) -> None:
         engine.dispose()
     assert "uq_telemetry_site_id_seq" in unique
     assert checks == {"ck_users_role"}
+
+
+def test_programs_from_before_0006_are_not_declared_unpaid(empty_url: str) -> None:
+    upgrade(empty_url, "0005")
+    engine = make_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO users (email, password_hash, role, is_active, created_at) "
+                    "VALUES ('ops@grid.example', 'x', 'grid_operator', true, CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO programs (id, name, kind, owner_id, currency, payment_terms, "
+                    "measurement, created_at) "
+                    "SELECT 'dr-1', 'DR', 'dr', id, 'USD', '{}', '{}', CURRENT_TIMESTAMP FROM users"
+                )
+            )
+        upgrade(empty_url)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT unpaid FROM programs")).scalar_one() in (False, 0)
+        downgrade(empty_url, "0005")
+        assert "unpaid" not in {c["name"] for c in inspect(engine).get_columns("programs")}
+    finally:
+        engine.dispose()

@@ -1,7 +1,11 @@
-"""The gateway's site.toml: a full file loads, every mistake names its field, secrets come from the env."""
+"""The gateway's site.toml: a full file loads, every mistake names its field, secrets come from the env;
+``fleetgrid gateway`` prints a mistake as one line naming the file, the key and the keys allowed."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,6 +81,61 @@ def test_bad_files_name_the_field(tmp_path: Path, text: str, named: str) -> None
     with pytest.raises(ConfigError, match=named) as error:
         load_config(write(tmp_path, text))
     assert "site.toml" in str(error.value)
+
+
+SITE = '[site]\nid = "x"\nimport_limit_kw = 10\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            SITE + "[ocpp]\nprot = 9100\n",
+            "ocpp.prot: unknown key (did you mean port?); allowed keys: host, port, allow_unknown, tls_cert, "
+            "tls_key, heartbeat_interval_s",
+        ),
+        (
+            SITE + '[[chargers]]\nid = "a"\n[[chargers]]\nid = "b"\nmax_kw = 11\n',
+            "chargers[1].max_kw: unknown key (did you mean max_charge_kw?); allowed keys: id, password_env, "
+            "max_charge_kw, max_discharge_kw, limit_unit, phases, voltage_v, discharge_on_201",
+        ),
+        (
+            SITE + "[sites]\n",
+            "sites: unknown key (did you mean site?); "
+            "allowed keys: site, ocpp, mqtt, control, chargers, tokens, accept_unknown_tokens",
+        ),
+        (
+            SITE + "[control]\ndefault_limit_kw = 'lots'\n",
+            "control.default_limit_kw: Input should be a valid ",
+        ),
+        ('[site]\nid = "x"\n', "site.import_limit_kw: required key missing"),
+    ],
+)
+def test_errors_are_one_line_with_the_keys_allowed(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: ")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_fleetgrid_gateway_prints_one_line_without_a_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, SITE + "[mqtt]\nurl = 'mqtt://127.0.0.1:1883'\noutbox_path = 'outbox.sqlite'\n")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "fleetgrid"), "gateway", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output
+    assert output.strip().splitlines() == [
+        f"error: {path}: mqtt.outbox_path: unknown key (did you mean outbox?); allowed keys: url, username, "
+        "password_env, outbox, keepalive_s"
+    ]
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -412,6 +412,28 @@ def test_dispatch_events_map_to_the_optimizer_events_that_apply(depot: Depot) ->
     build_problem(scenario)
 
 
+def test_an_event_planned_unpaid_says_so_and_why(depot: Depot) -> None:
+    depot.charging(depot.cp2, depot.vehicle())
+    depot.program("paid", per_kwh_delivered=0.5)
+    depot.program("free").unpaid = True  # fleetgrid admin create-program --unpaid
+    depot.program("no-terms")  # made before terms were required
+    paid = depot.event("a", SignalKind.DR_CAP, 60, 120, 20.0, program="paid")
+    free = depot.event("b", SignalKind.DR_CAP, 60, 120, 20.0, program="free")
+    bare = depot.event("c", SignalKind.V2G_EXPORT, 60, 120, 5.0, program="no-terms")
+    inputs = depot.inputs()
+
+    assert inputs.dispatch_event_ids == [paid.id, free.id, bare.id]
+    assert [note for note in inputs.notes if "unpaid" in note] == [
+        f"dispatch event {free.id}: program 'free' is declared unpaid; planned as unpaid",
+        f"dispatch event {bare.id}: program 'no-terms' pays nothing per kWh delivered and charges nothing "
+        "per kWh short; planned as unpaid",
+    ]
+    assert inputs.to_json()["notes"] == inputs.notes  # stored with the plan
+    scenario = inputs.scenario_with_events([40.0] * 96)
+    assert [event.payment_per_kwh for event in scenario.dr_events] == [0.5, 0.0]
+    assert [dispatch.price_per_kwh for dispatch in scenario.v2g_dispatches] == [0.0]
+
+
 def test_each_vehicles_frozen_power_replaces_its_fresh_power_in_the_events_baseline(depot: Depot) -> None:
     """A version made at 11:45 listing the ``cut`` event planned the vehicle at 4, 5, 6, 7 kW without it
     (11:45 to 12:45): that is its frozen baseline. With a fresh counterfactual of 40 kW, 3 of them the

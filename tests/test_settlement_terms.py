@@ -20,6 +20,7 @@ from aggregator.settlement.terms import (
     capacity_revenue,
     event_revenue,
     minor_units,
+    program_payment_terms,
 )
 from market_adapters.dispatch import SignalKind
 
@@ -29,6 +30,36 @@ class Performance:
     delivered_kwh: float
     shortfall_kwh: float
     performance_factor: float
+
+
+@pytest.mark.parametrize(
+    ("terms", "pays"),
+    [
+        ({"per_kwh_delivered": "0.30"}, True),
+        ({"per_kw_availability_hour": 1}, True),
+        ({"per_event": 5}, True),
+        ({"capacity_per_kw_month": 2}, True),
+        ({"penalty_per_kwh_short": 1, "platform_fee_percent": 10}, False),
+    ],
+)
+def test_terms_pay_when_a_rate_pays(terms: dict[str, object], pays: bool) -> None:
+    assert PaymentTerms.model_validate({"currency": "EUR", **terms}).pays is pays
+
+
+def test_a_program_pays_or_is_declared_unpaid() -> None:
+    terms = program_payment_terms({"per_kwh_delivered": "0.30"}, "EUR")
+    assert terms is not None and (terms.currency, terms.per_kwh_delivered) == ("EUR", Decimal("0.30"))
+    assert program_payment_terms({}, "EUR", unpaid=True) is None
+    with pytest.raises(TermsError, match="needs payment terms"):
+        program_payment_terms({}, "EUR")
+    with pytest.raises(TermsError, match="declared unpaid has no payment terms, got per_event"):
+        program_payment_terms({"per_event": 1}, "EUR", unpaid=True)
+    with pytest.raises(TermsError, match="the terms pay nothing"):
+        program_payment_terms({"penalty_per_kwh_short": 1}, "EUR")
+    with pytest.raises(TermsError, match="currency: the terms pay in USD, the program is in EUR"):
+        program_payment_terms({"currency": "USD", "per_event": 1}, "EUR")
+    with pytest.raises(TermsError, match="per_kwh_delivered: Input should be greater than or equal to 0"):
+        program_payment_terms({"per_kwh_delivered": -1}, "EUR")
 
 
 def test_terms_validate_from_the_program_json() -> None:

@@ -10,24 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aggregator.api.schemas import UserCreate
 from aggregator.api.schemas.admin import SiteCreate
-from aggregator.api.security import hash_api_key, hash_password, new_api_key
-from aggregator.central_config import CentralConfig, CentralConfigError
-from aggregator.db.migrate import upgrade
 from aggregator.db.models import ApiKey, Charger, Program, ProgramKind, ProgramSite, Role, Site, User
 from aggregator.db.session import make_engine, make_sessionmaker
+
+if TYPE_CHECKING:
+    from aggregator.settlement.terms import PaymentTerms
 
 console = Console()
 app = typer.Typer(no_args_is_help=True, help="Bootstrap users, sites, chargers, programs and API keys.")
@@ -47,6 +48,8 @@ def _database(
     if config is not None and database_url is not None:
         _fail("give --config or --database-url, not both")
     if config is not None:
+        from aggregator.central_config import CentralConfig, CentralConfigError
+
         try:
             _state["url"] = CentralConfig.load(config).database.url
         except CentralConfigError as error:
@@ -56,12 +59,14 @@ def _database(
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # one line, as written
     raise typer.Exit(code=2)
 
 
 @contextlib.contextmanager
 def _session() -> Iterator[Session]:
+    from aggregator.db.migrate import upgrade
+
     url = _state["url"]
     upgrade(url)
     engine = make_engine(url)
@@ -99,6 +104,8 @@ def _user(session: Session, email: str) -> User:
 @app.command("init-db")
 def init_db() -> None:
     """Create or migrate the database to the latest schema."""
+    from aggregator.db.migrate import upgrade
+
     upgrade(_state["url"])
     console.print("database is at the latest schema")
 
@@ -112,6 +119,8 @@ def create_user(
     ),
 ) -> None:
     """Create an account of any role."""
+    from aggregator.api.security import hash_password
+
     if password_env is not None:
         password = os.environ.get(password_env)
         if password is None:
@@ -181,16 +190,109 @@ def create_program(
     name: str = typer.Option(..., "--name"),
     kind: ProgramKind = typer.Option(..., "--kind", help="dr or v2g"),
     owner: str = typer.Option(..., "--owner", help="E-mail of the grid operator running it"),
-    currency: str = typer.Option("USD", "--currency"),
+    currency: str | None = typer.Option(
+        None, "--currency", help="ISO 4217 code (default: the terms' currency, else USD)"
+    ),
+    terms: Path | None = typer.Option(
+        None,
+        "--terms",
+        help="Payment terms: a JSON, TOML or YAML file of PaymentTerms fields "
+        "(aggregator/settlement/terms.py), e.g. per_kwh_delivered = 0.30",
+    ),
+    term: list[str] = typer.Option(
+        [], "--term", help="One payment term NAME=VALUE, e.g. per_kwh_delivered=0.30 (over --terms)"
+    ),
+    unpaid: bool = typer.Option(
+        False, "--unpaid", help="Declare that the program pays nothing: its events are planned unpaid"
+    ),
 ) -> None:
-    """Create a DR or V2G program run by a grid operator."""
+    """Create a DR or V2G program run by a grid operator, with payment terms or declared unpaid."""
+    from aggregator.api.schemas.admin import ProgramCreate
+    from aggregator.settlement.terms import TermsError, program_payment_terms
+
+    given = _payment_terms(terms, term)
+    if unpaid and given:
+        _fail("--unpaid declares that the program pays nothing; give it without --terms or --term")
+    if not unpaid and not given:
+        _fail(
+            f"a {kind.value} program needs payment terms, else its events are planned as unpaid and "
+            "deliver nothing: give --terms FILE (JSON, TOML or YAML, e.g. per_kwh_delivered = 0.30) "
+            "or --term per_kwh_delivered=0.30, or pass --unpaid to create it explicitly unpaid"
+        )
+    code = (currency or str(given.get("currency", "USD"))).upper()
+    try:
+        paying = program_payment_terms(given, code, unpaid=unpaid)
+    except TermsError as error:
+        _fail(f"{'--terms ' + str(terms) if terms is not None else '--term'}: {error}")
     with _session() as session:
         operator = _user(session, owner)
         if operator.role is not Role.GRID_OPERATOR:
             _fail(f"{owner} is a {operator.role.value}; a program is run by a grid_operator")
-        session.add(Program(id=program_id, name=name, kind=kind, owner_id=operator.id, currency=currency))
+        body = _validated(
+            ProgramCreate,
+            id=program_id,
+            name=name,
+            kind=kind,
+            owner_id=operator.id,
+            currency=code,
+            unpaid=unpaid,
+            payment_terms=given,
+        )
+        session.add(Program(**body.model_dump()))
         _commit(session, f"program {program_id!r}")
-        console.print(f"created {kind.value} program {program_id} run by {owner}")
+        pays = "declared unpaid" if paying is None else f"paying {_rates(paying)}"
+        console.print(f"created {kind.value} program {program_id} run by {owner}, {pays}")
+
+
+def _payment_terms(path: Path | None, pairs: list[str]) -> dict[str, Any]:
+    """The terms of ``--terms FILE`` (a mapping), with each ``--term NAME=VALUE`` set over them."""
+    given: dict[str, Any] = {}
+    if path is not None:
+        import json
+        import tomllib
+
+        import yaml
+
+        parsers: dict[str, Callable[[str], Any]] = {
+            ".json": json.loads,
+            ".toml": tomllib.loads,
+            ".yaml": yaml.safe_load,
+            ".yml": yaml.safe_load,
+        }
+        parse = parsers.get(path.suffix.lower())
+        if parse is None:
+            _fail(f"--terms {path}: expected a .json, .toml, .yaml or .yml file")
+        assert parse is not None
+        try:
+            loaded = parse(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            _fail(f"--terms {path}: {error.strerror or error}")
+        except (ValueError, yaml.YAMLError) as error:  # JSON and TOML decode errors are ValueErrors
+            _fail(f"--terms {path}: not valid {path.suffix.lstrip('.').upper()}: {error}")
+        if not isinstance(loaded, dict):
+            _fail(f"--terms {path}: expected a mapping of term names to values, got {type(loaded).__name__}")
+        given.update(loaded)
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            _fail(f"--term {pair!r}: expected NAME=VALUE, e.g. per_kwh_delivered=0.30")
+        given[key.strip()] = value.strip()
+    return given
+
+
+def _rates(terms: PaymentTerms) -> str:
+    """The rates ``terms`` pay, e.g. ``0.30 USD/kWh delivered``."""
+    units = {
+        "per_kwh_delivered": "/kWh delivered",
+        "per_kw_availability_hour": "/(kW·h) available",
+        "per_event": " per event",
+        "capacity_per_kw_month": "/(kW·month)",
+    }
+    return ", ".join(
+        f"{getattr(terms, name)} {terms.currency}{unit}"
+        for name, unit in units.items()
+        if getattr(terms, name)
+    )
 
 
 @app.command("enrol")
@@ -213,6 +315,8 @@ def issue_key(
     name: str | None = typer.Option(None, "--name", help="What the key is for"),
 ) -> None:
     """Issue an API key; it is printed once, only its hash is stored."""
+    from aggregator.api.security import hash_api_key, new_api_key
+
     with _session() as session:
         account = _user(session, owner)
         if site_id is not None:

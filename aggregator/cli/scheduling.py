@@ -47,28 +47,64 @@ def spinner(text: str) -> Iterator[None]:
         yield
 
 
-def acn_scenario(acn: Path, tariff: Path) -> Scenario:
-    """Real ACN-Data sessions under a real tariff, on the data's 5-minute steps."""
-    from market_adapters.acn import ACN_TIMEZONE, read_acn_sessions, scenario_from_acn
+def acn_start(value: str, timezone: str) -> dt.datetime:
+    """``--start``: a local date (``2019-03-01``, midnight) or date and time in ``timezone``; one
+    with a UTC offset is that moment."""
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(f"--start {value!r} is not a local date like 2019-03-01 (or 2019-03-01T06:00)") from None
+    zone = zoneinfo.ZoneInfo(timezone)
+    return moment.replace(tzinfo=zone) if moment.tzinfo is None else moment.astimezone(zone)
+
+
+def acn_scenario(acn: Path, tariff: Path, start: str | None = None) -> Scenario:
+    """Real ACN-Data sessions under a real tariff, on the data's steps (5 min unless the file's
+    acnportal name says otherwise), whole local days. Step 0 comes from the file's acnportal name
+    or ``start`` (``--start``); with neither, the command fails and says so."""
+    from market_adapters.acn import (
+        ACN_FILE_NAME_EXAMPLE,
+        ACN_STEP_MINUTES,
+        ACN_TIMEZONE,
+        AcnStartUnknownError,
+        acn_file_name,
+        read_acn_sessions,
+        scenario_from_acn,
+    )
     from market_adapters.tariffs import read_tou_tariff
 
-    sessions = read_acn_sessions(acn)
+    try:
+        sessions = read_acn_sessions(acn, start=None if start is None else acn_start(start, ACN_TIMEZONE))
+    except AcnStartUnknownError:
+        raise fail(
+            f"--acn {acn}: the file does not record when it starts, and its name is not acnportal's "
+            f"(like {ACN_FILE_NAME_EXAMPLE}, which carries the start); give --start YYYY-MM-DD, "
+            f"the local date of its first step in {ACN_TIMEZONE}"
+        ) from None
     if not sessions:
         raise fail(f"{acn}: no sessions")
+    named = acn_file_name(acn.name)
+    step_minutes = named.step_minutes if named is not None else ACN_STEP_MINUTES
     zone = zoneinfo.ZoneInfo(ACN_TIMEZONE)
     first = min(s.arrival for s in sessions).astimezone(zone)
     last = max(s.departure for s in sessions).astimezone(zone)
-    start = first.replace(hour=0, minute=0, second=0, microsecond=0)
+    begin = first.replace(hour=0, minute=0, second=0, microsecond=0)
     end = (last + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return scenario_from_acn(sessions, read_tou_tariff(tariff), start=start, end=end, step_minutes=5)
+    return scenario_from_acn(
+        sessions, read_tou_tariff(tariff), start=begin, end=end, step_minutes=step_minutes
+    )
 
 
-def load_problem(scenario: Path | None, acn: Path | None, tariff: Path | None) -> Problem:
+def load_problem(
+    scenario: Path | None, acn: Path | None, tariff: Path | None, start: str | None = None
+) -> Problem:
     try:
         if acn is not None:
             if tariff is None:
                 raise fail("--acn needs --tariff (an acnportal tariff JSON)")
-            return build_problem(acn_scenario(acn, tariff))
+            return build_problem(acn_scenario(acn, tariff, start))
+        if start is not None:
+            raise fail("--start is the first step of an --acn file; a scenario file carries its own start")
         if scenario is None:
             raise fail("give a SCENARIO file, or --acn FILE --tariff FILE")
         return build_problem(read_scenario(scenario))
@@ -111,8 +147,9 @@ def run_schedule(
     tariff: Path | None,
     online: bool,
     plot: bool,
+    start: str | None = None,
 ) -> None:
-    problem = load_problem(scenario, acn, tariff)
+    problem = load_problem(scenario, acn, tariff, start)
     options = SolverOptions(time_limit=time_limit, mip_gap=gap)
     result = solve_online(problem, options) if online else solve_one(problem, policy, options)
     console.print(result_table(result))
@@ -137,3 +174,46 @@ def run_demo(*, vehicles: int, seed: int, out: Path) -> None:
     console.print(comparison_table([result, *(baseline(problem, name) for name in POLICIES)]))
     paths = write_result(result, out)
     console.print(f"MILP schedule written to {out}/ ({', '.join(p.name for p in paths)})")
+
+
+def schedule(
+    scenario: Path | None = typer.Argument(
+        None, help="Scenario file (JSON or YAML); see `fleetgrid scenario schema`"
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Directory for schedule.csv, site.csv, summary.json, schedule.png"
+    ),
+    policy: str = typer.Option("milp", help="milp, uncontrolled, edf or round-robin"),
+    time_limit: float = typer.Option(60.0, "--time-limit", help="Solver time limit [s]"),
+    gap: float = typer.Option(0.005, "--gap", help="Relative MIP gap (0.005 = 0.5 %)"),
+    compare: bool = typer.Option(False, "--compare", help="Print the MILP against the three baselines"),
+    acn: Path | None = typer.Option(
+        None, "--acn", help="ACN-Data sessions (acnportal event-queue JSON, .gz ok)"
+    ),
+    tariff: Path | None = typer.Option(None, "--tariff", help="acnportal tariff JSON (with --acn)"),
+    start: str | None = typer.Option(
+        None,
+        "--start",
+        help="With --acn: the local date (America/Los_Angeles) of the file's first step, e.g. "
+        "2019-03-01; needed unless the file has an acnportal name "
+        "(site_YYYYMMDDTHHMMSS_YYYYMMDDTHHMMSS_5m_208V_6.6kW.json.gz)",
+    ),
+    online: bool = typer.Option(
+        False, "--online", help="With --acn: rolling horizon, sessions known on arrival"
+    ),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Skip schedule.png"),
+) -> None:
+    """Schedule one site and write the schedule, site totals, a summary and a plot."""
+    run_schedule(
+        scenario=scenario,
+        out=out,
+        policy=policy,
+        time_limit=time_limit,
+        gap=gap,
+        compare=compare,
+        acn=acn,
+        tariff=tariff,
+        online=online,
+        plot=not no_plot,
+        start=start,
+    )

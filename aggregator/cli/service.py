@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from aggregator.api.config import InsecureSettingsError, Settings
 from aggregator.central_config import CentralConfig, CentralConfigError
@@ -27,9 +28,10 @@ def aggregator(
         logging.getLogger().setLevel(logging.INFO)
     try:
         central = CentralConfig.load(config)
+        central.control_settings()  # the file's every mistake now, in one line, not at the loop's start
         settings = Settings.from_env()
     except (CentralConfigError, InsecureSettingsError, ValidationError, ValueError) as error:
-        console.print(f"[bold red]error:[/] {error}")
+        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(code=2) from error
 
     async def run() -> None:

@@ -252,6 +252,9 @@ class Program(Base):
     the platform fee and wear compensation; validated by ``aggregator.settlement``."""
     measurement: Mapped[dict[str, Any]] = mapped_column(default=dict)
     """How delivery is measured: the baseline method and its parameters (``aggregator.settlement``)."""
+    unpaid: Mapped[bool] = mapped_column(default=False)
+    """The operator declared that the program pays nothing (``fleetgrid admin create-program
+    --unpaid``): no ``payment_terms``, and its events are planned without payment on purpose."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     sites: Mapped[list[Site]] = relationship(secondary="program_sites", order_by="Site.id")

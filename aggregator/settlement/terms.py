@@ -37,16 +37,21 @@ derived from the rounded lines, so ``gross - threshold_reduction - penalty - pla
 platform funds it).
 
 Capacity payments are monthly, not per event: :func:`capacity_revenue`.
+
+A program either has terms that pay (:attr:`PaymentTerms.pays`) or is declared unpaid
+(``Program.unpaid``), never neither: :func:`program_payment_terms` is the rule the admin API and
+``fleetgrid admin create-program`` apply.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CURRENCY_EXPONENTS: dict[str, int] = {
     "AUD": 2,
@@ -159,6 +164,52 @@ class PaymentTerms(BaseModel):
     def exponent(self) -> int:
         """Minor-unit exponent of :attr:`currency`."""
         return CURRENCY_EXPONENTS[self.currency]
+
+    @property
+    def pays(self) -> bool:
+        """Whether the terms pay anything: per kWh delivered, per kW·h available, per event or per
+        kW·month of capacity."""
+        return any(getattr(self, name) for name in PAID_RATES)
+
+
+PAID_RATES = ("per_kwh_delivered", "per_kw_availability_hour", "per_event", "capacity_per_kw_month")
+"""The :class:`PaymentTerms` fields that pay the program's participants."""
+
+
+def program_payment_terms(
+    payment_terms: Mapping[str, Any], currency: str, *, unpaid: bool = False
+) -> PaymentTerms | None:
+    """A program's ``payment_terms`` validated (their currency by default the program's
+    ``currency``), or ``None`` for a program declared ``unpaid``.
+
+    Raises :class:`TermsError`, naming the field: for terms that do not validate, that pay nothing
+    (:data:`PAID_RATES` all 0) or are in another currency than the program's; for a program declared
+    unpaid that has terms; and for one that has none and is not declared unpaid.
+    """
+    if unpaid:
+        if payment_terms:
+            raise TermsError(
+                f"a program declared unpaid has no payment terms, got {', '.join(map(str, payment_terms))}"
+            )
+        return None
+    if not payment_terms:
+        raise TermsError(
+            "a program needs payment terms (e.g. per_kwh_delivered), or to be declared unpaid; "
+            "an event of a program without terms is planned as unpaid"
+        )
+    try:
+        terms = PaymentTerms.model_validate({"currency": currency, **payment_terms})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise TermsError(problems) from error
+    if terms.currency != currency.upper():
+        raise TermsError(f"currency: the terms pay in {terms.currency}, the program is in {currency}")
+    if not terms.pays:
+        raise TermsError(
+            f"the terms pay nothing ({', '.join(f'{name} = 0' for name in PAID_RATES)}); give a rate, "
+            "or declare the program unpaid"
+        )
+    return terms
 
 
 class LineKind(enum.StrEnum):

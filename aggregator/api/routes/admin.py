@@ -36,6 +36,7 @@ from aggregator.api.schemas.admin import (
 )
 from aggregator.api.security import hash_api_key, new_api_key
 from aggregator.db.models import ApiKey, Charger, Program, ProgramSite, Role, Site, User
+from aggregator.settlement.terms import TermsError, program_payment_terms
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_roles(Role.ADMIN))])
 
@@ -249,7 +250,8 @@ def _grid_operator(session: Session, owner_id: int) -> User:
 
 @router.post("/programs", status_code=status.HTTP_201_CREATED)
 def create_program(body: ProgramCreate, session: SessionDep) -> ProgramPublic:
-    """A grid operator's DR or V2G program; payment terms and measurement are stored as given."""
+    """A grid operator's DR or V2G program: payment terms that pay (validated, stored as given), or
+    ``unpaid: true``; measurement is stored as given."""
     _grid_operator(session, body.owner_id)
     program = Program(**body.model_dump())
     session.add(program)
@@ -284,6 +286,15 @@ def update_program(program_id: str, body: ProgramUpdate, session: SessionDep) ->
     changes = body.changes()
     if "owner_id" in changes:
         _grid_operator(session, changes["owner_id"])
+    if changes.keys() & {"currency", "unpaid", "payment_terms"}:
+        try:
+            program_payment_terms(
+                changes.get("payment_terms", program.payment_terms),
+                changes.get("currency", program.currency),
+                unpaid=changes.get("unpaid", program.unpaid),
+            )
+        except TermsError as error:
+            raise _unprocessable(f"payment_terms: {error}") from error
     for name, value in changes.items():
         setattr(program, name, value)
     session.commit()

@@ -10,10 +10,20 @@ import datetime as dt
 import zoneinfo
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from aggregator.api.schemas import UserPublic
 from aggregator.db.models import Program, ProgramKind
+from aggregator.settlement.terms import program_payment_terms
 from site_gateway.contract import CHARGER_ID_PATTERN, SITE_ID_PATTERN
 
 SiteId = Annotated[str, Field(pattern=SITE_ID_PATTERN)]
@@ -157,7 +167,9 @@ Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 """An ISO 4217 code (``EUR``)."""
 
 
-class ProgramCreate(BaseModel):
+class ProgramFields(BaseModel):
+    """What a program is made of, as :class:`ProgramCreate` takes it and :class:`ProgramPublic` shows it."""
+
     id: ProgramSlug
     """The program's slug (lower case); what :attr:`GridSignal.program_id` names."""
     name: Name
@@ -165,10 +177,26 @@ class ProgramCreate(BaseModel):
     owner_id: int
     """The ``grid_operator`` account that runs the program and posts its events."""
     currency: Currency = "USD"
+    unpaid: bool = False
+    """``true`` declares that the program pays nothing: it has no ``payment_terms``, and its events are
+    planned without payment on purpose."""
     payment_terms: dict[str, Any] = Field(default_factory=dict)
-    """How the program pays; stored as given (``aggregator.settlement`` validates it)."""
+    """How the program pays: the fields of :class:`aggregator.settlement.terms.PaymentTerms` (their
+    ``currency`` by default the program's), stored as given."""
     measurement: dict[str, Any] = Field(default_factory=dict)
     """How delivery is measured (baseline method and parameters); stored as given."""
+
+
+class ProgramCreate(ProgramFields):
+    """A new program: payment terms that pay, or ``unpaid: true``
+    (:func:`aggregator.settlement.terms.program_payment_terms`)."""
+
+    @field_validator("payment_terms")
+    @classmethod
+    def _paid_or_declared_unpaid(cls, terms: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "currency" in info.data and "unpaid" in info.data:  # else those fields are refused already
+            program_payment_terms(terms, info.data["currency"], unpaid=info.data["unpaid"])
+        return terms
 
 
 class ProgramUpdate(Update):
@@ -177,11 +205,13 @@ class ProgramUpdate(Update):
     name: Name | None = None
     owner_id: int | None = None
     currency: Currency | None = None
+    unpaid: bool | None = None
     payment_terms: dict[str, Any] | None = None
+    """Replaces the terms whole; the program as changed must still pay or be declared unpaid."""
     measurement: dict[str, Any] | None = None
 
 
-class ProgramPublic(ProgramCreate):
+class ProgramPublic(ProgramFields):
     created_at: dt.datetime
     site_ids: list[str]
     """The enrolled sites, by id."""
@@ -191,7 +221,7 @@ class ProgramPublic(ProgramCreate):
     def _from_program(cls, data: Any) -> Any:
         if isinstance(data, Program):
             return {
-                **{name: getattr(data, name) for name in ProgramCreate.model_fields},
+                **{name: getattr(data, name) for name in ProgramFields.model_fields},
                 "created_at": data.created_at,
                 "site_ids": [site.id for site in data.sites],
             }
