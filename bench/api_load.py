@@ -3,7 +3,7 @@
 - The API (:func:`aggregator.api.app.create_app`) runs under uvicorn in its own process, on a free
   port, on an SQLite file in a temporary directory or on ``--database-url`` (migrated first).
 - Seeding: ``--sites`` sites, each with ``--versions`` schedule versions of a synthetic depot day
-  (:func:`aggregator.synthetic.generate_depot_day`, ``--vehicles`` × 96 quarter-hour steps, a third
+  (:func:`workbench.synthetic.generate_depot_day`, ``--vehicles`` × 96 quarter-hour steps, a third
   V2G) solved by the optimizer and stored as the control loop stores them; one trader account.
 - Load: for each rate of ``--rates``, requests are sent open-loop for ``--duration`` seconds, the
   ``k``-th at ``t0 + k / rate`` whether or not earlier ones have answered (httpx ``AsyncClient``), so
@@ -39,14 +39,14 @@ import httpx
 from pydantic import SecretStr
 from report import make_console, print_tables
 
-from aggregator import schedules
 from aggregator.api.config import Settings
 from aggregator.api.security import create_access_token, hash_password
+from aggregator.control import schedules
 from aggregator.db.migrate import upgrade
 from aggregator.db.models import Role, ScheduleStatus, ScheduleVersion, Site, User
 from aggregator.db.session import make_engine, make_sessionmaker
-from aggregator.synthetic import generate_depot_day
 from optimizer import schedule
+from workbench.synthetic import generate_depot_day
 
 SECRET = "bench-secret-" + "x" * 40
 TARGET_RATE = 200.0

@@ -1,4 +1,4 @@
-"""Fit the session distributions of :mod:`aggregator.synthetic` to real ACN-Data sessions; print them.
+"""Fit the session distributions of :mod:`workbench.synthetic` to real ACN-Data sessions; print them.
 
 Source: ``../shared/data/acn/caltech_201903.json.gz`` — 954 Caltech ACN sessions, March 2019, in
 the acnportal event-queue format (read with :func:`market_adapters.acn.read_acn_sessions`). Only
@@ -12,7 +12,7 @@ Fitted by maximum likelihood, with numpy only:
 - each session is assigned to its most likely arrival component; per component, dwell hours and
   delivered energy [kWh] are lognormal (MLE: mean and standard deviation of the logarithm).
 
-The printed numbers are embedded as constants in ``aggregator/synthetic.py``; rerun this script and
+The printed numbers are embedded as constants in ``workbench/synthetic.py``; rerun this script and
 update them there if the data or the method changes::
 
     .venv/bin/python bench/fit_acn_distributions.py [path/to/events.json.gz [START]]

@@ -5,7 +5,7 @@ Four kinds of process, so the gateway's CPU and memory are its own:
 - a private Mosquitto on a free port (no persistence, no logging);
 - the gateway (:class:`site_gateway.gateway.Gateway`: OCPP server, safety control, MQTT uplink with its
   SQLite outbox in a temporary directory), started by this script in its own process;
-- the chargers (:class:`site_gateway.simulator.SimulatedCharger`, SimClock speed 1, one MeterValues /
+- the chargers (:class:`chargersim.stations.SimulatedCharger`, SimClock speed 1, one MeterValues /
   TransactionEvent per second each), split over ``--fleet-procs`` processes;
 - this process: the centre's MQTT client, and the measurements.
 
@@ -56,8 +56,12 @@ from typing import Any
 import aiomqtt
 from report import command, machine, make_console, print_tables
 
+from chargersim.stations import PROTOCOLS, Protocol, SimClock, SimulatedCharger
+from chargersim.vehicles import Vehicle
 from site_gateway.config import GatewayConfig
-from site_gateway.contract import (
+from site_gateway.gateway import Gateway
+from site_gateway.ocpp.events import MeterReading, OcppEvent
+from wire.contract import (
     CommandAck,
     ContractError,
     SetpointCommand,
@@ -67,10 +71,6 @@ from site_gateway.contract import (
     setpoint_topic,
     subscription,
 )
-from site_gateway.gateway import Gateway
-from site_gateway.ocpp_events import MeterReading, OcppEvent
-from site_gateway.simulator import PROTOCOLS, Protocol, SimClock, SimulatedCharger
-from site_gateway.vehicle_model import Vehicle
 
 SITE_ID = "bench-site"
 TARGET_P99_MS = 100.0

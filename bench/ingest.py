@@ -3,7 +3,7 @@
 Processes:
 
 - publishers (``--publishers``, default 2): each runs one MQTT connection per site it simulates (as
-  real gateways do), and each site publishes a realistic :class:`~site_gateway.contract.Telemetry`
+  real gateways do), and each site publishes a realistic :class:`~wire.contract.Telemetry`
   (``--evses`` EVSE readings with power, energy and state of charge; ~1 kB of JSON) at its share of
   ``--rate`` messages per second, QoS 1, ``seq`` counting up, ``sent_at`` the wall time of the publish.
   A fraction ``--duplicates`` of publishes repeat an earlier message, as a redelivery would;
@@ -11,7 +11,7 @@ Processes:
   ``--private-broker`` one started on a free port (no persistence, no logging, ``max_inflight_messages``
   from ``--broker-inflight``: Mosquitto sends a client at most that many QoS 1 messages ahead of its
   PUBACKs, default 20, which caps one subscriber at 20 messages per round trip);
-- this process: :class:`aggregator.ingestion.Ingestion` storing into a fresh SQLite file (default) or
+- this process: :class:`aggregator.ingestion.pipeline.Ingestion` storing into a fresh SQLite file (default) or
   ``--database-url`` (PostgreSQL: migrated, bench sites created, their old telemetry deleted), with
   ``--consumers`` telemetry connections (``IngestionSettings.telemetry_consumers``: above 1, an MQTT
   shared subscription) and ``--writers`` telemetry batches stored at once
@@ -64,8 +64,8 @@ from sqlalchemy import delete, select
 from aggregator.db.migrate import upgrade
 from aggregator.db.models import GatewayStatusRecord, Site, TelemetryRecord
 from aggregator.db.session import make_engine, make_sessionmaker
-from aggregator.ingestion import Counters, Ingestion, IngestionSettings
-from site_gateway.contract import QOS, Telemetry, TopicKind, subscription, telemetry_topic
+from aggregator.ingestion.pipeline import Counters, Ingestion, IngestionSettings
+from wire.contract import QOS, Telemetry, TopicKind, subscription, telemetry_topic
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SITE_PREFIX = "bench"

@@ -21,9 +21,9 @@ from typing import get_args
 
 from report import machine, make_console, percent, print_tables, seconds
 
-from aggregator.synthetic import generate_depot_day
 from optimizer import ScheduleResult, SolverOptions, build_problem, optimize
 from optimizer.solve import Interface
+from workbench.synthetic import generate_depot_day
 
 INTERFACES: tuple[Interface, ...] = get_args(Interface)
 

@@ -1,6 +1,6 @@
 """The value of splitting a portfolio event by joint optimisation rather than by a fixed rule.
 
-Several synthetic depot days (``aggregator.synthetic.generate_depot_day``, 96 x 15 min, half of the
+Several synthetic depot days (``workbench.synthetic.generate_depot_day``, 96 x 15 min, half of the
 vehicles V2G, a demand charge; one seed per site, so the sites differ in fleet and flexibility) share
 one grid operator's event: reduce their joint import by a share of their joint baseline from 16:00 to
 18:00 local time, paid and penalised per kWh. The baseline of each site is its own plan without the
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 from report import machine, make_console, percent, print_tables, seconds
 
-from aggregator.synthetic import generate_depot_day
 from optimizer import DrEvent, Scenario, ScheduleResult, SolverOptions, build_problem, optimize
 from optimizer.portfolio import EventSplit, PortfolioEvent, build_portfolio, evaluate_event, solve_portfolio
+from workbench.synthetic import generate_depot_day
 
 EVENT_HOURS = (16, 18)
 """Local start and end hour of the event."""

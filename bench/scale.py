@@ -1,6 +1,6 @@
 """How solve time grows with the fleet: the Pyomo model against the same model built directly in HiGHS.
 
-One synthetic depot day per size (``aggregator.synthetic.generate_depot_day``): 96 steps of 15 min, half
+One synthetic depot day per size (``workbench.synthetic.generate_depot_day``): 96 steps of 15 min, half
 of the vehicles V2G-capable with consent, one DR event (with it a V2G export dispatch) and a demand
 charge. Each is scheduled twice with the same HiGHS settings:
 
@@ -28,9 +28,9 @@ from highspy_direct import solve_direct
 from report import machine, make_console, percent, print_tables, seconds
 from rich.console import Console
 
-from aggregator.synthetic import generate_depot_day
 from optimizer import Problem, SolverOptions, build_problem, optimize
 from optimizer.model import build_model
+from workbench.synthetic import generate_depot_day
 
 TARGET_SECONDS = {200: 5.0, 1000: 30.0}
 TARGET_GAP = 0.005

@@ -136,7 +136,7 @@ class ChargeTaper(_Model):
     linearly with the state of charge, to ``end_fraction`` of ``max_charge_kw`` at a full battery:
     ``acceptance = max_charge_kw * (end_fraction + (1 - end_fraction) * (1 - soc) / (1 - start_soc))``.
     Power is grid side [kW], as everywhere in a scenario; the state of charge is battery energy over
-    ``capacity_kwh``. The line is what :mod:`site_gateway.vehicle_model` simulates.
+    ``capacity_kwh``. The line is what :mod:`chargersim.vehicles` simulates.
     """
 
     start_soc: float = Field(ge=0, lt=1, description="State of charge [0..1) where the taper starts")

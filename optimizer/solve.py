@@ -22,10 +22,10 @@ import numpy as np
 import pyomo.environ as pyo
 from pyomo.common.gc_manager import PauseGC
 
-from optimizer.baselines import POLICIES, run_policy
 from optimizer.errors import SolverUnavailableError
 from optimizer.evaluation import evaluate
 from optimizer.model import build_model
+from optimizer.policies import POLICIES, run_policy
 from optimizer.problem import Problem, build_problem
 from optimizer.results import ScheduleResult, SolveStatus
 from optimizer.scenario import Scenario

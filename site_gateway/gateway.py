@@ -9,11 +9,11 @@ What flows where:
 
 - charger → gateway: every OCPP event (boot, status, session start/stop, meter values, EV charging
   needs) updates the gateway's view of each EVSE and is forwarded to the centre as a
-  :class:`~site_gateway.contract.SessionEvent`; meter values feed periodic
-  :class:`~site_gateway.contract.Telemetry`;
-- centre → gateway: a :class:`~site_gateway.contract.SetpointCommand` replaces the setpoints of the
+  :class:`~wire.contract.SessionEvent`; meter values feed periodic
+  :class:`~wire.contract.Telemetry`;
+- centre → gateway: a :class:`~wire.contract.SetpointCommand` replaces the setpoints of the
   EVSEs it names and triggers a control step; the gateway answers with a
-  :class:`~site_gateway.contract.CommandAck` carrying each EVSE's profile outcome;
+  :class:`~wire.contract.CommandAck` carrying each EVSE's profile outcome;
 - the control step (on every command, on session changes and every ``control_interval_s``) runs
   :class:`~site_gateway.safety.SafetyController`: the site limits hold whatever the centre asked, and
   with no fresh setpoint it falls back to earliest-deadline-first charging. The allowed power goes to
@@ -35,7 +35,18 @@ from types import TracebackType
 from typing import Self
 
 from site_gateway.config import GatewayConfig
-from site_gateway.contract import (
+from site_gateway.ocpp.events import (
+    ChargingNeedsReported,
+    MeterReading,
+    OcppEvent,
+    SessionStarted,
+    SessionStopped,
+    TokenIdentity,
+)
+from site_gateway.ocpp.server import OcppServer
+from site_gateway.safety import EvseState, Mode, SafetyController, Session, Setpoint, SiteLimits
+from site_gateway.uplink import Uplink, UplinkSettings
+from wire.contract import (
     AckStatus,
     CommandAck,
     EvseOutcome,
@@ -47,17 +58,6 @@ from site_gateway.contract import (
     SetpointCommand,
     Telemetry,
 )
-from site_gateway.ocpp_events import (
-    ChargingNeedsReported,
-    MeterReading,
-    OcppEvent,
-    SessionStarted,
-    SessionStopped,
-    TokenIdentity,
-)
-from site_gateway.ocpp_server import OcppServer
-from site_gateway.safety import EvseState, Mode, SafetyController, Session, Setpoint, SiteLimits
-from site_gateway.uplink import Uplink, UplinkSettings
 
 log = logging.getLogger(__name__)
 

@@ -79,7 +79,8 @@ from typing import Any, Self
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from site_gateway.contract import (
+from site_gateway.outbox import Outbox, OutboxMessage
+from wire.contract import (
     KIND_FOR_MODEL,
     QOS,
     RETAINED,
@@ -98,8 +99,7 @@ from site_gateway.contract import (
     status_topic,
     topic,
 )
-from site_gateway.outbox import Outbox, OutboxMessage
-from site_gateway.reconnect import Backoff, keep_connected
+from wire.reconnect import Backoff, keep_connected
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session
 from aggregator.api.app import create_app
 from aggregator.api.config import Settings
 from aggregator.api.security import create_access_token, hash_api_key, hash_password
+from aggregator.control.replanning import ReplanRequests
 from aggregator.db.models import ApiKey, Role, Site, User
 from aggregator.db.session import make_sessionmaker
-from aggregator.replanning import ReplanRequests
 
 with warnings.catch_warnings():
     # Starlette 1.x asks for httpx2 in its TestClient; httpx is what we depend on, and still works.

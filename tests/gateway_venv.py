@@ -6,7 +6,7 @@ The recipe a depot's edge box follows, in four uv calls:
    from ``uv.lock``;
 2. ``uv venv``: a fresh venv on this interpreter;
 3. ``uv pip install --no-deps --require-hashes -r pins``: exactly those wheels, checked against the lock;
-4. ``uv pip install --no-deps <copy of the project>``: fleetgrid itself (its four packages and the
+4. ``uv pip install --no-deps <copy of the project>``: fleetgrid itself (its packages and the
   ``fleetgrid`` console script), built from a copy so the build leaves nothing in the checkout.
 
 Every call runs ``--offline``: the wheels come from uv's cache (filled by ``make``), never the internet.
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("aggregator", "optimizer", "market_adapters", "site_gateway")
+PACKAGES = ("aggregator", "optimizer", "market_adapters", "site_gateway", "wire", "chargersim", "workbench")
 CENTRAL_ONLY = ("numpy", "pandas", "pyomo", "highspy", "fastapi", "sqlalchemy", "openleadr", "yaml")
 """Modules of the central extra that must not be importable in a gateway-only venv."""
 

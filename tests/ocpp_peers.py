@@ -25,8 +25,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from site_gateway.config import ChargerSection, OcppSection
-from site_gateway.ocpp_events import OcppEvent, TokenIdentity
-from site_gateway.ocpp_server import OcppServer
+from site_gateway.ocpp.events import OcppEvent, TokenIdentity
+from site_gateway.ocpp.server import OcppServer
 
 NOW = "2025-01-01T00:00:00Z"
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from aggregator.api.security import hash_api_key, verify_password
 from aggregator.cli import app
 from aggregator.db.models import ApiKey, Charger, Program, ProgramSite, Role, Site, User
-from aggregator.settlement.terms import PaymentTerms
+from aggregator.programs.terms import PaymentTerms
 
 runner = CliRunner()
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from aggregator import schedules
+from aggregator.control import schedules
 from aggregator.db.models import (
     EvseTelemetryRecord,
     Role,

@@ -352,9 +352,9 @@ def test_a_column_name_states_a_unit_only_unambiguously(column: str, unit: str |
 
 def site_csv(tmp_path: Path) -> tuple[Path, pd.Series]:
     """``site.csv`` of a real tiny schedule (3 vehicles, 2019-03-05), and its import [kW]."""
-    from aggregator.reports import write_result
-    from aggregator.synthetic import generate_depot_day
     from optimizer import SolverOptions, build_problem, optimize
+    from workbench.reports import write_result
+    from workbench.synthetic import generate_depot_day
 
     problem = build_problem(generate_depot_day(3, 1))
     result = optimize(problem, SolverOptions(time_limit=30))

@@ -7,7 +7,7 @@ import asyncio
 
 import aiomqtt
 
-from aggregator.broker import EmbeddedBroker
+from aggregator.runtime.broker import EmbeddedBroker
 
 
 async def _first(client: aiomqtt.Client, timeout: float = 5.0) -> aiomqtt.Message:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from aggregator.central_config import CentralConfig, CentralConfigError, Openadr2Section, Openadr3Section
 from aggregator.cli import app
+from aggregator.runtime.config import CentralConfig, CentralConfigError, Openadr2Section, Openadr3Section
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "central.toml"
 runner = CliRunner()

@@ -15,7 +15,7 @@ from tariff_data import SCE_TOU_EV_4
 from typer.testing import CliRunner
 
 from aggregator.cli import SUBCOMMANDS, Subcommand, app, load_command
-from aggregator.scenario_files import read_scenario
+from workbench.scenario_files import read_scenario
 
 runner = CliRunner()
 
@@ -212,7 +212,7 @@ def test_demo_refuses_bad_options_by_name(args: tuple[str, ...], message: str) -
 # ------------------------------------------------------------------- start-up: lazy subcommands
 
 CENTRAL = ("numpy", "pandas", "pyomo", "highspy", "fastapi", "sqlalchemy", "openleadr", "yaml", "matplotlib")
-OURS = ("aggregator", "optimizer", "market_adapters", "site_gateway")
+OURS = ("aggregator", "optimizer", "market_adapters", "site_gateway", "wire", "chargersim", "workbench")
 
 
 def imported_after(statement: str) -> set[str]:
@@ -250,11 +250,14 @@ def test_listed_help_is_the_commands_own(name: str) -> None:
     ("statement", "allowed"),
     [
         # the edge: runs on the base install, and site_gateway never imports aggregator
-        ("import site_gateway.cli, site_gateway.gateway, site_gateway.simulator", {"site_gateway"}),
+        (
+            "import site_gateway.cli, site_gateway.gateway, chargersim.cli, chargersim.stations",
+            {"site_gateway", "wire", "chargersim"},
+        ),
         # admin: the database and its models, not the API app, the optimizer or the adapters' clients
         ("import aggregator.cli.admin", {*OURS} - {"optimizer"} | {"sqlalchemy"}),
         # what `fleetgrid admin --config central.toml` adds: not openleadr (a VEN imports it to start)
-        ("from aggregator.central_config import CentralConfig", {*OURS} - {"optimizer"} | {"sqlalchemy"}),
+        ("from aggregator.runtime.config import CentralConfig", {*OURS} - {"optimizer"} | {"sqlalchemy"}),
     ],
 )
 def test_a_subcommand_imports_only_what_it_needs(statement: str, allowed: set[str]) -> None:

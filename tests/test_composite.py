@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from site_gateway.composite import (
+from chargersim.composite import (
     Kind,
     PowerLimit,
     ProfileError,

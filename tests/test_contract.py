@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from site_gateway.contract import (
+from wire.contract import (
     AckStatus,
     CommandAck,
     ContractError,

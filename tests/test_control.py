@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from aggregator.control import ControlLoop, ControlSettings
+from aggregator.control.inputs import PlanInputs, PlanningSettings, site_plan_inputs
+from aggregator.control.loop import ControlLoop, ControlSettings
+from aggregator.control.replanning import ReplanRequests
+from aggregator.control.setpoints import setpoint_command
 from aggregator.db.models import (
     Charger,
     ChargingSession,
@@ -33,11 +36,8 @@ from aggregator.db.models import (
     Vehicle,
 )
 from aggregator.db.session import make_sessionmaker
-from aggregator.planning import PlanInputs, PlanningSettings, site_plan_inputs
-from aggregator.replanning import ReplanRequests
-from aggregator.setpoints import setpoint_command
 from market_adapters.dispatch import SignalKind, SignalStatus
-from site_gateway.contract import GatewayState, SetpointCommand
+from wire.contract import GatewayState, SetpointCommand
 
 SITE = "depot-1"
 T0 = dt.datetime(2026, 6, 1, 10, 0, tzinfo=dt.UTC)
@@ -60,7 +60,7 @@ class FakeClock:
 
 
 class RecordingPublisher:
-    """In-memory :class:`~aggregator.setpoints.SetpointPublisher`: keeps what it was given."""
+    """In-memory :class:`~aggregator.control.setpoints.SetpointPublisher`: keeps what it was given."""
 
     def __init__(self) -> None:
         self.commands: list[SetpointCommand] = []

@@ -19,7 +19,10 @@ from mosquitto import Mosquitto
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from aggregator.control import ControlLoop, ControlSettings
+from aggregator.control.inputs import PlanningSettings
+from aggregator.control.loop import ControlLoop, ControlSettings
+from aggregator.control.replanning import ReplanRequests
+from aggregator.control.setpoints import MqttPublisherSettings, MqttSetpointPublisher
 from aggregator.db.migrate import upgrade
 from aggregator.db.models import (
     Charger,
@@ -40,18 +43,15 @@ from aggregator.db.models import (
     utcnow,
 )
 from aggregator.db.session import make_engine, make_sessionmaker
-from aggregator.ingestion import Ingestion, IngestionSettings
-from aggregator.planning import PlanningSettings
-from aggregator.replanning import ReplanRequests
-from aggregator.setpoints import MqttPublisherSettings, MqttSetpointPublisher
+from aggregator.ingestion.pipeline import Ingestion, IngestionSettings
+from chargersim.stations import SimClock, SimulatedCharger
+from chargersim.vehicles import Vehicle as SimVehicle
 from market_adapters.dispatch import SignalKind, SignalStatus
 from optimizer.scenario import DemandCharge, Tariff
 from site_gateway.config import GatewayConfig
-from site_gateway.contract import EvseSetpoint, SetpointCommand, decode, setpoint_topic
 from site_gateway.gateway import Gateway
-from site_gateway.reconnect import Backoff
-from site_gateway.simulator import SimClock, SimulatedCharger
-from site_gateway.vehicle_model import Vehicle as SimVehicle
+from wire.contract import EvseSetpoint, SetpointCommand, decode, setpoint_topic
+from wire.reconnect import Backoff
 
 SITE = "depot-int"
 TOKEN = "SIMTOKEN"

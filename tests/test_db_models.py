@@ -31,7 +31,7 @@ from aggregator.db.models import (
 from aggregator.db.session import make_engine, make_sessionmaker
 from aggregator.db.types import NaiveDatetimeError
 from market_adapters.dispatch import GridSignal, SignalInterval, SignalKind, SignalStatus
-from site_gateway.contract import GatewayState
+from wire.contract import GatewayState
 
 CEST = dt.timezone(dt.timedelta(hours=2))
 T0 = dt.datetime(2026, 6, 1, 14, 30, 15, 123456, tzinfo=CEST)

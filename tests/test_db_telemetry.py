@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from aggregator.db.models import EvseTelemetryRecord, Site, TelemetryRecord
 from aggregator.db.telemetry import insert_telemetry_many, insert_telemetry_once
-from site_gateway.contract import EvseTelemetry, Telemetry
+from wire.contract import EvseTelemetry, Telemetry
 
 SENT = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 RECEIVED = SENT + dt.timedelta(seconds=2)

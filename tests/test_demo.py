@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from aggregator.db.models import ChargingSession, ScheduleVersion, SetpointCommandRecord
 from aggregator.db.session import make_engine, make_sessionmaker
-from aggregator.demo import DemoOptions, DemoProgress, run_day
+from aggregator.runtime.demo import DemoOptions, DemoProgress, run_day
 from aggregator.settlement.ledger import trial_balance
 
 

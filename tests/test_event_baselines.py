@@ -32,6 +32,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from test_control import FakeClock, RecordingPublisher, control, run, versions
 
+from aggregator.control.inputs import PlanningSettings, vehicle_key
 from aggregator.db.models import (
     Charger,
     ChargingSession,
@@ -48,10 +49,9 @@ from aggregator.db.models import (
     User,
     Vehicle,
 )
-from aggregator.dispatch_events import EventNotFoundError
-from aggregator.event_baselines import frozen_baselines
-from aggregator.metering import interval_index
-from aggregator.planning import PlanningSettings, vehicle_key
+from aggregator.ingestion.metering import interval_index
+from aggregator.programs.dispatch_events import EventNotFoundError
+from aggregator.programs.event_baselines import frozen_baselines
 from aggregator.settlement.event_measurement import expected_import_kw, vehicle_counterfactual_kw
 from market_adapters.dispatch import SignalKind, SignalStatus
 from market_adapters.tariffs import parse_tou_tariff

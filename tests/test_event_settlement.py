@@ -45,6 +45,7 @@ from aggregator.db.models import (
     Vehicle,
 )
 from aggregator.db.session import make_sessionmaker
+from aggregator.programs.terms import PaymentTerms
 from aggregator.settlement.attribution import Exclusion, ExclusionReason, attribute
 from aggregator.settlement.event_inputs import VehicleInputs
 from aggregator.settlement.event_settlement import (
@@ -72,7 +73,6 @@ from aggregator.settlement.ledger import (
 from aggregator.settlement.performance import event_performance
 from aggregator.settlement.runs import RunStatus, scope_balances
 from aggregator.settlement.statements import Month, driver_statement
-from aggregator.settlement.terms import PaymentTerms
 from market_adapters.dispatch import SignalKind, SignalStatus
 
 DAY = dt.datetime(2024, 6, 3, tzinfo=dt.UTC)

@@ -15,15 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import aggregator.central_config
+import aggregator.runtime.config
 import site_gateway.config
-from aggregator.central_config import CentralConfig
-from aggregator.scenario_files import read_scenario
+from aggregator.runtime.config import CentralConfig
 from market_adapters.errors import AdapterFormatError
 from market_adapters.prices import PriceCsvRules, normalise_prices, read_prices
 from optimizer import schedule
 from optimizer.verification import check_schedule
 from site_gateway.config import load_config
+from workbench.scenario_files import read_scenario
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLES = sorted((EXAMPLES_DIR).glob("*.yaml"))
@@ -116,7 +116,7 @@ def docstring_example(module: object) -> str:
 
 @pytest.mark.parametrize(
     ("module", "name"),
-    [(aggregator.central_config, "central.toml"), (site_gateway.config, "site.toml")],
+    [(aggregator.runtime.config, "central.toml"), (site_gateway.config, "site.toml")],
     ids=["central.toml", "site.toml"],
 )
 def test_the_docstring_examples_are_valid(module: object, name: str, tmp_path: Path) -> None:

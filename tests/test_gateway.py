@@ -19,8 +19,11 @@ import aiomqtt
 import pytest
 from mosquitto import Mosquitto
 
+from chargersim.stations import PROTOCOLS, Protocol, SimClock, SimulatedCharger
+from chargersim.vehicles import Vehicle
 from site_gateway.config import GatewayConfig
-from site_gateway.contract import (
+from site_gateway.gateway import Gateway, utc_now
+from wire.contract import (
     AckStatus,
     CommandAck,
     GatewayState,
@@ -32,9 +35,6 @@ from site_gateway.contract import (
     setpoint_topic,
     subscription,
 )
-from site_gateway.gateway import Gateway, utc_now
-from site_gateway.simulator import PROTOCOLS, Protocol, SimClock, SimulatedCharger
-from site_gateway.vehicle_model import Vehicle
 
 SPEED = 60.0
 """Simulated seconds per real second for the chargers: one meter value per real second."""

@@ -25,7 +25,7 @@ import pytest
 from gateway_venv import CENTRAL_ONLY, build_gateway_venv, find_uv
 from mosquitto import Mosquitto, free_port
 
-from site_gateway.contract import SessionEvent, SessionEventKind, Telemetry, decode_message, subscription
+from wire.contract import SessionEvent, SessionEventKind, Telemetry, decode_message, subscription
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,9 @@ def test_the_gateway_venv_has_no_central_package(venv: Path) -> None:
         result = run(venv, "python", "-c", f"import {module}")
         assert result.returncode != 0, f"{module} is importable in the gateway-only venv"
         assert "ModuleNotFoundError" in result.stderr, result.stderr
-    edge = "import site_gateway.cli, site_gateway.gateway, site_gateway.simulator, aggregator.cli"
+    edge = (
+        "import site_gateway.cli, site_gateway.gateway, chargersim.cli, chargersim.stations, aggregator.cli"
+    )
     result = run(venv, "python", "-c", edge)
     assert result.returncode == 0, result.stderr
 

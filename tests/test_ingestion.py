@@ -17,6 +17,7 @@ from sqlalchemy import Engine, event, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from aggregator.control.replanning import ReplanRequests
 from aggregator.db.models import (
     Charger,
     ChargingSession,
@@ -31,10 +32,10 @@ from aggregator.db.models import (
     Vehicle,
 )
 from aggregator.db.session import make_sessionmaker
-from aggregator.ingestion import Counters, Ingestion, IngestionSettings
-from aggregator.ingestion_store import AwaitingSoc, Received, independent
-from aggregator.replanning import ReplanRequests
-from site_gateway.contract import (
+from aggregator.ingestion.pipeline import Counters, Ingestion, IngestionSettings
+from aggregator.ingestion.store import AwaitingSoc, Received, independent
+from site_gateway.uplink import Uplink, UplinkSettings
+from wire.contract import (
     KIND_FOR_MODEL,
     QOS,
     RETAINED,
@@ -52,8 +53,7 @@ from site_gateway.contract import (
     telemetry_topic,
     topic,
 )
-from site_gateway.reconnect import Backoff
-from site_gateway.uplink import Uplink, UplinkSettings
+from wire.reconnect import Backoff
 
 SITE = "depot-north"
 T0 = dt.datetime(2026, 11, 26, 8, 0, tzinfo=dt.UTC)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import EvseTelemetryRecord, Site, TelemetryRecord
-from aggregator.metering import (
+from aggregator.ingestion.metering import (
     MeteringError,
     _bucket,
     evse_power_intervals,

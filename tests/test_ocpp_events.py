@@ -8,7 +8,7 @@ from typing import Any
 from ocpp.v16 import call as call16
 from ocpp_peers import NOW, peer, run, running
 
-from site_gateway.ocpp_events import (
+from site_gateway.ocpp.events import (
     ChargingNeedsReported,
     ConnectorStatusChanged,
     MeterReading,
@@ -121,7 +121,7 @@ def test_v21_charging_needs_discharge_metering_and_end() -> None:
 
 
 def test_transaction_ids_survive_a_gateway_restart() -> None:
-    from site_gateway.charging_sessions import SessionRegister
+    from site_gateway.ocpp.sessions import SessionRegister
 
     before = SessionRegister()
     issued = [before.next_transaction_id() for _ in range(3)]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from site_gateway.config import ChargerSection
-from site_gateway.profiles import (
+from site_gateway.ocpp.profiles import (
     CompositeLimit,
     OcppVersion,
     ProfileError,

@@ -14,9 +14,9 @@ import pytest
 from ocpp_peers import PASSWORD, exchange, peer, run, running, websocket
 from websockets.exceptions import InvalidStatus
 
-from site_gateway.ocpp_events import SessionStarted, StationBooted
-from site_gateway.ocpp_server import server_ssl_context
-from site_gateway.profiles import OutcomeStatus
+from site_gateway.ocpp.events import SessionStarted, StationBooted
+from site_gateway.ocpp.profiles import OutcomeStatus
+from site_gateway.ocpp.server import server_ssl_context
 
 
 def until(minutes: float = 15) -> datetime:

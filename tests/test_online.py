@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from aggregator.synthetic import generate_depot_day
 from optimizer import Scenario, SolverOptions, build_problem, optimize
 from optimizer.online import rolling_horizon
 from optimizer.scenario import ChargeTaper
 from optimizer.verification import check_schedule
+from workbench.synthetic import generate_depot_day
 
 EXACT = SolverOptions(mip_gap=1e-9, time_limit=60)
 

@@ -8,6 +8,14 @@ import zoneinfo
 import pytest
 from sqlalchemy.orm import Session
 
+from aggregator.control.inputs import (
+    CHARGE_EFFICIENCY,
+    PlanInputs,
+    PlanningSettings,
+    SiteNotFoundError,
+    site_plan_inputs,
+    vehicle_key,
+)
 from aggregator.db.consents import give_consent, withdraw_consent
 from aggregator.db.models import (
     Charger,
@@ -25,14 +33,6 @@ from aggregator.db.models import (
     TelemetryRecord,
     User,
     Vehicle,
-)
-from aggregator.planning import (
-    CHARGE_EFFICIENCY,
-    PlanInputs,
-    PlanningSettings,
-    SiteNotFoundError,
-    site_plan_inputs,
-    vehicle_key,
 )
 from market_adapters.dispatch import SignalKind, SignalStatus
 from market_adapters.tariffs import parse_tou_tariff

@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from aggregator.synthetic import generate_depot_day
 from optimizer import Scenario, ScenarioError, SolverOptions, SolveStatus, evaluate, schedule
 from optimizer.portfolio import (
     PortfolioEvent,
@@ -29,6 +28,7 @@ from optimizer.portfolio import (
 )
 from optimizer.solve import Interface
 from optimizer.verification import check_schedule, describe
+from workbench.synthetic import generate_depot_day
 
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 TIGHT = SolverOptions(mip_gap=1e-9)

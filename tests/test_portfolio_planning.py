@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session
 from test_control import QUICK, FakeClock, RecordingPublisher, control, run, until, versions
 
 from aggregator.api.routes.operators import get_event_performance
+from aggregator.control.groups import commitment_shares, portfolio_group
+from aggregator.control.inputs import floor_time
 from aggregator.db.models import (
     Charger,
     ChargingSession,
@@ -39,8 +41,6 @@ from aggregator.db.models import (
     User,
 )
 from aggregator.db.models import Vehicle as VehicleRow
-from aggregator.planning import floor_time
-from aggregator.portfolio_planning import commitment_shares, portfolio_group
 from aggregator.settlement.event_inputs import settlement_inputs
 from aggregator.settlement.event_measurement import site_committed_kw
 from market_adapters.dispatch import SignalKind, SignalStatus

@@ -52,14 +52,14 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from aggregator.api.security import API_KEY_PREFIX, hash_api_key
-from aggregator.central_config import CentralConfig
 from aggregator.db.migrate import upgrade
 from aggregator.db.models import ApiKey, Charger, LedgerTransaction, Program, ProgramSite, Site, User
 from aggregator.db.session import make_engine, make_sessionmaker
-from aggregator.scenario_files import read_scenario
+from aggregator.runtime.config import CentralConfig
 from optimizer.results import ScheduleResult, SolveStatus
 from site_gateway.config import load_config
-from site_gateway.contract import ContractError, SessionEvent, SessionEventKind, decode_message
+from wire.contract import ContractError, SessionEvent, SessionEventKind, decode_message
+from workbench.scenario_files import read_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.scenario_files import ScenarioFileError, read_scenario, write_scenario
-from aggregator.synthetic import generate_depot_day
 from optimizer import DemandCharge, TimeWindow
+from workbench.scenario_files import ScenarioFileError, read_scenario, write_scenario
+from workbench.synthetic import generate_depot_day
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml", ".yml"])

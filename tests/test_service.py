@@ -18,7 +18,6 @@ from openadr3_vtn import Vtn, serve
 from sqlalchemy import func, select
 
 from aggregator.api.config import Settings
-from aggregator.central_config import CentralConfig
 from aggregator.db.models import (
     Charger,
     DispatchEvent,
@@ -31,8 +30,9 @@ from aggregator.db.models import (
     TelemetryRecord,
     User,
 )
-from aggregator.service import AggregatorService
-from site_gateway.contract import Telemetry, encode, telemetry_topic
+from aggregator.runtime.config import CentralConfig
+from aggregator.runtime.service import AggregatorService
+from wire.contract import Telemetry, encode, telemetry_topic
 
 
 async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:

@@ -30,6 +30,7 @@ from aggregator.db.models import (
     Vehicle,
 )
 from aggregator.db.session import make_sessionmaker
+from aggregator.programs.terms import CURRENCY_EXPONENTS
 from aggregator.settlement.ledger import (
     PLATFORM,
     AccountKey,
@@ -56,7 +57,6 @@ from aggregator.settlement.statements import (
     format_decimal,
     program_invoice,
 )
-from aggregator.settlement.terms import CURRENCY_EXPONENTS
 from market_adapters.dispatch import SignalKind, SignalStatus
 
 JULY = Month(2026, 7)

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given
 from pydantic import ValidationError
 
-from aggregator.settlement.performance import event_performance
-from aggregator.settlement.terms import (
+from aggregator.programs.terms import (
     EventRevenue,
     LineKind,
     PaymentTerms,
@@ -22,6 +21,7 @@ from aggregator.settlement.terms import (
     minor_units,
     program_payment_terms,
 )
+from aggregator.settlement.performance import event_performance
 from market_adapters.dispatch import SignalKind
 
 

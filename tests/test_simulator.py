@@ -22,8 +22,8 @@ from ocpp.v201 import ChargePoint as Csms201
 from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
 
-from site_gateway.simulator import PROTOCOLS, SUBPROTOCOL, ChargerFleet, Protocol, SimClock, SimulatedCharger
-from site_gateway.vehicle_model import Vehicle
+from chargersim.stations import PROTOCOLS, SUBPROTOCOL, ChargerFleet, Protocol, SimClock, SimulatedCharger
+from chargersim.vehicles import Vehicle
 
 START = dt.datetime(2024, 6, 3, 18, 0, tzinfo=dt.UTC)
 NOW_ISO = "2024-06-03T18:00:00Z"

@@ -13,7 +13,6 @@ from typing import get_args
 import pyomo.environ as pyo
 import pytest
 
-from aggregator.synthetic import generate_depot_day
 from optimizer import (
     Scenario,
     ScheduleResult,
@@ -26,6 +25,7 @@ from optimizer import (
 from optimizer.model import build_model
 from optimizer.solve import Interface
 from optimizer.verification import check_schedule, describe
+from workbench.synthetic import generate_depot_day
 
 INTERFACES = get_args(Interface)
 

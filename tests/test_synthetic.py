@@ -8,7 +8,8 @@ import zoneinfo
 import numpy as np
 import pytest
 
-from aggregator.synthetic import (
+from optimizer import Scenario, build_problem, schedule
+from workbench.synthetic import (
     ARRIVAL_GROUPS,
     DEFAULT_TIMEZONE,
     TOU_EV_4_DEMAND_CHARGE_PER_KW,
@@ -16,7 +17,6 @@ from aggregator.synthetic import (
     generate_depot_day,
     tou_ev_4_price,
 )
-from optimizer import Scenario, build_problem, schedule
 
 LA = zoneinfo.ZoneInfo("America/Los_Angeles")
 

@@ -1,7 +1,7 @@
 """The charge taper (CC-CV): plans a vehicle can follow, checked against the simulated vehicle.
 
 ``ev_charge_taper`` limits a step's constant power to what the vehicle accepts at the step's end. The
-simulated vehicle of :mod:`site_gateway.vehicle_model` (full power up to ``taper_soc``, then linearly
+simulated vehicle of :mod:`chargersim.vehicles` (full power up to ``taper_soc``, then linearly
 less) is stepped through planned powers in 10-second slices and must store what the plan says; a plan
 made without the taper must not pass that test. The independent checker flags a step asking for more,
 the planner gives every session its settings' taper, and ``bench/highspy_direct.py`` (the same model
@@ -26,14 +26,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
+from aggregator.control.inputs import DEFAULT_CHARGE_TAPER, PlanningSettings, site_plan_inputs
 from aggregator.db.models import Charger, ChargingSession, Role, Site, User, Vehicle
-from aggregator.planning import DEFAULT_CHARGE_TAPER, PlanningSettings, site_plan_inputs
-from aggregator.synthetic import generate_depot_day
+from chargersim.vehicles import Vehicle as SimulatedVehicle
 from optimizer import Scenario, ScheduleResult, SolverOptions, build_problem, evaluate, optimize, schedule
 from optimizer.model import build_model
 from optimizer.scenario import ChargeTaper
 from optimizer.verification import check_schedule, describe
-from site_gateway.vehicle_model import Vehicle as SimulatedVehicle
+from workbench.synthetic import generate_depot_day
 
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 STEP = dt.timedelta(minutes=15)
@@ -323,7 +323,7 @@ def test_the_planner_gives_every_session_its_settings_taper(
 
 
 def test_planning_settings_read_the_taper_from_a_configuration_table() -> None:
-    from aggregator.control import ControlSettings
+    from aggregator.control.loop import ControlSettings
 
     default = ControlSettings.from_mapping({})
     assert default.planning.charge_taper == ChargeTaper(start_soc=0.8, end_fraction=0.05)

@@ -28,10 +28,10 @@ from sqlalchemy.orm import Session
 
 from aggregator.db.models import Site
 from aggregator.db.session import make_sessionmaker
-from aggregator.ingestion import Ingestion, IngestionSettings
-from aggregator.telemetry_mirror import MirrorSettings, TelemetryMirror, line_protocol
-from site_gateway.contract import Telemetry, build, encode, telemetry_topic
-from site_gateway.reconnect import Backoff
+from aggregator.ingestion.pipeline import Ingestion, IngestionSettings
+from aggregator.ingestion.telemetry_mirror import MirrorSettings, TelemetryMirror, line_protocol
+from wire.contract import Telemetry, build, encode, telemetry_topic
+from wire.reconnect import Backoff
 
 T0 = dt.datetime(2026, 11, 26, 8, 0, tzinfo=dt.UTC)
 T0_NS = 1_795_680_000 * 10**9  # 2026-11-26T08:00:00Z

@@ -18,7 +18,8 @@ import aiomqtt
 import pytest
 from mosquitto import Mosquitto
 
-from site_gateway.contract import (
+from site_gateway.uplink import Uplink, UplinkSettings
+from wire.contract import (
     AckStatus,
     CommandAck,
     EvseSetpoint,
@@ -35,8 +36,7 @@ from site_gateway.contract import (
     subscription,
     telemetry_topic,
 )
-from site_gateway.reconnect import Backoff
-from site_gateway.uplink import Uplink, UplinkSettings
+from wire.reconnect import Backoff
 
 SITE = "depot-north"
 FAST = Backoff(initial_s=0.05, max_s=0.5)

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.api.config import Settings
 from aggregator.api.routes import admin, auth, drivers, operators, settlement, traders, users
+from aggregator.control.replanning import ReplanRequests
 from aggregator.db.session import make_engine, make_sessionmaker
-from aggregator.replanning import ReplanRequests
 
 
 def create_app(

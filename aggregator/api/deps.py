@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.api.config import Settings
 from aggregator.api.security import InvalidTokenError, decode_access_token, hash_api_key
+from aggregator.control.replanning import ReplanRequests
 from aggregator.db.models import ApiKey, Role, User
-from aggregator.replanning import ReplanRequests
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False)

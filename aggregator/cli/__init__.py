@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from typer._click import Command, Context  # typer's own copy of click
 
 # The packages of this distribution: a missing module among them is a bug, not a missing extra.
-OWN_PACKAGES = frozenset({"aggregator", "optimizer", "market_adapters", "site_gateway"})
+OWN_PACKAGES = frozenset(
+    {"aggregator", "optimizer", "market_adapters", "site_gateway", "wire", "chargersim", "workbench"}
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "gateway",
     ),
     "sim-chargers": Subcommand(
-        "site_gateway.cli:sim_chargers",
+        "chargersim.cli:sim_chargers",
         "Run COUNT simulated charging stations with vehicles against GATEWAY.",
         "gateway",
     ),

@@ -28,7 +28,7 @@ from aggregator.db.models import ApiKey, Charger, Program, ProgramKind, ProgramS
 from aggregator.db.session import make_engine, make_sessionmaker
 
 if TYPE_CHECKING:
-    from aggregator.settlement.terms import PaymentTerms
+    from aggregator.programs.terms import PaymentTerms
 
 console = Console()
 app = typer.Typer(no_args_is_help=True, help="Bootstrap users, sites, chargers, programs and API keys.")
@@ -48,7 +48,7 @@ def _database(
     if config is not None and database_url is not None:
         _fail("give --config or --database-url, not both")
     if config is not None:
-        from aggregator.central_config import CentralConfig, CentralConfigError
+        from aggregator.runtime.config import CentralConfig, CentralConfigError
 
         try:
             _state["url"] = CentralConfig.load(config).database.url
@@ -197,7 +197,7 @@ def create_program(
         None,
         "--terms",
         help="Payment terms: a JSON, TOML or YAML file of PaymentTerms fields "
-        "(aggregator/settlement/terms.py), e.g. per_kwh_delivered = 0.30",
+        "(aggregator/programs/terms.py), e.g. per_kwh_delivered = 0.30",
     ),
     term: list[str] = typer.Option(
         [], "--term", help="One payment term NAME=VALUE, e.g. per_kwh_delivered=0.30 (over --terms)"
@@ -208,7 +208,7 @@ def create_program(
 ) -> None:
     """Create a DR or V2G program run by a grid operator, with payment terms or declared unpaid."""
     from aggregator.api.schemas.admin import ProgramCreate
-    from aggregator.settlement.terms import TermsError, program_payment_terms
+    from aggregator.programs.terms import TermsError, program_payment_terms
 
     given = _payment_terms(terms, term)
     if unpaid and given:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from aggregator.demo import DemoOptions, DemoProgress, DemoReport, run_day
+from aggregator.runtime.demo import DemoOptions, DemoProgress, DemoReport, run_day
 from site_gateway.config import MqttBrokerSection
 
 console = Console()

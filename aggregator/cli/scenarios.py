@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from aggregator.scenario_files import write_scenario
-from aggregator.synthetic import generate_depot_day
 from optimizer.scenario import Scenario
+from workbench.scenario_files import write_scenario
+from workbench.synthetic import generate_depot_day
 
 app = typer.Typer(no_args_is_help=True, help="Generate scenario files and print their schema.")
 console = Console()
@@ -26,7 +26,7 @@ def generate(
     dr_event: bool = typer.Option(False, "--dr-event", help="Add an afternoon DR event (and a V2G dispatch)"),
     out: Path = typer.Option(..., "--out", help="Scenario file to write (.json, .yaml or .yml)"),
 ) -> None:
-    """Write a realistic depot day (distributions fitted to ACN-Data; see aggregator/synthetic.py)."""
+    """Write a realistic depot day (distributions fitted to ACN-Data; see workbench/synthetic.py)."""
     scenario = generate_depot_day(vehicles, seed, v2g_share=v2g_share, dr_event=dr_event)
     write_scenario(scenario, out)
     console.print(

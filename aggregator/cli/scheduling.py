@@ -14,9 +14,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from aggregator.cli.tables import comparison_table, result_table
-from aggregator.reports import write_result
-from aggregator.scenario_files import ScenarioFileError, read_scenario
-from aggregator.synthetic import generate_depot_day
 from optimizer import (
     POLICIES,
     Problem,
@@ -29,6 +26,9 @@ from optimizer import (
 )
 from optimizer.online import rolling_horizon
 from optimizer.scenario import Scenario
+from workbench.reports import write_result
+from workbench.scenario_files import ScenarioFileError, read_scenario
+from workbench.synthetic import generate_depot_day
 
 console = Console()
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from aggregator.api.config import InsecureSettingsError, Settings
-from aggregator.central_config import CentralConfig, CentralConfigError
+from aggregator.runtime.config import CentralConfig, CentralConfigError
 
 console = Console()
 
@@ -22,7 +22,7 @@ def aggregator(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level"),
 ) -> None:
     """Run the central service: API (docs at /docs), MQTT ingestion and the control loop."""
-    from aggregator.service import AggregatorService
+    from aggregator.runtime.service import AggregatorService
 
     if verbose:
         logging.getLogger().setLevel(logging.INFO)

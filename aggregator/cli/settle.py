@@ -18,9 +18,10 @@ from pathlib import Path
 import typer
 from sqlalchemy.orm import Session, sessionmaker
 
-from aggregator.central_config import CentralConfig, CentralConfigError
 from aggregator.db.migrate import upgrade
 from aggregator.db.session import make_engine, make_sessionmaker
+from aggregator.programs.terms import CURRENCY_EXPONENTS, LineKind
+from aggregator.runtime.config import CentralConfig, CentralConfigError
 from aggregator.settlement.event_settlement import (
     EventSettlement,
     SettlementInputError,
@@ -29,7 +30,6 @@ from aggregator.settlement.event_settlement import (
     settle_period_events,
 )
 from aggregator.settlement.runs import BookingError, RunStatus
-from aggregator.settlement.terms import CURRENCY_EXPONENTS, LineKind
 
 
 class _Failed(Exception):

@@ -10,7 +10,7 @@ Conventions:
 - Every timestamp is a :class:`~aggregator.db.types.UtcDateTime`: aware UTC in, aware UTC out, on
   SQLite and PostgreSQL alike. Columns end in ``_at``.
 - Units in the column name (``_kw``, ``_kwh``, ``_seconds``).
-- Enums are stored as their values; the wire enums of ``site_gateway.contract`` and
+- Enums are stored as their values; the wire enums of ``wire.contract`` and
   ``market_adapters.dispatch`` are reused rather than copied.
 - Constraint names follow :data:`NAMING_CONVENTION`, so migrations can address them.
 """
@@ -38,7 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column, relat
 
 from aggregator.db.types import UtcDateTime, value_enum
 from market_adapters.dispatch import GridSignal, SignalKind, SignalStatus
-from site_gateway.contract import GatewayState
+from wire.contract import GatewayState
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -393,7 +393,7 @@ def _refuse_override_update(mapper: Mapper[Any], connection: Any, target: Sessio
 
 
 class TelemetryRecord(Base):
-    """One :class:`site_gateway.contract.Telemetry` message.
+    """One :class:`wire.contract.Telemetry` message.
 
     ``UNIQUE (site_id, seq)`` is how ingestion drops the broker's redeliveries (see
     :func:`aggregator.db.telemetry.insert_telemetry_once`).
@@ -494,9 +494,10 @@ class ScheduleVersion(Base):
     in the scenario: charging_sessions.id}, "events": [dispatch_events.id, ...]}``; enough to explain
     and to re-run the result. A site planned with others for a shared dispatch event also has
     ``"event_shares": {public event id: [kW committed by this site per step]}`` and ``"portfolio":
-    {"site_ids", "events", "status", "message"}`` (see ``aggregator.portfolio_planning``). A plan with
+    {"site_ids", "events", "status", "message"}`` (see ``aggregator.control.groups``). A plan with
     dispatch events has ``"event_baselines": {public event id: [baseline import kW per step]}``, each
-    vehicle at the power frozen when the event was first planned with it (``aggregator.event_baselines``)."""
+    vehicle at the power frozen when the event was first planned with it
+    (``aggregator.programs.event_baselines``)."""
     result_summary: Mapped[dict[str, Any]]
     status: Mapped[ScheduleStatus] = mapped_column(value_enum(ScheduleStatus, "schedule_status"))
     plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -517,7 +518,7 @@ class CommandStatus(enum.StrEnum):
 
 
 class SetpointCommandRecord(Base):
-    """Each :class:`site_gateway.contract.SetpointCommand` the centre published, and the gateway's ack."""
+    """Each :class:`wire.contract.SetpointCommand` the centre published, and the gateway's ack."""
 
     __tablename__ = "setpoint_commands"
     __table_args__ = (Index(None, "site_id", "issued_at"),)
@@ -533,7 +534,7 @@ class SetpointCommandRecord(Base):
     )
     acked_at: Mapped[dt.datetime | None]
     ack_outcomes: Mapped[list[Any]] = mapped_column(default=list)
-    """The gateway's per-EVSE outcomes (:class:`site_gateway.contract.EvseOutcome` JSON)."""
+    """The gateway's per-EVSE outcomes (:class:`wire.contract.EvseOutcome` JSON)."""
     ack_detail: Mapped[str | None] = mapped_column(String(500))
 
 

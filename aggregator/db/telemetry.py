@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import Base, EvseTelemetryRecord, TelemetryRecord, utcnow
-from site_gateway.contract import Telemetry
+from wire.contract import Telemetry
 
 TELEMETRY = Base.metadata.tables[TelemetryRecord.__tablename__]
 EVSE_TELEMETRY = Base.metadata.tables[EvseTelemetryRecord.__tablename__]

@@ -1,7 +1,7 @@
 """Site baselines: the import a site would have drawn during an event had there been no event.
 
 Input is the site's metered import [kW] at 15-minute resolution: a pandas Series indexed by the aware
-UTC start of each interval, ``NaN`` where data is missing (:mod:`aggregator.metering`). Every method
+UTC start of each interval, ``NaN`` where data is missing (:mod:`aggregator.ingestion.metering`). Every method
 returns a :class:`Baseline` on the event's own interval index, with what it was made from (the days
 used, the adjustment applied) for statements. The method and its parameters are data: the
 :data:`BaselineMethod` union validates ``Program.measurement``.

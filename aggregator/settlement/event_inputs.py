@@ -4,8 +4,8 @@
 version, as in :mod:`aggregator.api.routes.operators`), the program's payment terms (the event's own
 ``price_per_kwh``/``penalty_per_kwh`` override the program's rates) and measurement method, and
 
-- per target site: metered import per 15-minute interval (:mod:`aggregator.metering`), the baseline by
-  the program's method (default ``counterfactual``: the plan in force without the event, see
+- per target site: metered import per 15-minute interval (:mod:`aggregator.ingestion.metering`), the
+  baseline by the program's method (default ``counterfactual``: the plan in force without the event, see
   :mod:`aggregator.settlement.event_measurement`), the committed kW (the site's share of the event's
   kW, as the operators' API shows it: as its plan in force recorded it when the sites were planned
   together, else an equal share; see :func:`~aggregator.settlement.event_measurement.site_committed_kw`) and
@@ -52,8 +52,14 @@ from aggregator.db.models import (
     V2gConsent,
     Vehicle,
 )
-from aggregator.dispatch_events import EventChain, EventNotFoundError, event_chain
-from aggregator.metering import DEFAULT_STEP, evse_power_intervals, interval_index, site_import_intervals
+from aggregator.ingestion.metering import (
+    DEFAULT_STEP,
+    evse_power_intervals,
+    interval_index,
+    site_import_intervals,
+)
+from aggregator.programs.dispatch_events import EventChain, EventNotFoundError, event_chain
+from aggregator.programs.terms import PaymentTerms
 from aggregator.settlement.attribution import Attribution, Exclusion, ExclusionReason, attribute
 from aggregator.settlement.baselines import (
     Baseline,
@@ -75,7 +81,6 @@ from aggregator.settlement.event_measurement import (
 )
 from aggregator.settlement.performance import MEASURED_KINDS, EventPerformance, event_performance
 from aggregator.settlement.runs import event_ref_for
-from aggregator.settlement.terms import PaymentTerms
 from market_adapters.dispatch import SignalInterval, SignalKind, SignalStatus
 
 _INTERVALS: TypeAdapter[list[SignalInterval]] = TypeAdapter(list[SignalInterval])

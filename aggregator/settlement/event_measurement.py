@@ -1,12 +1,12 @@
 """What a dispatch event asked of each interval, and what the plan in force expected without it.
 
 Both are read per interval of the event's window (15 minutes by default, the index of
-:func:`aggregator.metering.interval_index`):
+:func:`aggregator.ingestion.metering.interval_index`):
 
 - :func:`committed_kw`: the event's kW per interval, the time-weighted mean of its signal intervals;
 - :func:`site_committed_kw`: each of the event's sites' share of that kW. The control loop plans the
   sites of an event together and records each site's share per plan step in its version's
-  ``inputs["event_shares"]`` (:mod:`aggregator.portfolio_planning`). At each interval, when the
+  ``inputs["event_shares"]`` (:mod:`aggregator.control.groups`). At each interval, when the
   versions in force of *all* the event's sites record a share for it, the event's kW is split in
   proportion to those shares (so the sites' commitments always add up to the event's, even when the
   event changed after the plans); otherwise (versions made before this was recorded, or before the
@@ -15,7 +15,7 @@ Both are read per interval of the event's window (15 minutes by default, the ind
   :class:`~aggregator.db.models.ScheduleVersion` *in force* at each interval (the site's latest
   version created before the interval starts), with each of that version's sessions' power replaced
   by the session's baseline frozen when the event was first planned with it
-  (:mod:`aggregator.event_baselines`), where one covers the interval: a plan that pre-charged a
+  (:mod:`aggregator.programs.event_baselines`), where one covers the interval: a plan that pre-charged a
   vehicle before the event re-solves a counterfactual that no longer charges in the window, the
   frozen one still does;
 - :func:`vehicle_counterfactual_kw`: one charging session's power [kW] (positive charging) without
@@ -44,7 +44,7 @@ from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import ScheduleVersion
-from aggregator.event_baselines import FrozenBaseline, frozen_baselines, plan_mean
+from aggregator.programs.event_baselines import FrozenBaseline, frozen_baselines, plan_mean
 
 
 class IntervalLike(Protocol):

@@ -3,7 +3,7 @@
 1. :func:`~aggregator.settlement.event_inputs.settlement_inputs` gathers the event's measurement and
    its vehicles' contributions from the database (see :mod:`aggregator.settlement.event_inputs`).
 2. :func:`event_booking` (pure) prices the performance with
-   :func:`~aggregator.settlement.terms.event_revenue` and turns it into an
+   :func:`~aggregator.programs.terms.event_revenue` and turns it into an
    :class:`~aggregator.settlement.runs.EventBooking`, in integer minor units: the net pot is allocated
    to the drivers with :func:`~aggregator.settlement.allocation.allocate`, pro rata to the sum of the
    positive contributions of their sessions (a session that hurt does not reduce its driver's other
@@ -19,7 +19,7 @@
    previous one.
 
 A cancelled event settles to nothing (an all-zero booking, which reverses anything booked for it
-before): :class:`~aggregator.settlement.terms.PaymentTerms` have no cancellation payment.
+before): :class:`~aggregator.programs.terms.PaymentTerms` have no cancellation payment.
 :func:`settle_period_events` settles every ended (or cancelled) event that started in a calendar month
 (UTC), one run per event. Capacity payments (``capacity_per_kw_month``) are not booked here: which
 drivers a month's capacity payment belongs to is not defined yet.
@@ -36,7 +36,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import DispatchEvent
-from aggregator.dispatch_events import latest_versions
+from aggregator.programs.dispatch_events import latest_versions
+from aggregator.programs.terms import EventRevenue, LineKind, PaymentTerms, event_revenue
 from aggregator.settlement.allocation import AllocationError, allocate
 from aggregator.settlement.event_inputs import (
     EventNotEndedError,
@@ -48,7 +49,6 @@ from aggregator.settlement.event_inputs import (
 )
 from aggregator.settlement.performance import MEASURED_KINDS
 from aggregator.settlement.runs import EventBooking, RunOutcome, SessionFactory, settle_event
-from aggregator.settlement.terms import EventRevenue, LineKind, PaymentTerms, event_revenue
 from market_adapters.dispatch import SignalStatus
 
 __all__ = [

@@ -1,7 +1,7 @@
 """What a dispatch event delivered against what was committed: measurement & verification per interval.
 
 All series are indexed by the aware UTC start of each interval (15 minutes by default, as
-:mod:`aggregator.metering` produces them) and share one index. Power is in kW, energy in kWh; an
+:mod:`aggregator.ingestion.metering` produces them) and share one index. Power is in kW, energy in kWh; an
 interval of power ``p`` [kW] and length ``step`` holds ``p * step_hours`` [kWh].
 
 Delivered power per interval, by the signal's kind (see :class:`market_adapters.dispatch.SignalKind`):

@@ -18,7 +18,7 @@ program's period):
 - a dry run computes the booking and what it would reverse, and stores nothing.
 
 The booking (:func:`booking_postings`), all amounts in minor units of the program's currency, laid
-out as :func:`aggregator.settlement.terms.event_revenue` computes them (wear compensation is paid to
+out as :func:`aggregator.programs.terms.event_revenue` computes them (wear compensation is paid to
 the drivers who discharged, out of what the event earned for drivers):
 
 =====================================  ================  =================================
@@ -35,7 +35,7 @@ driver payable (``user:<id>``)                           share (a negative share
 
 The program owes the receivable's balance less the penalties' (a contra account). A negative
 unallocated pot debits platform revenue: an event's loss the platform bears because the drivers do not
-share it (:attr:`aggregator.settlement.terms.PaymentTerms.drivers_share_losses`), or a negative pot
+share it (:attr:`aggregator.programs.terms.PaymentTerms.drivers_share_losses`), or a negative pot
 nobody contributed to. The booking balances because ``gross − threshold reduction − penalty −
 platform fee = Σ shares + Σ wear + unallocated`` (checked, :class:`BookingError` otherwise). With
 ``wear_funded_by_platform`` the wear compensation is our expense on top instead (debit wear
@@ -97,7 +97,7 @@ class BookingError(ValueError):
 class Booking:
     """What one settlement books for one program, in integer minor units of ``currency``.
 
-    The program-level amounts are :class:`~aggregator.settlement.terms.EventRevenue`'s lines (all
+    The program-level amounts are :class:`~aggregator.programs.terms.EventRevenue`'s lines (all
     >= 0). ``driver_shares_minor`` is the allocation of the drivers' net pot by driver (user id;
     negative when drivers share a loss), ``wear_minor_by_driver`` the wear compensation (>= 0) of the
     drivers who discharged, ``unallocated_minor`` a pot nobody could be allocated or a loss the

@@ -21,7 +21,7 @@ the inputs carry it) and what was booked: the program receivable's entries net o
 withheld, which is the amount due.
 
 Amounts are integer minor units of their currency; :func:`format_amount` writes them with the
-currency's number of decimals (:data:`~aggregator.settlement.terms.CURRENCY_EXPONENTS`). Ledger
+currency's number of decimals (:data:`~aggregator.programs.terms.CURRENCY_EXPONENTS`). Ledger
 credits to a driver's payable are negative; a statement shows them as positive earnings.
 
 Every line carries the ids of the ledger entries behind it: a dispute names one of them
@@ -56,9 +56,9 @@ from aggregator.db.models import (
     User,
     Vehicle,
 )
+from aggregator.programs.terms import CURRENCY_EXPONENTS
 from aggregator.settlement.ledger import driver_owner, program_owner
 from aggregator.settlement.runs import latest_run
-from aggregator.settlement.terms import CURRENCY_EXPONENTS
 
 MONTH_PATTERN = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 

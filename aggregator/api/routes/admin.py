@@ -36,7 +36,7 @@ from aggregator.api.schemas.admin import (
 )
 from aggregator.api.security import hash_api_key, new_api_key
 from aggregator.db.models import ApiKey, Charger, Program, ProgramSite, Role, Site, User
-from aggregator.settlement.terms import TermsError, program_payment_terms
+from aggregator.programs.terms import TermsError, program_payment_terms
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_roles(Role.ADMIN))])
 

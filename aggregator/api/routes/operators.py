@@ -45,8 +45,8 @@ from aggregator.api.schemas.operators import (
     SitePerformance,
 )
 from aggregator.db.models import DispatchEvent, Program, Role, User
-from aggregator.dispatch_events import EventChain, EventNotFoundError, event_chain, latest_versions
-from aggregator.metering import DEFAULT_STEP, interval_index, site_import_intervals
+from aggregator.ingestion.metering import DEFAULT_STEP, interval_index, site_import_intervals
+from aggregator.programs.dispatch_events import EventChain, EventNotFoundError, event_chain, latest_versions
 from aggregator.settlement.event_measurement import committed_kw, expected_import_kw, site_committed_kw
 from aggregator.settlement.performance import EventPerformance, event_performance
 from market_adapters.dispatch import SignalStatus
@@ -430,8 +430,8 @@ def get_event_performance(
     :func:`site_committed_kw`); the event-level figures are those of the sites' summed series.
     Expected import is the plans' counterfactual with each vehicle at the baseline frozen when the
     event was first planned with it (see :func:`expected_import_kw`), measured import
-    the metered mean (:func:`aggregator.metering.site_import_intervals`); intervals not yet metered or
-    without a counterfactual show ``null`` and are left out of the totals.
+    the metered mean (:func:`aggregator.ingestion.metering.site_import_intervals`); intervals not yet
+    metered or without a counterfactual show ``null`` and are left out of the totals.
     """
     chain = _own_event(session, user, event_id)
     event = chain.latest

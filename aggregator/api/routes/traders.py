@@ -20,7 +20,6 @@ from pydantic import AwareDatetime, BaseModel
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from aggregator import schedules, trading
 from aggregator.api.deps import SessionDep, require_roles
 from aggregator.api.paging import PageParams, TimeRangeParams
 from aggregator.api.schemas import Page
@@ -44,10 +43,11 @@ from aggregator.api.schemas.traders import (
     WhatIf,
     WhatIfRequest,
 )
+from aggregator.control import schedules, trading
+from aggregator.control.schedules import GRID, StoredPlan
+from aggregator.control.trading import float_or_none
 from aggregator.db.models import Role, ScheduleVersion, Site
-from aggregator.metering import site_import_intervals
-from aggregator.schedules import GRID, StoredPlan
-from aggregator.trading import float_or_none
+from aggregator.ingestion.metering import site_import_intervals
 
 router = APIRouter(prefix="/trader", tags=["traders"], dependencies=[Depends(require_roles(Role.TRADER))])
 
@@ -409,7 +409,7 @@ def planned_vs_actual(site_id: str, session: SessionDep, window: QuarterHourWind
 
     The version in force at an interval is the latest created at or before the interval's start
     whose horizon covers it. Measured is the mean of the site's telemetry sent in the interval
-    (:func:`aggregator.metering.site_import_intervals`). Null where unknown. ``start`` and ``end``
+    (:func:`aggregator.ingestion.metering.site_import_intervals`). Null where unknown. ``start`` and ``end``
     must be on quarter hours.
     """
     _require_site(session, site_id)
@@ -460,7 +460,7 @@ def flexibility(session: SessionDep, window: HourWindow) -> Flexibility:
     """Per hour, per site and for the portfolio: the up and down kW the current plans leave room for.
 
     Against each site's current plan (its latest version) and the scenario it was made from, per plan
-    step (see :func:`aggregator.schedules.flexibility_frame`):
+    step (see :func:`aggregator.control.schedules.flexibility_frame`):
 
     - down = how far import could drop: planned charging of plugged vehicles that could pause, plus
       discharge headroom (up to the vehicle's and EVSE's ``max_discharge_kw``) of vehicles whose
@@ -541,7 +541,7 @@ def kpis(session: SessionDep, window: QuarterHourWindow) -> KpiReport:
     window expected to leave short (keyed by the scenario's vehicle id). Versions: those created in
     the window, by status, and the share solved optimal. The portfolio's peaks are of the summed
     15-minute series (over the sites known in each interval), not sums of the sites' peaks.
-    See :func:`aggregator.trading.kpi_report`.
+    See :func:`aggregator.control.trading.kpi_report`.
     """
     start, end = window
     try:
@@ -561,7 +561,7 @@ def what_if(body: WhatIfRequest, session: SessionDep) -> WhatIf:
     Exactly one change: ``import_price_per_kwh`` (a series with one price per step of the horizon),
     ``price_multiplier`` or ``price_offset_per_kwh`` (applied to every step's import price). Export
     prices and everything else stay. Nothing is stored and nothing is published.
-    See :func:`aggregator.trading.what_if`.
+    See :func:`aggregator.control.trading.what_if`.
     """
     _require_site(session, body.site_id)
     version_id = schedules.latest_version_id(session, body.site_id)

@@ -23,8 +23,8 @@ from pydantic import (
 
 from aggregator.api.schemas import UserPublic
 from aggregator.db.models import Program, ProgramKind
-from aggregator.settlement.terms import program_payment_terms
-from site_gateway.contract import CHARGER_ID_PATTERN, SITE_ID_PATTERN
+from aggregator.programs.terms import program_payment_terms
+from wire.contract import CHARGER_ID_PATTERN, SITE_ID_PATTERN
 
 SiteId = Annotated[str, Field(pattern=SITE_ID_PATTERN)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
@@ -181,7 +181,7 @@ class ProgramFields(BaseModel):
     """``true`` declares that the program pays nothing: it has no ``payment_terms``, and its events are
     planned without payment on purpose."""
     payment_terms: dict[str, Any] = Field(default_factory=dict)
-    """How the program pays: the fields of :class:`aggregator.settlement.terms.PaymentTerms` (their
+    """How the program pays: the fields of :class:`aggregator.programs.terms.PaymentTerms` (their
     ``currency`` by default the program's), stored as given."""
     measurement: dict[str, Any] = Field(default_factory=dict)
     """How delivery is measured (baseline method and parameters); stored as given."""
@@ -189,7 +189,7 @@ class ProgramFields(BaseModel):
 
 class ProgramCreate(ProgramFields):
     """A new program: payment terms that pay, or ``unpaid: true``
-    (:func:`aggregator.settlement.terms.program_payment_terms`)."""
+    (:func:`aggregator.programs.terms.program_payment_terms`)."""
 
     @field_validator("payment_terms")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from aggregator.db.models import ScheduleStatus
-from site_gateway.contract import SITE_ID_PATTERN
+from wire.contract import SITE_ID_PATTERN
 
 WHAT_IF_MAX_TIME_LIMIT_S = 60.0
 

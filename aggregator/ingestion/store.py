@@ -6,9 +6,9 @@ bulk insert (:func:`~aggregator.db.telemetry.insert_telemetry_many`), statuses, 
 acks one by one, and moves each site's ``gateway_status.last_seen_at`` forward once (never back; on
 PostgreSQL in one statement that takes the sites' rows in the order of their ids, so that telemetry
 batches stored at once cannot deadlock). What each message did comes back as a :class:`BatchResult`,
-for :mod:`aggregator.ingestion` to count and act on after the commit. :func:`independent` says which
+for :mod:`aggregator.ingestion.pipeline` to count and act on after the commit. :func:`independent` says which
 batches may be stored alongside others. The rules for each kind of message are in
-:mod:`aggregator.ingestion`'s docstring.
+:mod:`aggregator.ingestion.pipeline`'s docstring.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from aggregator.db.models import (
     Vehicle,
 )
 from aggregator.db.telemetry import insert_telemetry_many
-from site_gateway.contract import (
+from wire.contract import (
     CommandAck,
     GatewayState,
     GatewayStatus,
@@ -45,7 +45,7 @@ from site_gateway.contract import (
     TopicKind,
 )
 
-log = logging.getLogger("aggregator.ingestion")
+log = logging.getLogger("aggregator.ingestion.pipeline")
 
 ACK_DETAIL_MAX = 500
 """Length of ``setpoint_commands.ack_detail``; a longer error is cut to it."""

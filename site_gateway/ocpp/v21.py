@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from ocpp.v21 import ChargePoint as ChargePoint21
 
-from site_gateway.ocpp_v201 import Station2x
-from site_gateway.profiles import OcppVersion
+from site_gateway.ocpp.profiles import OcppVersion
+from site_gateway.ocpp.v201 import Station2x
 
 
 class StationV21(Station2x, ChargePoint21):

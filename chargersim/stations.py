@@ -1,11 +1,11 @@
 """Simulated charging stations on the ``ocpp`` library's ChargePoint classes (1.6, 2.0.1, 2.1).
 
 Each :class:`SimulatedCharger` is one single-EVSE station (EVSE/connector 1) with a
-:class:`~site_gateway.vehicle_model.Vehicle`. Two tasks run it:
+:class:`~chargersim.vehicles.Vehicle`. Two tasks run it:
 
 - the *plant* steps the vehicle on the simulated clock: it plugs in at arrival (Authorize, start of
   transaction, 2.x NotifyEVChargingNeeds), draws what the composite of its charging profiles allows
-  (:mod:`site_gateway.composite`) and the vehicle accepts, samples the meter every
+  (:mod:`chargersim.composite`) and the vehicle accepts, samples the meter every
   ``meter_interval_s`` and ends the transaction at the target or at departure. It keeps running while
   offline, as a real charger does;
 - the *link* holds the websocket: BootNotification once, then sends the plant's messages in order,
@@ -47,8 +47,8 @@ from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
 from websockets.exceptions import ConnectionClosed
 
-from site_gateway.composite import ProfileError, ProfileStore, Transaction
-from site_gateway.vehicle_model import Vehicle, random_vehicle
+from chargersim.composite import ProfileError, ProfileStore, Transaction
+from chargersim.vehicles import Vehicle, random_vehicle
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ per version, keyed by ``(source, event id, modification)``:
 A version's program is the signal's ``program_id`` when that is one of our programs, else
 ``program_map[program_id]`` (a VTN program name or id → our program id, from ``central.toml``), else
 none: it is stored all the same and logged, but no site plans with it (see
-:mod:`aggregator.dispatch_windows`). The sites a version applies to are its ``target_sites``, or, when
+:mod:`aggregator.control.dispatch_windows`). The sites a version applies to are its ``target_sites``, or, when
 it names none, the sites enrolled in its program. Price signals are stored too (kind ``price``).
 """
 
@@ -40,10 +40,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from aggregator import schedules
+from aggregator.control import schedules
+from aggregator.control.replanning import ReplanRequests
 from aggregator.db.models import DispatchEvent, Program, ProgramSite
-from aggregator.metering import DEFAULT_STEP, site_import_intervals
-from aggregator.replanning import ReplanRequests
+from aggregator.ingestion.metering import DEFAULT_STEP, site_import_intervals
 from market_adapters.dispatch import GridSignal, SignalKind
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class PortfolioFlexibility:
     """A ``FlexibilityOracle`` answering from the latest plans and from metered telemetry.
 
     The portfolio is the sites enrolled in ``programs`` (any program when ``None``). Each site's figure
-    comes from its latest schedule version, through :func:`aggregator.schedules.flexibility_frame`
+    comes from its latest schedule version, through :func:`aggregator.control.schedules.flexibility_frame`
     (power headroom against the plan; state of charge and targets are not checked), over the plan steps
     that overlap the window ``[start, end)`` (the part of it before ``clock()`` is left out: the past
     cannot be delivered):

@@ -9,14 +9,14 @@ from ocpp.v16 import ChargePoint as ChargePoint16
 from ocpp.v16 import call_result, datatypes
 from ocpp.v16.enums import Action
 
-from site_gateway.ocpp_events import (
+from site_gateway.ocpp.events import (
     ConnectorStatusChanged,
     MeterReading,
     SessionStopped,
     StationBooted,
 )
-from site_gateway.ocpp_station import Station, parse_time, read_meter_values
-from site_gateway.profiles import OcppVersion
+from site_gateway.ocpp.profiles import OcppVersion
+from site_gateway.ocpp.station import Station, parse_time, read_meter_values
 
 
 def _iso(station: Station) -> str:

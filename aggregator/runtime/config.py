@@ -15,12 +15,12 @@
     username = "centre"
     password_env = "FLEETGRID_MQTT_PASSWORD"
 
-    [control]                               # aggregator.control.ControlSettings
+    [control]                               # aggregator.control.loop.ControlSettings
     cadence_minutes = 15                    # a duration's key names its unit (CONTROL_DURATIONS)
     solver_time_limit_s = 10
     setpoint_validity_minutes = 60
 
-    [control.planning]                      # aggregator.planning.PlanningSettings
+    [control.planning]                      # aggregator.control.inputs.PlanningSettings
     horizon_hours = 24
     step_minutes = 15
 
@@ -90,7 +90,7 @@ from site_gateway.config import (
 )
 
 if TYPE_CHECKING:  # imported where used: `fleetgrid admin` reads this file and needs neither
-    from aggregator.control import ControlSettings
+    from aggregator.control.loop import ControlSettings
     from market_adapters.openadr2 import Openadr2Settings
     from market_adapters.openadr3_objects import OpenAdr3Settings
 
@@ -285,7 +285,7 @@ CONTROL_DURATIONS: dict[str, tuple[str, dt.timedelta]] = {
     "base_load_max_age_minutes": ("base_load_max_age", MINUTE),
 }
 """``[control]`` and ``[control.planning]`` keys that are durations: the key names the unit, and sets the
-:class:`~aggregator.control.ControlSettings` / :class:`~aggregator.planning.PlanningSettings` field
+:class:`~aggregator.control.loop.ControlSettings` / :class:`~aggregator.control.inputs.PlanningSettings` field
 (a :class:`~datetime.timedelta`). Every other key is the settings field's own name."""
 
 
@@ -297,7 +297,7 @@ class CentralConfig(_Section):
     """The control loop's settings as written; :meth:`control_settings` validates them."""
     influxdb: InfluxSection | None = None
     openadr: list[OpenadrSection] = Field(default_factory=list)
-    """One VEN per entry, started by the service (see :mod:`aggregator.grid_signals`)."""
+    """One VEN per entry, started by the service (see :mod:`aggregator.programs.grid_signals`)."""
 
     _source: Path | None = PrivateAttr(None)
     """The file this was read from, named in errors."""
@@ -312,7 +312,7 @@ class CentralConfig(_Section):
         """``[control]`` as the control loop's settings; :class:`CentralConfigError` naming the file, the
         key (``control.planning.horizon_hours``) and what is wrong, with the keys allowed for an
         unknown one."""
-        from aggregator.control import ControlSettings
+        from aggregator.control.loop import ControlSettings
 
         where = self._source or Path("central.toml")
         problems: list[str] = []
@@ -345,7 +345,7 @@ def _settings_values(
             else:
                 values[setting] = value * unit
         elif key == "planning" and isinstance(value, Mapping):
-            from aggregator.planning import PlanningSettings
+            from aggregator.control.inputs import PlanningSettings
 
             values[key] = _settings_values(value, PlanningSettings, f"{where}.planning", problems)
         else:

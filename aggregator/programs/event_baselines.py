@@ -6,14 +6,14 @@ the ``counterfactual`` of the *earliest* :class:`~aggregator.db.models.ScheduleV
 that
 
 - lists E in ``inputs["events"]`` (any version row of E: rows are mapped to the event's public id
-  through :mod:`aggregator.dispatch_events`),
+  through :mod:`aggregator.programs.dispatch_events`),
 - planned the session (``inputs["sessions"]`` names it), and
 - has a counterfactual for it (a version whose counterfactual solve was refused is skipped).
 
 A session that first appears after E was planned (a late arrival) is frozen at the first version
 that has both. Later plans re-solve the counterfactual from the current state, and once a plan has
 pre-charged a vehicle before E, that fresh counterfactual no longer charges in E's window: the frozen
-one still does, so neither the optimiser's DR baseline (:mod:`aggregator.portfolio_planning`) nor
+one still does, so neither the optimiser's DR baseline (:mod:`aggregator.control.groups`) nor
 the measurement (:mod:`aggregator.settlement.event_measurement`) loses what pre-charging delivered.
 
 A frozen baseline is an absolute-time series (the freezing version's ``horizon_start`` and step);
@@ -34,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import ScheduleVersion
-from aggregator.dispatch_events import event_chain
+from aggregator.programs.dispatch_events import event_chain
 
 LOOKBACK = dt.timedelta(days=7)
 """How long before an event's window a version's horizon may start and still list the event."""
@@ -77,7 +77,7 @@ def frozen_baselines(
     """The frozen baselines (module docstring) at ``site_id`` of the events ``event_ids`` (public
     ids), for every charging session a version planned with them, or only ``session_ids``.
 
-    Raises :class:`~aggregator.dispatch_events.EventNotFoundError` for an id that is not an event's
+    Raises :class:`~aggregator.programs.dispatch_events.EventNotFoundError` for an id that is not an event's
     public id. An event with no version listing it yet has no entry.
     """
     found: FrozenBaselines = {}

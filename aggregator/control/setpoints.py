@@ -1,8 +1,8 @@
-"""From a site's plan to the :class:`~site_gateway.contract.SetpointCommand` its gateway follows, and
+"""From a site's plan to the :class:`~wire.contract.SetpointCommand` its gateway follows, and
 how commands reach the broker.
 
 :func:`setpoint_command` turns a stored plan (``schedule_versions.plan``) into one command: one
-:class:`~site_gateway.contract.EvseSetpoint` per planned EVSE, carrying the planned power of every
+:class:`~wire.contract.EvseSetpoint` per planned EVSE, carrying the planned power of every
 step from the horizon start until ``valid_until`` as a schedule of periods (equal neighbouring steps
 merged). EVSEs without a planned vehicle are not named, so the gateway keeps its own limits there.
 
@@ -25,7 +25,7 @@ from typing import Any, Protocol, Self
 
 import aiomqtt
 
-from site_gateway.contract import (
+from wire.contract import (
     QOS,
     EvseSetpoint,
     SetpointCommand,
@@ -33,7 +33,7 @@ from site_gateway.contract import (
     encode,
     setpoint_topic,
 )
-from site_gateway.reconnect import Backoff, keep_connected
+from wire.reconnect import Backoff, keep_connected
 
 log = logging.getLogger(__name__)
 

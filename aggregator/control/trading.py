@@ -8,7 +8,7 @@
 
 Powers in kW, energies in kWh, money in the scenario's currency; times aware UTC. Plain dataclasses:
 the API turns them into its response models. A stored version that does not have the documented shape
-raises :class:`aggregator.schedules.ScheduleDataError`; a price change that cannot be applied raises
+raises :class:`aggregator.control.schedules.ScheduleDataError`; a price change that cannot be applied raises
 :class:`WhatIfError` naming the field.
 """
 
@@ -25,10 +25,10 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from aggregator import schedules
+from aggregator.control import schedules
+from aggregator.control.schedules import GRID
 from aggregator.db.models import ScheduleStatus, ScheduleVersion, Site
-from aggregator.metering import evse_power_intervals, site_import_intervals
-from aggregator.schedules import GRID
+from aggregator.ingestion.metering import evse_power_intervals, site_import_intervals
 from optimizer import ScenarioError, build_problem, evaluate, schedule
 
 

@@ -32,10 +32,10 @@ from ocpp.v21.enums import Action as Action21
 from ocpp.v201.enums import Action as Action201
 from websockets.exceptions import ConnectionClosed
 
-from site_gateway.charging_sessions import Session, SessionRegister
 from site_gateway.config import ChargerSection
-from site_gateway.ocpp_events import EventSink, OcppEvent, SessionStarted, TokenIdentity, TokenLookup
-from site_gateway.profiles import OcppVersion, ProfilePlan, station_max_profile, tx_default_profile
+from site_gateway.ocpp.events import EventSink, OcppEvent, SessionStarted, TokenIdentity, TokenLookup
+from site_gateway.ocpp.profiles import OcppVersion, ProfilePlan, station_max_profile, tx_default_profile
+from site_gateway.ocpp.sessions import Session, SessionRegister
 
 logger = logging.getLogger(__name__)
 

@@ -9,11 +9,12 @@
 On entry the database is migrated to the latest schema, then, in order: the in-process broker when
 ``[mqtt] url = "embedded"``, the optional InfluxDB mirror, ingestion (subscribed to every site), the
 control loop (with its setpoint publisher) and the API on uvicorn. They share one sessionmaker and the
-control loop's :class:`~aggregator.replanning.ReplanRequests`, so a driver's override through the API
+control loop's :class:`~aggregator.control.replanning.ReplanRequests`, so a driver's override through the API
 or a vehicle arriving through MQTT re-plans its site at once. Each ``[[openadr]]`` entry starts a VEN
 (OpenADR 2.0b or 3) after the control loop, its events stored by a
-:class:`~aggregator.grid_signals.GridSignalStore` (which asks the loop to re-plan the sites they apply to)
-and its optIn/optOut and reports answered by a :class:`~aggregator.grid_signals.PortfolioFlexibility`
+:class:`~aggregator.programs.grid_signals.GridSignalStore` (which asks the loop to re-plan the sites they
+apply to)
+and its optIn/optOut and reports answered by a :class:`~aggregator.programs.grid_signals.PortfolioFlexibility`
 over the sites enrolled in its mapped programs. Exit stops them in reverse order.
 """
 
@@ -31,16 +32,16 @@ import uvicorn
 
 from aggregator.api.app import create_app
 from aggregator.api.config import Settings
-from aggregator.broker import EmbeddedBroker
-from aggregator.central_config import CentralConfig, Openadr2Section, OpenadrSection
-from aggregator.control import ControlLoop
+from aggregator.control.loop import ControlLoop
+from aggregator.control.replanning import ReplanRequests
+from aggregator.control.setpoints import MqttPublisherSettings, MqttSetpointPublisher
 from aggregator.db.migrate import upgrade
 from aggregator.db.session import make_engine, make_sessionmaker
-from aggregator.grid_signals import GridSignalStore, PortfolioFlexibility
-from aggregator.ingestion import Ingestion, IngestionSettings
-from aggregator.replanning import ReplanRequests
-from aggregator.setpoints import MqttPublisherSettings, MqttSetpointPublisher
-from aggregator.telemetry_mirror import MirrorSettings, TelemetryMirror
+from aggregator.ingestion.pipeline import Ingestion, IngestionSettings
+from aggregator.ingestion.telemetry_mirror import MirrorSettings, TelemetryMirror
+from aggregator.programs.grid_signals import GridSignalStore, PortfolioFlexibility
+from aggregator.runtime.broker import EmbeddedBroker
+from aggregator.runtime.config import CentralConfig, Openadr2Section, OpenadrSection
 from market_adapters.openadr2 import Ven
 from market_adapters.openadr3 import OpenAdr3Client
 

@@ -37,19 +37,19 @@ Where each number comes from, in order of precedence (every assumption is writte
 - base load [kW]: the latest telemetry ``base_load_kw`` if no older than ``base_load_max_age``, as a
   flat forecast (capped at the import limit), else 0.
 
-Dispatch events: those :func:`aggregator.dispatch_windows.site_event_windows` finds for the site
+Dispatch events: those :func:`aggregator.control.dispatch_windows.site_event_windows` finds for the site
 (latest version, not cancelled, enrolled program, targeted or program-wide), one optimizer event per
 interval: ``dr_reduction`` → :class:`~optimizer.DrEvent` with ``reduction_kw`` below a baseline,
 ``dr_cap`` → :class:`~optimizer.DrEvent` with ``cap_kw``, ``v2g_export`` →
 :class:`~optimizer.V2gDispatch`. The baseline is the counterfactual plan's import (the site planned
 without any event), so :attr:`PlanInputs.scenario` carries no events and
 :meth:`PlanInputs.scenario_with_events` adds them once that baseline is known. Once an event has been
-planned, each vehicle's part of that baseline is frozen (:mod:`aggregator.event_baselines`): the
+planned, each vehicle's part of that baseline is frozen (:mod:`aggregator.programs.event_baselines`): the
 baseline of a later plan is the fresh counterfactual import with each present vehicle's fresh power
 replaced by its frozen power, where it has one (:meth:`PlanInputs.event_baselines_kw`), so a plan
 that pre-charged a vehicle before the event does not lower its own baseline. An event that applies
 to several sites (:attr:`EventWindow.site_ids`) is split among them by one optimisation of all of
-them (:mod:`aggregator.portfolio_planning`).
+them (:mod:`aggregator.control.groups`).
 
 A session whose data cannot be planned (a malformed ``departure_time``, a target outside 0..100 %,
 a second open session on a charger) raises :class:`PlanningInputError` internally, which names the
@@ -72,6 +72,7 @@ from pydantic import ConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aggregator.control.dispatch_windows import EventWindow, site_event_windows
 from aggregator.db.consents import current_consent
 from aggregator.db.models import (
     Charger,
@@ -82,8 +83,7 @@ from aggregator.db.models import (
     TelemetryRecord,
     Vehicle,
 )
-from aggregator.dispatch_windows import EventWindow, site_event_windows
-from aggregator.event_baselines import FrozenBaseline, frozen_baselines
+from aggregator.programs.event_baselines import FrozenBaseline, frozen_baselines
 from market_adapters.dispatch import SignalKind
 from market_adapters.tariffs import TouTariff
 from optimizer.problem import steps_to_reach
@@ -102,7 +102,7 @@ paid for export, no demand charge. Flat prices leave the timing to the tie-break
 
 DEFAULT_CHARGE_TAPER = ChargeTaper(start_soc=0.8, end_fraction=0.05)
 """An assumption, typical of Li-ion CC-CV charging: full power up to 80 % state of charge, then
-linearly down to 5 % of it at 100 % (as :mod:`site_gateway.vehicle_model` simulates)."""
+linearly down to 5 % of it at 100 % (as :mod:`chargersim.vehicles` simulates)."""
 
 TariffSource = Tariff | TouTariff
 """A flat optimizer tariff (one number per price) or a time-of-use tariff priced per step."""
@@ -190,7 +190,8 @@ class PlanInputs:
     problems: list[PlanningInputError] = field(default_factory=list)
     frozen: dict[int, dict[str, FrozenBaseline]] = field(default_factory=dict)
     """Event public id → scenario vehicle id → the vehicle's baseline frozen when the event was first
-    planned with it (:mod:`aggregator.event_baselines`); vehicles not yet planned with it are absent."""
+    planned with it (:mod:`aggregator.programs.event_baselines`); vehicles not yet planned with it are
+    absent."""
 
     @property
     def dispatch_event_ids(self) -> list[int]:
@@ -231,7 +232,7 @@ class PlanInputs:
         reduction events and the DR payment).
 
         ``events`` replaces :attr:`events` (all of them by default): a site planned with others
-        leaves the events it shares with them to the joint model (:mod:`aggregator.portfolio_planning`).
+        leaves the events it shares with them to the joint model (:mod:`aggregator.control.groups`).
         ``event_baselines_kw`` (event public id → kW per step, :meth:`event_baselines_kw`) replaces
         ``baseline_import_kw`` for the events it names.
         """

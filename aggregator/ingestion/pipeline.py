@@ -11,7 +11,7 @@ How it behaves:
 
 - One persistent MQTT session (MQTT 3.1.1, fixed client id, ``clean_session=False``, QoS 1), subscribed
   to every site's ``telemetry``, ``session``, ``status`` and ``ack`` topics
-  (:func:`site_gateway.contract.subscription`), so messages sent while the centre is away wait in the
+  (:func:`wire.contract.subscription`), so messages sent while the centre is away wait in the
   broker. A lost connection is retried for ever with jittered exponential backoff.
 - With ``telemetry_consumers`` above 1, telemetry comes instead through that many further persistent
   sessions (client ids ``{client_id}-telemetry-{k}``) sharing one MQTT shared subscription
@@ -24,14 +24,14 @@ How it behaves:
   queue is replaced by one that appends to ours: no task and no await per message). One writer task
   takes the queue in batches, in arrival order: whatever has arrived when it is free (see below), up
   to ``batch_max_messages`` (after waiting up to ``batch_linger_s`` for more, when set). Each batch is
-  decoded with :func:`site_gateway.contract.decode_message` and then stored in one database
+  decoded with :func:`wire.contract.decode_message` and then stored in one database
   transaction, both in worker threads (so the event loop only receives). Under load a batch is what
   arrived while the previous ones were stored, so batches grow with the load and an idle centre
   stores each message at once. Within a batch, messages are applied in arrival order; runs of
   telemetry go in as one bulk insert
   (:func:`~aggregator.db.telemetry.insert_telemetry_many`). When more than ``max_pending`` messages
   wait, further messages wait in the MQTT client's own queue (paho still reads them) until the writer
-  has made room. The storing itself is :mod:`aggregator.ingestion_store`.
+  has made room. The storing itself is :mod:`aggregator.ingestion.store`.
 - Batches of telemetry alone are independent of each other, so on PostgreSQL up to
   ``telemetry_writers`` of them are stored at once, each in its own transaction on its own
   connection, and the writer is free to take the next batch while fewer than that are being stored:
@@ -78,7 +78,7 @@ How it behaves:
   charging needs (``needs:<charger>/<evse>``), a session stopped (``departure:<charger>/<evse>``), and
   a gateway going ``online`` after ``offline`` or no status at all (``gateway_online``).
 - With ``mirror``, every committed batch's new telemetry is offered to it
-  (:class:`~aggregator.telemetry_mirror.TelemetryMirror`, whose ``offer`` never blocks).
+  (:class:`~aggregator.ingestion.telemetry_mirror.TelemetryMirror`, whose ``offer`` never blocks).
 - Every accepted message also moves the site's ``gateway_status.last_seen_at`` forward (never back, as
   batches stored at once may commit out of arrival order).
 
@@ -103,8 +103,9 @@ import aiomqtt
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from aggregator.control.replanning import ReplanRequests
 from aggregator.db.models import utcnow
-from aggregator.ingestion_store import (
+from aggregator.ingestion.store import (
     AwaitingSoc,
     BatchResult,
     EvseKey,
@@ -114,8 +115,7 @@ from aggregator.ingestion_store import (
     load_awaiting_soc,
     store_batch,
 )
-from aggregator.replanning import ReplanRequests
-from site_gateway.contract import (
+from wire.contract import (
     QOS,
     ContractError,
     Payload,
@@ -125,7 +125,7 @@ from site_gateway.contract import (
     parse_topic,
     subscription,
 )
-from site_gateway.reconnect import Backoff, keep_connected
+from wire.reconnect import Backoff, keep_connected
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ class Undecodable:
 class Decoded:
     """One batch decoded in a worker thread: each message (or its contract error), and whether the
     valid ones may be stored while other batches are (see
-    :func:`~aggregator.ingestion_store.independent`)."""
+    :func:`~aggregator.ingestion.store.independent`)."""
 
     messages: list[Received | Undecodable]
     independent: bool

@@ -10,14 +10,14 @@ found, breadth first; the cap keeps one model small enough to solve within a con
 
 1. each site's counterfactual: the site alone without any event (as for a single site); its import,
    with each vehicle's part replaced by the vehicle's baseline frozen when the event was first
-   planned with it (:meth:`~aggregator.planning.PlanInputs.event_baselines_kw`,
-   :mod:`aggregator.event_baselines`), is the site's baseline for the event, stored as
+   planned with it (:meth:`~aggregator.control.inputs.PlanInputs.event_baselines_kw`,
+   :mod:`aggregator.programs.event_baselines`), is the site's baseline for the event, stored as
    ``inputs["event_baselines"]`` (public event id → kW per step) of its schedule version;
 2. the events shared by at least two sites of the group, ``dr_reduction`` and ``v2g_export``, become
    :class:`~optimizer.portfolio.PortfolioEvent` s (one per event interval, baseline per site its
    counterfactual import) and :func:`~optimizer.portfolio.solve_portfolio` plans all sites in one
    model, so the optimisation decides who delivers. Events of one site stay in that site's own model
-   (:meth:`~aggregator.planning.PlanInputs.scenario_with_events`), as when it is planned alone;
+   (:meth:`~aggregator.control.inputs.PlanInputs.scenario_with_events`), as when it is planned alone;
 3. every site gets its :class:`SiteSolution` with its share of each shared event
    (:attr:`SiteSolution.event_shares`, stored as ``inputs["event_shares"]`` of its schedule
    version): the kW it is committed per horizon step (:func:`commitment_shares`).
@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from aggregator.dispatch_windows import EventWindow, site_event_windows
-from aggregator.planning import PlanInputs
+from aggregator.control.dispatch_windows import EventWindow, site_event_windows
+from aggregator.control.inputs import PlanInputs
 from market_adapters.dispatch import SignalKind
 from optimizer.errors import ScenarioError
 from optimizer.portfolio import EventKind, PortfolioEvent, PortfolioResult, solve_portfolio
@@ -92,7 +92,7 @@ class SiteSolution:
     """The joint model it was solved in: ``{"site_ids": [...], "events": [PortfolioEvent JSON]}``."""
     event_baselines: dict[int, list[float]] = field(default_factory=dict)
     """Dispatch event public id → the site's baseline import [kW] per horizon step the events were
-    planned against (:meth:`~aggregator.planning.PlanInputs.event_baselines_kw`)."""
+    planned against (:meth:`~aggregator.control.inputs.PlanInputs.event_baselines_kw`)."""
 
     @property
     def solver_failed(self) -> bool:
@@ -153,7 +153,7 @@ def _solve_alone(
 def event_baselines(inputs: PlanInputs, counterfactual: ScheduleResult) -> dict[int, list[float]]:
     """The site's baseline per event (public id → kW per step) from its fresh ``counterfactual``, with
     each vehicle's frozen power in place of its fresh power
-    (:meth:`~aggregator.planning.PlanInputs.event_baselines_kw`)."""
+    (:meth:`~aggregator.control.inputs.PlanInputs.event_baselines_kw`)."""
     power = counterfactual.charge_kw - counterfactual.discharge_kw
     vehicles = {vehicle.id: power[i].tolist() for i, vehicle in enumerate(counterfactual.problem.vehicles)}
     return inputs.event_baselines_kw(counterfactual.evaluation.import_kw.tolist(), vehicles)

@@ -9,32 +9,33 @@
 
 One plan of one site (:meth:`ControlLoop.plan_site`):
 
-1. inputs from the database (:func:`aggregator.planning.site_plan_inputs`, in a worker thread);
+1. inputs from the database (:func:`aggregator.control.inputs.site_plan_inputs`, in a worker thread);
 2. solve (worker thread, ``solver_time_limit_s``). With dispatch events, the counterfactual (the site
    without them) is solved first and stored; its import, with each vehicle's power replaced by the
-   baseline frozen when the event was first planned with that vehicle (:mod:`aggregator.event_baselines`),
+   baseline frozen when the event was first planned with that vehicle
+   (:mod:`aggregator.programs.event_baselines`),
    is the event's baseline, stored as ``inputs["event_baselines"]`` (public event id → kW per step);
 3. store a :class:`~aggregator.db.models.ScheduleVersion` superseding the site's previous one. Its
    status is the solver's (``optimal`` / ``feasible``). When the solver finds no schedule (time-out
    without an incumbent, a failure, an input the optimizer refuses), the previous version shifted to
    the new horizon start is stored instead (``shifted``), else the earliest-deadline-first heuristic
-   of :mod:`optimizer.baselines` (``heuristic``). With neither (an input refused and no earlier
+   of :mod:`optimizer.policies` (``heuristic``). With neither (an input refused and no earlier
    version), the version is an empty ``heuristic`` plan and no command is sent: the gateway's own
    earliest-deadline-first fallback keeps the site within its limits;
-4. turn the plan into a :class:`~site_gateway.contract.SetpointCommand`
-   (:func:`aggregator.setpoints.setpoint_command`), record it as a pending
+4. turn the plan into a :class:`~wire.contract.SetpointCommand`
+   (:func:`aggregator.control.setpoints.setpoint_command`), record it as a pending
    :class:`~aggregator.db.models.SetpointCommandRecord` and publish it. A site whose gateway is
    offline is planned and published all the same: QoS 1 keeps the command at the broker.
 
 The loop plans each site when its cadence comes round (aligned to the clock: every ``cadence`` from
-midnight UTC) and at once when :class:`~aggregator.replanning.ReplanRequests` names it; requests that
+midnight UTC) and at once when :class:`~aggregator.control.replanning.ReplanRequests` names it; requests that
 arrive together are merged into one plan whose trigger lists their reasons. Time is the injected
 ``clock``; the loop checks it at least every ``poll_s`` real seconds.
 
 A dispatch event that applies to several sites is split among them inside one optimisation: planning
-a site plans its whole group (:func:`aggregator.portfolio_planning.portfolio_group`: the sites sharing
+a site plans its whole group (:func:`aggregator.control.groups.portfolio_group`: the sites sharing
 an active or pending event with it, transitively, at most ``max_group_sites``) with one call of the
-loop's ``solve_group`` (by default :func:`~aggregator.portfolio_planning.solve_portfolio_group`, which
+loop's ``solve_group`` (by default :func:`~aggregator.control.groups.solve_portfolio_group`, which
 solves a site without shared events exactly as before). Every site of the group gets its own version
 (trigger, counterfactual and fallbacks as above), with its committed share of each shared event in
 ``inputs["event_shares"]`` (public event id → kW per step), and its own command. In the loop, a site
@@ -59,6 +60,19 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from aggregator.control.groups import (
+    MAX_GROUP_SITES,
+    SiteSolution,
+    SolveGroup,
+    portfolio_group,
+    solve_portfolio_group,
+    solve_site,
+    solve_sites_independently,
+)
+from aggregator.control.inputs import PlanInputs, PlanningSettings, floor_time, site_plan_inputs
+from aggregator.control.replanning import ReplanRequests
+from aggregator.control.schedules import plan_json
+from aggregator.control.setpoints import SetpointPublisher, setpoint_command
 from aggregator.db.models import (
     CommandStatus,
     GatewayStatusRecord,
@@ -68,22 +82,9 @@ from aggregator.db.models import (
     Site,
     utcnow,
 )
-from aggregator.planning import PlanInputs, PlanningSettings, floor_time, site_plan_inputs
-from aggregator.portfolio_planning import (
-    MAX_GROUP_SITES,
-    SiteSolution,
-    SolveGroup,
-    portfolio_group,
-    solve_portfolio_group,
-    solve_site,
-    solve_sites_independently,
-)
-from aggregator.replanning import ReplanRequests
-from aggregator.schedules import plan_json
-from aggregator.setpoints import SetpointPublisher, setpoint_command
 from optimizer.online import DEFAULT_URGENCY_WEIGHT
 from optimizer.solve import SolverOptions
-from site_gateway.contract import GatewayState, SetpointCommand
+from wire.contract import GatewayState, SetpointCommand
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ class ControlLoop:
         """Plan ``site_id`` now with the sites it shares dispatch events with (:meth:`plan_with_group`),
         store the versions, publish the commands; ``site_id``'s version id.
 
-        Raises :class:`~aggregator.planning.SiteNotFoundError` for an unknown site.
+        Raises :class:`~aggregator.control.inputs.SiteNotFoundError` for an unknown site.
         """
         return (await self.plan_with_group(site_id, trigger, publish=publish))[site_id]
 

@@ -11,9 +11,9 @@ says it is planned as unpaid, and why: its program is declared unpaid (``Program
 terms pay nothing per kWh.
 
 Each window names the event's public id (its first version's row id, see
-:mod:`aggregator.dispatch_events`) and the sites the event applies to: its ``target_sites`` that are
+:mod:`aggregator.programs.dispatch_events`) and the sites the event applies to: its ``target_sites`` that are
 enrolled in its program, or every enrolled site when it names none. An event applying to several
-sites is planned for them together (:mod:`aggregator.portfolio_planning`).
+sites is planned for them together (:mod:`aggregator.control.groups`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import DispatchEvent, Program, ProgramSite
-from aggregator.dispatch_events import latest_versions
+from aggregator.programs.dispatch_events import latest_versions
 from aggregator.settlement.event_inputs import event_payment_terms
 from market_adapters.dispatch import SignalKind, SignalStatus
 

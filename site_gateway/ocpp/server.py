@@ -5,9 +5,9 @@
 - Security profile 1: HTTP Basic auth per charge point (user = charge point id, password from the
   configuration, compared in constant time); profile 2: the same over TLS (pass an ``ssl`` context).
 - Charge points not in the configuration are refused (HTTP 404) unless ``allow_unknown``.
-- One :class:`~site_gateway.ocpp_station.Station` per connection, chosen by the negotiated version; a
+- One :class:`~site_gateway.ocpp.station.Station` per connection, chosen by the negotiated version; a
   charger that reconnects replaces its old connection, and its sessions survive in the shared
-  :class:`~site_gateway.charging_sessions.SessionRegister`.
+  :class:`~site_gateway.ocpp.sessions.SessionRegister`.
 
 Usage::
 
@@ -36,20 +36,9 @@ from urllib.parse import unquote, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from site_gateway.charging_sessions import Session, SessionRegister
 from site_gateway.config import ChargerSection, GatewayConfig, OcppSection
-from site_gateway.ocpp_events import EventSink, TokenLookup, discard_events, no_tokens
-from site_gateway.ocpp_station import (
-    ChargerCallError,
-    OcppGatewayError,
-    Station,
-    StationContext,
-    utc_now,
-)
-from site_gateway.ocpp_v16 import StationV16
-from site_gateway.ocpp_v21 import StationV21
-from site_gateway.ocpp_v201 import StationV201
-from site_gateway.profiles import (
+from site_gateway.ocpp.events import EventSink, TokenLookup, discard_events, no_tokens
+from site_gateway.ocpp.profiles import (
     OcppVersion,
     OutcomeStatus,
     ProfileError,
@@ -59,6 +48,17 @@ from site_gateway.profiles import (
     read_composite,
     tx_profile,
 )
+from site_gateway.ocpp.sessions import Session, SessionRegister
+from site_gateway.ocpp.station import (
+    ChargerCallError,
+    OcppGatewayError,
+    Station,
+    StationContext,
+    utc_now,
+)
+from site_gateway.ocpp.v16 import StationV16
+from site_gateway.ocpp.v21 import StationV21
+from site_gateway.ocpp.v201 import StationV201
 
 logger = logging.getLogger(__name__)
 

@@ -11,16 +11,16 @@ from typing import Any
 from ocpp.routing import on
 from ocpp.v201 import ChargePoint as ChargePoint201
 
-from site_gateway.charging_sessions import Session
-from site_gateway.ocpp_events import (
+from site_gateway.ocpp.events import (
     ChargingNeedsReported,
     ConnectorStatusChanged,
     MeterReading,
     SessionStopped,
     StationBooted,
 )
-from site_gateway.ocpp_station import MeterSample, Station, parse_time, read_meter_values
-from site_gateway.profiles import OcppVersion
+from site_gateway.ocpp.profiles import OcppVersion
+from site_gateway.ocpp.sessions import Session
+from site_gateway.ocpp.station import MeterSample, Station, parse_time, read_meter_values
 
 
 class Station2x(Station):

@@ -50,8 +50,8 @@ from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.client.write_api_async import WriteApiAsync
 from influxdb_client.rest import ApiException
 
-from site_gateway.contract import Telemetry
-from site_gateway.reconnect import Backoff
+from wire.contract import Telemetry
+from wire.reconnect import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Everything is real and in one process, on loopback: an MQTT broker (in-process unless a URL is
 given), the aggregator (API on uvicorn, MQTT ingestion, the rolling-horizon control loop) on an SQLite
 file, a site gateway (OCPP server, local safety, uplink) and one simulated OCPP charging station per
-vehicle. Time is simulated (:class:`~site_gateway.simulator.SimClock`) and shared by all of them, so
+vehicle. Time is simulated (:class:`~chargersim.stations.SimClock`) and shared by all of them, so
 a 17-hour day passes in ``minutes`` real minutes.
 
 The day:
@@ -39,27 +39,27 @@ from sqlalchemy.orm import Session, sessionmaker
 from aggregator.api.app import create_app
 from aggregator.api.config import Settings
 from aggregator.api.security import hash_password
-from aggregator.broker import EmbeddedBroker, free_port
-from aggregator.control import ControlLoop, ControlSettings
+from aggregator.control.inputs import DEFAULT_CHARGE_TAPER, PlanningSettings
+from aggregator.control.loop import ControlLoop, ControlSettings
+from aggregator.control.replanning import ReplanRequests
+from aggregator.control.setpoints import MqttPublisherSettings, MqttSetpointPublisher
 from aggregator.db.migrate import upgrade
 from aggregator.db.models import Charger, ChargingSession, Program, ProgramKind, ProgramSite, Role, Site, User
 from aggregator.db.session import make_engine, make_sessionmaker
-from aggregator.ingestion import Ingestion, IngestionSettings
-from aggregator.metering import evse_power_intervals, site_import_intervals
-from aggregator.planning import DEFAULT_CHARGE_TAPER, PlanningSettings
-from aggregator.replanning import ReplanRequests
-from aggregator.setpoints import MqttPublisherSettings, MqttSetpointPublisher
+from aggregator.ingestion.metering import evse_power_intervals, site_import_intervals
+from aggregator.ingestion.pipeline import Ingestion, IngestionSettings
+from aggregator.programs.terms import CURRENCY_EXPONENTS
+from aggregator.runtime.broker import EmbeddedBroker, free_port
 from aggregator.settlement.event_settlement import settle_event_from_db
-from aggregator.settlement.terms import CURRENCY_EXPONENTS
-from aggregator.synthetic import generate_depot_day, tou_ev_4_tariff
-from optimizer.baselines import run_policy
+from chargersim.stations import SimClock, SimulatedCharger
+from chargersim.vehicles import Vehicle
 from optimizer.evaluation import Evaluation, bill_site, evaluate
+from optimizer.policies import run_policy
 from optimizer.problem import Problem, build_problem
 from optimizer.scenario import Scenario, VehicleSession
 from site_gateway.config import GatewayConfig, MqttBrokerSection
 from site_gateway.gateway import Gateway
-from site_gateway.simulator import SimClock, SimulatedCharger
-from site_gateway.vehicle_model import Vehicle
+from workbench.synthetic import generate_depot_day, tou_ev_4_tariff
 
 log = logging.getLogger(__name__)
 
