@@ -139,7 +139,7 @@ def bill_site(problem: Problem, import_kw: np.ndarray, export_kw: np.ndarray) ->
     peaks = []
     demand_charge = 0.0
     for charge in problem.demand_charges:
-        averages = [import_kw[steps].mean() for steps in charge.intervals]
+        averages = charge.interval_averages_kw(import_kw, problem.step_hours)
         peak = max([charge.peak_already_kw, *averages])
         peaks.append(float(peak))
         demand_charge += charge.rate_per_kw * (peak - charge.peak_already_kw)

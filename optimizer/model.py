@@ -24,7 +24,9 @@ Notation (all per step ``t`` of length ``Δt`` hours, per vehicle ``v`` while pl
   (curtailment only of the surplus above the export limit; binaries enforce it at negative prices),
   with ``site_import_kw <= import limit`` and ``site_export_kw <= export limit`` as variable bounds;
 - ``demand_peak_definition``: ``demand_peak_kw[d] >=`` the average import of every billed interval in the
-  charge's windows and ``>=`` the peak already reached this period; only the increase costs money;
+  charge's windows and ``>=`` the peak already reached this period; only the increase costs money. An
+  interval already open at the horizon's start averages its metered energy ``E`` over ``h`` hours with
+  its remaining steps: ``(E + Δt Σ import) / (h + n Δt)`` (:mod:`optimizer.demand`);
 - ``dr_event_shortfall``: ``dr_shortfall_kw >= import - target``; ``dr_delivered_kw <= baseline - import``
   where paid, lifted by a binary ``dr_is_delivering`` where import may exceed the baseline (delivery is
   ``clip(baseline - import, 0, committed)``, which is not concave);
@@ -323,10 +325,18 @@ def add_demand_charges(m: pyo.ConcreteModel, problem: Problem) -> None:
     intervals = [(d, k) for d, charge in enumerate(charges) for k in range(len(charge.intervals))]
     m.demand_intervals = pyo.Set(initialize=intervals, dimen=2, ordered=True)
 
+    dt = problem.step_hours
+
     def peak(m: pyo.ConcreteModel, d: int, k: int) -> object:
-        steps = charges[d].intervals[k]
-        average = pyo.quicksum(m.site_import_kw[int(t)] for t in steps) / len(steps)
-        return m.demand_peak_kw[d] >= average
+        # peak - Σ import / n >= 0; an interval open at the horizon's start also counts its metered
+        # part: peak - Δt Σ import / (h + n Δt) >= E / (h + n Δt) (DemandChargeSpec.interval_averages_kw)
+        charge, steps = charges[d], charges[d].intervals[k]
+        hours, drawn_kwh = len(steps) * dt, 0.0
+        if k == 0 and charge.open_interval_hours > 0:
+            hours, drawn_kwh = hours + charge.open_interval_hours, charge.open_interval_kwh
+        weight = dt / hours
+        terms = [(1.0, m.demand_peak_kw[d]), *((-weight, m.site_import_kw[int(t)]) for t in steps)]
+        return _linear(terms) >= drawn_kwh / hours
 
     m.demand_peak_definition = pyo.Constraint(m.demand_intervals, rule=peak)
     m.demand_charge = pyo.Expression(

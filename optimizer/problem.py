@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from optimizer.consistency import check_scenario
-from optimizer.scenario import ChargeTaper, DrEvent, Scenario, TimeWindow
+from optimizer.demand import DemandChargeSpec, demand_intervals
+from optimizer.scenario import ChargeTaper, DrEvent, Scenario
 
 FloatArray = np.ndarray
 
@@ -132,15 +133,6 @@ class VehicleSpec:
     def energy_floor_kwh(self) -> float:
         """Lowest energy allowed while plugged in: the V2G reserve, or the arrival energy if lower."""
         return min(self.min_energy_kwh, self.energy_initial_kwh)
-
-
-@dataclass(frozen=True)
-class DemandChargeSpec:
-    name: str
-    rate_per_kw: float
-    peak_already_kw: float
-    intervals: list[np.ndarray]
-    """Step indices of each billed demand interval inside this charge's windows."""
 
 
 @dataclass(frozen=True)
@@ -261,7 +253,9 @@ def build_problem(scenario: Scenario) -> Problem:
                 name=charge.name,
                 rate_per_kw=charge.rate_per_kw,
                 peak_already_kw=charge.peak_already_kw,
-                intervals=_demand_intervals(index, tariff.demand_interval_minutes, charge.windows),
+                intervals=demand_intervals(index, tariff.demand_interval_minutes, charge.windows),
+                interval_minutes=tariff.demand_interval_minutes,
+                windows=list(charge.windows),
             )
             for charge in tariff.demand_charges
         ],
@@ -397,34 +391,3 @@ def _dr_event(scenario: Scenario, event: DrEvent) -> DrEventSpec:
         payment_per_kwh=event.payment_per_kwh,
         penalty_per_kwh=event.penalty_per_kwh,
     )
-
-
-def _in_window(stamp: pd.Timestamp, window: TimeWindow) -> bool:
-    weekday = stamp.weekday() < 5
-    if (window.days == "weekdays" and not weekday) or (window.days == "weekends" and weekday):
-        return False
-    clock = stamp.time()
-    if window.start <= window.end:
-        return window.start <= clock < window.end
-    return clock >= window.start or clock < window.end
-
-
-def _demand_intervals(
-    index: pd.DatetimeIndex, interval_minutes: int, windows: list[TimeWindow]
-) -> list[np.ndarray]:
-    """Group the steps inside ``windows`` into clock-aligned billing intervals.
-
-    With steps at least as long as the interval every step is its own interval; otherwise the steps
-    of each interval aligned to the local clock (e.g. :00, :15, :30, :45) are averaged. An interval cut
-    by the horizon's edge is averaged over the steps it has.
-    """
-    inside = np.array([not windows or any(_in_window(s, w) for w in windows) for s in index], dtype=bool)
-    step_minutes = (index[1] - index[0]).total_seconds() / 60 if len(index) > 1 else interval_minutes
-    positions = np.flatnonzero(inside)
-    if step_minutes >= interval_minutes:
-        return [np.array([p]) for p in positions]
-    wall_clock = index.tz_localize(None)  # the meter's local clock, also where the offset is not whole hours
-    epoch_minutes = ((wall_clock - pd.Timestamp(0)) // pd.Timedelta(minutes=1)).to_numpy(np.int64)
-    keys = epoch_minutes[positions] // interval_minutes
-    splits = np.flatnonzero(np.diff(keys)) + 1
-    return [group for group in np.split(positions, splits) if len(group)]
