@@ -56,7 +56,8 @@ from typing import Any
 import aiomqtt
 from report import command, machine, make_console, print_tables
 
-from chargersim.stations import PROTOCOLS, Protocol, SimClock, SimulatedCharger
+from chargersim.clock import SimClock
+from chargersim.stations import PROTOCOLS, Protocol, SimulatedCharger
 from chargersim.vehicles import Vehicle
 from site_gateway.config import GatewayConfig
 from site_gateway.gateway import Gateway

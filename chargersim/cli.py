@@ -47,7 +47,9 @@ def sim_chargers(
     ] = None,
 ) -> None:
     """Run COUNT simulated charging stations with vehicles against GATEWAY."""
-    from chargersim.stations import PROTOCOLS, ChargerFleet, SimClock
+    from chargersim.clock import SimClock
+    from chargersim.fleet import ChargerFleet
+    from chargersim.stations import PROTOCOLS
 
     if protocol not in PROTOCOLS:
         console.print(

@@ -15,8 +15,10 @@ Each :class:`SimulatedCharger` is one single-EVSE station (EVSE/connector 1) wit
 Meter values are MeterValues in 1.6 and TransactionEvent(Updated, MeterValuePeriodic) in 2.x, as
 each version prescribes: energy register [Wh], power [W] and SoC [%].
 
-Time runs on a :class:`SimClock` (``speed`` simulated seconds per real second, injectable monotonic
-source); :class:`ChargerFleet` runs N stations against one gateway URL.
+Time runs on a :class:`~chargersim.clock.SimClock` (``speed`` simulated seconds per real second,
+injectable monotonic source). The station's answers to the CSMS's requests (SetChargingProfile,
+ClearChargingProfile, GetCompositeSchedule) are :mod:`chargersim.ocpp_handlers`;
+:class:`~chargersim.fleet.ChargerFleet` runs N stations against one gateway URL.
 """
 
 from __future__ import annotations
@@ -26,29 +28,22 @@ import contextlib
 import datetime as dt
 import logging
 import random
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import websockets
 from ocpp.exceptions import OCPPError
-from ocpp.routing import on
-from ocpp.v16 import ChargePoint as ChargePoint16
 from ocpp.v16 import call as call16
-from ocpp.v16 import call_result as result16
-from ocpp.v21 import ChargePoint as ChargePoint21
 from ocpp.v21 import call as call21
-from ocpp.v21 import call_result as result21
-from ocpp.v201 import ChargePoint as ChargePoint201
 from ocpp.v201 import call as call201
-from ocpp.v201 import call_result as result201
 from websockets.exceptions import ConnectionClosed
 
+from chargersim.clock import SimClock
 from chargersim.composite import ProfileError, ProfileStore, Transaction
-from chargersim.vehicles import Vehicle, random_vehicle
+from chargersim.ocpp_handlers import station_class
+from chargersim.vehicles import Vehicle
 
 log = logging.getLogger(__name__)
 
@@ -61,29 +56,6 @@ CONNECTOR_ID = 1
 
 def iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-class SimClock:
-    """Simulated time: ``start`` plus ``speed`` × the real seconds elapsed (``monotonic`` injectable)."""
-
-    def __init__(
-        self,
-        start: dt.datetime | None = None,
-        speed: float = 1.0,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if speed <= 0:
-            raise ValueError(f"speed must be > 0, got {speed}")
-        self.start = start or dt.datetime.now(dt.UTC)
-        self.speed = speed
-        self._monotonic = monotonic
-        self._t0 = monotonic()
-
-    def now(self) -> dt.datetime:
-        return self.start + dt.timedelta(seconds=(self._monotonic() - self._t0) * self.speed)
-
-    async def sleep(self, sim_seconds: float) -> None:
-        await asyncio.sleep(sim_seconds / self.speed)
 
 
 @dataclass
@@ -375,7 +347,7 @@ class SimulatedCharger:
                     open_timeout=self.response_timeout_s,
                 ) as ws:
                     self._ws = ws
-                    station: Any = _station_class(self.protocol)(self.station_id, ws, self)
+                    station: Any = station_class(self.protocol)(self.station_id, ws, self)
                     async with asyncio.TaskGroup() as tasks:
                         receiver = tasks.create_task(station.start(), name=f"{self.station_id}-receive")
                         tasks.create_task(self._drain(station, receiver), name=f"{self.station_id}-send")
@@ -462,153 +434,3 @@ class SimulatedCharger:
             return None
         schedule = self.store.composite(self.clock.now(), duration, evse_id, self.transaction)
         return schedule.to_ocpp(self.protocol, unit or "W")
-
-
-class _Handlers:
-    """CSMS-initiated messages, for all three versions; ``self.sim`` does the work."""
-
-    sim: SimulatedCharger
-    _ocpp_version: str
-
-    def __init__(self, station_id: str, connection: Any, sim: SimulatedCharger) -> None:
-        self.sim = sim  # before the library builds its route map
-        super().__init__(station_id, connection, response_timeout=sim.response_timeout_s)  # type: ignore[call-arg]
-
-    @on("SetChargingProfile")
-    def on_set_charging_profile(self, **kwargs: Any) -> Any:
-        if self.sim.protocol == "1.6":
-            status = self.sim.set_profile(kwargs["connector_id"], kwargs["cs_charging_profiles"])
-            return result16.SetChargingProfile(status)
-        status = self.sim.set_profile(kwargs["evse_id"], kwargs["charging_profile"])
-        return self._results.SetChargingProfile(status=status)
-
-    @on("ClearChargingProfile")
-    def on_clear_charging_profile(self, **kwargs: Any) -> Any:
-        if self.sim.protocol == "1.6":
-            status = self.sim.clear_profiles(
-                kwargs.get("id"),
-                kwargs.get("connector_id"),
-                kwargs.get("charging_profile_purpose"),
-                kwargs.get("stack_level"),
-            )
-            return result16.ClearChargingProfile(status)
-        criteria = kwargs.get("charging_profile_criteria") or {}
-        status = self.sim.clear_profiles(
-            kwargs.get("charging_profile_id"),
-            criteria.get("evse_id"),
-            criteria.get("charging_profile_purpose"),
-            criteria.get("stack_level"),
-        )
-        return self._results.ClearChargingProfile(status=status)
-
-    @on("GetCompositeSchedule")
-    def on_get_composite_schedule(self, **kwargs: Any) -> Any:
-        if self.sim.protocol == "1.6":
-            connector = kwargs["connector_id"]
-            schedule = self.sim.composite_payload(
-                connector, kwargs["duration"], kwargs.get("charging_rate_unit")
-            )
-            if schedule is None:
-                return result16.GetCompositeSchedule("Rejected")
-            return result16.GetCompositeSchedule(
-                "Accepted",
-                connector_id=connector,
-                schedule_start=schedule["start_schedule"],
-                charging_schedule=schedule,
-            )
-        schedule = self.sim.composite_payload(
-            kwargs["evse_id"], kwargs["duration"], kwargs.get("charging_rate_unit")
-        )
-        if schedule is None:
-            return self._results.GetCompositeSchedule(status="Rejected")
-        return self._results.GetCompositeSchedule(status="Accepted", schedule=schedule)
-
-    @property
-    def _results(self) -> Any:
-        return result21 if self.sim.protocol == "2.1" else result201
-
-
-class _Station16(_Handlers, ChargePoint16):
-    pass
-
-
-class _Station201(_Handlers, ChargePoint201):
-    pass
-
-
-class _Station21(_Handlers, ChargePoint21):
-    pass
-
-
-def _station_class(protocol: Protocol) -> type[_Handlers]:
-    return {"1.6": _Station16, "2.0.1": _Station201, "2.1": _Station21}[protocol]
-
-
-class ChargerFleet:
-    """N simulated stations against one gateway, as an async context manager.
-
-    Stations are named ``{prefix}-{i:03d}``; vehicles arrive in the first ``arrival_spread_s`` simulated
-    seconds, drawn from ``seed``.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        count: int,
-        protocol: Protocol,
-        *,
-        clock: SimClock | None = None,
-        seed: int = 0,
-        prefix: str = "sim",
-        arrival_spread_s: float = 0.0,
-        max_power_w: float = 22_000.0,
-        meter_interval_s: float = 60.0,
-    ) -> None:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-        self.clock = clock or SimClock()
-        rng = random.Random(seed)
-        self.chargers = []
-        for i in range(count):
-            arrival = self.clock.start + dt.timedelta(seconds=rng.uniform(0, arrival_spread_s))
-            vehicle = random_vehicle(rng, arrival)
-            self.chargers.append(
-                SimulatedCharger(
-                    station_id=f"{prefix}-{i:03d}",
-                    url=url,
-                    protocol=protocol,
-                    vehicle=vehicle,
-                    clock=self.clock,
-                    max_power_w=max_power_w,
-                    max_discharge_w=vehicle.max_discharge_kw * 1000 if protocol == "2.1" else 0.0,
-                    meter_interval_s=meter_interval_s,
-                    rng=random.Random(rng.getrandbits(64)),
-                )
-            )
-        self._tasks: asyncio.TaskGroup | None = None
-        self._runs: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> Self:
-        self._tasks = asyncio.TaskGroup()
-        await self._tasks.__aenter__()
-        self._runs = [
-            self._tasks.create_task(charger.run(), name=f"charger-{charger.station_id}")
-            for charger in self.chargers
-        ]
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        assert self._tasks is not None
-        for task in self._runs:
-            task.cancel()
-        try:
-            await self._tasks.__aexit__(exc_type, exc, tb)
-        finally:
-            self._tasks, self._runs = None, []
-
-    async def wait_booted(self, timeout_s: float = 10.0) -> None:
-        async with asyncio.timeout(timeout_s):
-            for charger in self.chargers:
-                await charger.booted.wait()

@@ -11,13 +11,18 @@ Kinds, with the unit of ``intervals[*].value``:
 - ``dr_cap``: a cap on site import [kW];
 - ``v2g_export``: net export requested from the vehicles [kW];
 - ``price``: an energy price signal for the window [currency/kWh] (informative; no commitment).
+
+What a kind commits the portfolio to, and so how :meth:`FlexibilityOracle.available_kw` answers for
+it, is :data:`COMMITMENTS`: the seam's part of a kind. The aggregator's part (how a kind is planned,
+measured and paid) is :mod:`aggregator.programs.kinds`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Annotated, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -37,6 +42,30 @@ class SignalKind(enum.StrEnum):
     DR_CAP = "dr_cap"
     V2G_EXPORT = "v2g_export"
     PRICE = "price"
+
+
+class Commitment(enum.StrEnum):
+    """What a signal of a kind asks of the portfolio, and how ``available_kw`` answers for it."""
+
+    NONE = "none"
+    """Informative (a price): nothing to deliver; ``available_kw`` is 0."""
+    AT_LEAST = "at_least"
+    """Deliver at least the signal's kW (a reduction, an export); ``available_kw`` is the most the
+    portfolio can hold throughout the window."""
+    AT_MOST = "at_most"
+    """Keep site import at most the signal's kW (a cap); ``available_kw`` is the lowest cap the
+    portfolio can hold throughout the window (infinite when a site's import is unknown)."""
+
+
+COMMITMENTS: Mapping[SignalKind, Commitment] = MappingProxyType(
+    {
+        SignalKind.DR_REDUCTION: Commitment.AT_LEAST,
+        SignalKind.DR_CAP: Commitment.AT_MOST,
+        SignalKind.V2G_EXPORT: Commitment.AT_LEAST,
+        SignalKind.PRICE: Commitment.NONE,
+    }
+)
+"""Each kind's commitment: the one table adapters judge a signal by (every kind has an entry)."""
 
 
 class SignalStatus(enum.StrEnum):

@@ -61,13 +61,15 @@ _M = TypeVar("_M", bound=BaseModel)
 PAYLOAD_MAP: dict[str, tuple[SignalKind, Rule]] = {
     "IMPORT_CAPACITY_LIMIT": (SignalKind.DR_CAP, "power"),
     "IMPORT_CAPACITY_SUBSCRIPTION": (SignalKind.DR_CAP, "power"),
-    "DISPATCH_SETPOINT": (SignalKind.DR_CAP, "setpoint"),  # v2g_export when the setpoint is negative
+    "DISPATCH_SETPOINT": (SignalKind.DR_CAP, "setpoint"),  # EXPORT_KIND when the setpoint is negative
     "EXPORT_CAPACITY_SUBSCRIPTION": (SignalKind.V2G_EXPORT, "power"),
     "EXPORT_CAPACITY_RESERVATION": (SignalKind.V2G_EXPORT, "power"),
     "SIMPLE": (SignalKind.DR_REDUCTION, "simple"),
     "PRICE": (SignalKind.PRICE, "price"),
 }
 """OpenADR 3 payload type -> (our signal kind, how the value converts). The one outside->ours table."""
+EXPORT_KIND = SignalKind.V2G_EXPORT
+"""A setpoint below zero asks for net export: this kind, values negated."""
 
 POWER_UNITS_TO_KW = {"W": 1e-3, "KW": 1.0, "MW": 1e3}
 ENERGY_UNITS_TO_KWH = {"WH": 1e-3, "KWH": 1.0, "MWH": 1e3}
@@ -261,7 +263,7 @@ def parse_event(
                 raise AdapterFormatError(
                     source, what, "intervals", f"{payload_type} changes sign within the event; split it"
                 )
-            kind, values_kw = SignalKind.V2G_EXPORT, [-v for v in values_kw]
+            kind, values_kw = EXPORT_KIND, [-v for v in values_kw]
     elif rule == "simple":
         values_kw = []
         for i, level in enumerate(raw):

@@ -5,21 +5,10 @@ A grid operator's event may name several sites: "reduce the portfolio's import b
 (:func:`optimizer.model.add_site`, the same families as a single site) on its own block ``site[<id>]`` of
 one Pyomo model and adds every :class:`PortfolioEvent` as a soft commitment over the sum of its sites.
 
-Notation per event ``e`` and event step ``k`` (horizon step ``t``, length ``Δt`` hours), over the sites
-``s`` the event names, with ``R`` the requested power [kW]:
-
-- reduction: joint baseline ``B = Σ_s baseline_kw[s,k]``, joint import ``I = Σ_s site_import_kw[s,t]``;
-  ``portfolio_dr_shortfall``: ``portfolio_dr_shortfall_kw >= I - (B - R)``;
-  ``portfolio_dr_delivery``: ``portfolio_dr_delivered_kw <= B - I`` where paid, lifted by a binary
-  ``portfolio_dr_is_delivering`` where the sites' import limits allow ``I > B`` (delivery is
-  ``clip(B - I, 0, R)``, which is not concave; as for :class:`~optimizer.scenario.DrEvent`);
-- V2G export: ``portfolio_v2g_delivery``: ``portfolio_v2g_delivered_kw <= Σ_s (Σ discharge - Σ charge)``
-  where paid or penalised, lifted by a binary ``portfolio_v2g_is_delivering`` where vehicles may charge
-  (delivery ``clip(net export, 0, R)``, shortfall ``R - delivery``; as for
-  :class:`~optimizer.scenario.V2gDispatch`).
-
-Objective [currency]: ``Σ_s site_cost(s) + portfolio_dr_penalty - portfolio_dr_payment
-+ portfolio_v2g_penalty - portfolio_v2g_payment`` (:func:`optimizer.model.site_cost`).
+The work is split as for a single site: :mod:`optimizer.portfolio_problem` checks the inputs and puts
+the events on the step grid; :mod:`optimizer.portfolio_model` builds the joint model (its notation and
+objective are written at its top); this module solves it, falls back to earliest-deadline-first
+schedules, and prices the events from the returned schedules (:func:`evaluate_event`).
 
 An event is measured on the sum of its sites, as a grid operator measures a portfolio: a site above its
 baseline offsets another below it. The split reported per site and step (:class:`EventSplit`) is each
@@ -32,104 +21,28 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pyomo.common.gc_manager import PauseGC
 
-from optimizer.errors import ScenarioError
 from optimizer.evaluation import evaluate
-from optimizer.model import add_site, add_soft_export, site_cost
-from optimizer.problem import DispatchSpec, Problem, build_problem, default_unmet_penalty
-from optimizer.results import ScheduleResult, SolveStatus
-from optimizer.scenario import AwareDatetime, NonNegative, Scenario, Series
-from optimizer.solve import (
-    SolverOptions,
-    fallback_result,
-    relative_gap,
-    solve_model,
-    vehicle_powers,
+from optimizer.model import site_cost
+from optimizer.portfolio_model import PORTFOLIO_TERMS, build_portfolio_model
+from optimizer.portfolio_problem import (
+    EventKind,
+    PortfolioEvent,
+    PortfolioEventSpec,
+    build_portfolio,
+    check_portfolio,
 )
+from optimizer.problem import Problem
+from optimizer.results import ScheduleResult, SolveStatus
+from optimizer.scenario import Scenario
+from optimizer.solve import SolverOptions, fallback_result, relative_gap, solve_model, vehicle_powers
 
 log = logging.getLogger(__name__)
-
-EventKind = Literal["reduction", "v2g_export"]
-
-PORTFOLIO_TERMS: dict[str, int] = {
-    "portfolio_dr_penalty": +1,
-    "portfolio_dr_payment": -1,
-    "portfolio_v2g_penalty": +1,
-    "portfolio_v2g_payment": -1,
-}
-"""The portfolio's own objective terms with their signs (the sites' terms are in ``COST_TERMS``)."""
-
-
-class PortfolioEvent(BaseModel):
-    """A grid operator's event met by the sum of several sites.
-
-    ``reduction``: keep the sites' joint import ``requested_kw`` below their joint baseline, the sum of
-    ``baseline_kw``: per site the import it would have without the event (the caller's counterfactual
-    plan of that site), one number or one per event step. ``v2g_export``: a net export of
-    ``requested_kw`` from the sites' vehicles (their discharge minus their charge). Delivery is paid up
-    to the request; every kWh short of it is charged.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = Field(min_length=1)
-    kind: EventKind
-    start: AwareDatetime
-    end: AwareDatetime
-    requested_kw: NonNegative = Field(description="Requested joint reduction or net vehicle export [kW]")
-    payment_per_kwh: NonNegative = Field(0.0, description="Paid per kWh delivered [currency/kWh]")
-    penalty_per_kwh: NonNegative = Field(0.0, description="Charged per kWh short [currency/kWh]")
-    site_ids: list[str] = Field(min_length=1, description="The sites that meet the event together")
-    baseline_kw: dict[str, Series] = Field(
-        default_factory=dict,
-        description="Reductions: per site, its import without the event [kW], one number or one per step",
-    )
-
-    @model_validator(mode="after")
-    def _sites_and_baselines(self) -> PortfolioEvent:
-        where = f"portfolio event {self.id!r}"
-        repeated = sorted({s for s in self.site_ids if self.site_ids.count(s) > 1})
-        if repeated:
-            raise ValueError(f"{where}: site_ids names {repeated} more than once")
-        if self.kind == "v2g_export" and self.baseline_kw:
-            raise ValueError(f"{where}: baseline_kw is only for reduction events, not {self.kind}")
-        missing = [s for s in self.site_ids if s not in self.baseline_kw]
-        if self.kind == "reduction" and missing:
-            raise ValueError(f"{where}: baseline_kw has no baseline for sites {missing}")
-        unknown = sorted(set(self.baseline_kw) - set(self.site_ids))
-        if unknown:
-            raise ValueError(f"{where}: baseline_kw names sites {unknown} that are not in site_ids")
-        for site, values in self.baseline_kw.items():
-            for position, value in enumerate(values if isinstance(values, list) else [values]):
-                if value < 0:
-                    raise ValueError(
-                        f"{where}: baseline_kw[{site!r}] is negative ({value}) at position {position}"
-                    )
-        return self
-
-
-@dataclass(frozen=True)
-class PortfolioEventSpec:
-    """A :class:`PortfolioEvent` on the step grid."""
-
-    id: str
-    kind: EventKind
-    steps: np.ndarray
-    """Horizon steps of the event."""
-    requested_kw: float
-    payment_per_kwh: float
-    penalty_per_kwh: float
-    sites: list[int]
-    """Positions of the event's sites among the portfolio's scenarios."""
-    baseline_kw: np.ndarray
-    """Site (in ``sites`` order) × event step [kW]; all zeros for a V2G export."""
 
 
 @dataclass(frozen=True)
@@ -289,240 +202,6 @@ def solve_portfolio(
     return result
 
 
-def build_portfolio(
-    scenarios: Sequence[Scenario], events: Sequence[PortfolioEvent]
-) -> tuple[list[Problem], list[PortfolioEventSpec]]:
-    """Check the portfolio and convert it to one :class:`Problem` per site and the events on the step grid.
-
-    A site's default unmet-energy penalty (:func:`optimizer.problem.default_unmet_penalty`) also covers
-    the portfolio events it takes part in, so that meeting departure targets still always wins.
-    """
-    check_portfolio(scenarios, events)
-    positions = {scenario.site.id: p for p, scenario in enumerate(scenarios)}
-    specs = [_event_spec(scenarios[0], event, positions) for event in events]
-    problems = []
-    for p, scenario in enumerate(scenarios):
-        problem = build_problem(scenario)
-        mine = [e for e in specs if p in e.sites]
-        if mine and scenario.unmet_energy_penalty_per_kwh is None:
-            # Per kWh an event is worth its payment plus its penalty, as a V2G dispatch is.
-            pseudo = [
-                DispatchSpec(e.id, e.steps, e.requested_kw, e.payment_per_kwh, e.penalty_per_kwh)
-                for e in mine
-            ]
-            penalty = default_unmet_penalty(replace(problem, dispatches=[*problem.dispatches, *pseudo]))
-            problem = replace(problem, unmet_penalty_per_kwh=penalty)
-        problems.append(problem)
-    return problems, specs
-
-
-def check_portfolio(scenarios: Sequence[Scenario], events: Sequence[PortfolioEvent]) -> None:
-    """Raise :class:`ScenarioError` naming the scenario or event for the first impossible input found.
-
-    Each scenario is checked on its own by :func:`optimizer.problem.build_problem`; here what needs
-    several: a shared step grid, distinct sites, events on the grid and naming known sites.
-    """
-    if not scenarios:
-        raise ScenarioError("portfolio", "scenarios", "is empty: give one scenario per site")
-    first = scenarios[0]
-    owner: dict[str, str] = {}
-    for scenario in scenarios:
-        obj = f"scenario {scenario.name!r} (site {scenario.site.id!r})"
-        for name in ("start", "step_minutes", "n_steps"):
-            mine, theirs = getattr(scenario, name), getattr(first, name)
-            if mine != theirs:
-                raise ScenarioError(
-                    obj,
-                    name,
-                    f"={_show(mine)} differs from {_show(theirs)} of scenario {first.name!r}: the sites of "
-                    "a portfolio share start, step_minutes and n_steps",
-                )
-        if scenario.site.id in owner:
-            raise ScenarioError(obj, "site.id", f"is also the site of scenario {owner[scenario.site.id]!r}")
-        owner[scenario.site.id] = scenario.name
-    seen: set[str] = set()
-    for event in events:
-        obj = f"portfolio event {event.id!r}"
-        if event.id in seen:
-            raise ScenarioError(obj, "id", "appears twice")
-        seen.add(event.id)
-        if event.end <= event.start:
-            raise ScenarioError(
-                obj, "end", f"{event.end.isoformat()} is not after start {event.start.isoformat()}"
-            )
-        for name, moment in (("start", event.start), ("end", event.end)):
-            if (moment - first.start) % first.step:
-                raise ScenarioError(obj, name, f"{moment.isoformat()} is not on the {first.step} step grid")
-        if event.start < first.start or event.end > first.end:
-            raise ScenarioError(
-                obj,
-                "start" if event.start < first.start else "end",
-                f"window {event.start.isoformat()}..{event.end.isoformat()} is not inside the horizon "
-                f"{first.start.isoformat()}..{first.end.isoformat()}",
-            )
-        for site in event.site_ids:
-            if site not in owner:
-                raise ScenarioError(obj, "site_ids", f"names site {site!r}, which no scenario plans")
-        steps = (event.end - event.start) // first.step
-        for site, values in event.baseline_kw.items():
-            if isinstance(values, list) and len(values) != steps:
-                raise ScenarioError(
-                    obj,
-                    f"baseline_kw[{site!r}]",
-                    f"has {len(values)} values, expected one per event step ({steps})",
-                )
-
-
-def build_portfolio_model(
-    problems: Sequence[Problem], events: Sequence[PortfolioEventSpec]
-) -> pyo.ConcreteModel:
-    """One model of every site and every event; the outline reads as the model's structure."""
-    m = pyo.ConcreteModel(name="portfolio")
-    m.cost_terms = {}
-    with PauseGC():  # see optimizer.model.build_model
-        add_sites(m, problems)
-        add_portfolio_reductions(m, problems, events)
-        add_portfolio_exports(m, problems, events)
-        add_portfolio_objective(m)
-    return m
-
-
-def add_sites(m: pyo.ConcreteModel, problems: Sequence[Problem]) -> None:
-    """Each site's whole model (:func:`optimizer.model.add_site`) on the block ``site[<site id>]``."""
-    m.site_ids = pyo.Set(initialize=[p.site_id for p in problems], ordered=True)
-    m.site = pyo.Block(m.site_ids)
-    for problem in problems:
-        add_site(m.site[problem.site_id], problem)
-
-
-def add_portfolio_reductions(
-    m: pyo.ConcreteModel, problems: Sequence[Problem], events: Sequence[PortfolioEventSpec]
-) -> None:
-    """Soft joint import reduction below the joint baseline, paid up to the request (see module notes)."""
-    index = [
-        (e, k) for e, event in enumerate(events) if event.kind == "reduction" for k in range(len(event.steps))
-    ]
-    if not index:
-        return
-    dt = problems[0].step_hours
-
-    def joint_import(e: int, k: int) -> Any:
-        t = int(events[e].steps[k])
-        return pyo.quicksum(m.site[problems[p].site_id].site_import_kw[t] for p in events[e].sites)
-
-    def baseline(e: int, k: int) -> float:
-        return float(events[e].baseline_kw[:, k].sum())
-
-    def committed(e: int, k: int) -> float:
-        """The most that can be delivered [kW]: the request, or all of the baseline (import >= 0)."""
-        return min(events[e].requested_kw, max(baseline(e, k), 0.0))
-
-    def headroom(e: int, k: int) -> float:
-        """How far the sites' import limits allow the joint import above the joint baseline [kW]."""
-        return sum(problems[p].import_limit_kw for p in events[e].sites) - baseline(e, k)
-
-    m.portfolio_dr_steps = pyo.Set(initialize=index, dimen=2, ordered=True)
-    m.portfolio_dr_shortfall_kw = pyo.Var(m.portfolio_dr_steps, domain=pyo.NonNegativeReals)
-    m.portfolio_dr_delivered_kw = pyo.Var(
-        m.portfolio_dr_steps, domain=pyo.NonNegativeReals, bounds=lambda _, e, k: (0.0, committed(e, k))
-    )
-    m.portfolio_dr_shortfall = pyo.Constraint(
-        m.portfolio_dr_steps,
-        rule=lambda m, e, k: (
-            m.portfolio_dr_shortfall_kw[e, k]
-            >= joint_import(e, k) - (baseline(e, k) - events[e].requested_kw)
-        ),
-    )
-
-    # Delivery only matters where it is paid. Import above the baseline delivers nothing (it is not
-    # negative delivery), so where the joint import may exceed the baseline a binary switches the bound off.
-    paid = [(e, k) for e, k in index if committed(e, k) > 0 and events[e].payment_per_kwh > 0]
-    m.portfolio_dr_delivery_steps = pyo.Set(initialize=paid, dimen=2, ordered=True)
-    m.portfolio_dr_overload_steps = pyo.Set(
-        initialize=[(e, k) for e, k in paid if headroom(e, k) > 0], dimen=2, ordered=True
-    )
-    m.portfolio_dr_is_delivering = pyo.Var(m.portfolio_dr_overload_steps, domain=pyo.Binary)
-
-    def delivered(m: pyo.ConcreteModel, e: int, k: int) -> object:
-        room = baseline(e, k) - joint_import(e, k)
-        if (e, k) in m.portfolio_dr_overload_steps:
-            room += headroom(e, k) * (1 - m.portfolio_dr_is_delivering[e, k])
-        return m.portfolio_dr_delivered_kw[e, k] <= room
-
-    m.portfolio_dr_delivery = pyo.Constraint(m.portfolio_dr_delivery_steps, rule=delivered)
-    m.portfolio_dr_delivery_when_delivering = pyo.Constraint(
-        m.portfolio_dr_overload_steps,
-        rule=lambda m, e, k: (
-            m.portfolio_dr_delivered_kw[e, k] <= committed(e, k) * m.portfolio_dr_is_delivering[e, k]
-        ),
-    )
-    m.portfolio_dr_penalty = pyo.Expression(
-        expr=dt
-        * pyo.quicksum(events[e].penalty_per_kwh * m.portfolio_dr_shortfall_kw[e, k] for e, k in index)
-    )
-    m.portfolio_dr_payment = pyo.Expression(
-        expr=dt
-        * pyo.quicksum(events[e].payment_per_kwh * m.portfolio_dr_delivered_kw[e, k] for e, k in index)
-    )
-    m.cost_terms.update(
-        portfolio_dr_penalty=m.portfolio_dr_penalty, portfolio_dr_payment=m.portfolio_dr_payment
-    )
-
-
-def add_portfolio_exports(
-    m: pyo.ConcreteModel, problems: Sequence[Problem], events: Sequence[PortfolioEventSpec]
-) -> None:
-    """Soft joint net export of the sites' vehicles, paid up to the request (see module notes)."""
-    index = [
-        (e, k)
-        for e, event in enumerate(events)
-        if event.kind == "v2g_export"
-        for k in range(len(event.steps))
-    ]
-    if not index:
-        return
-    dt = problems[0].step_hours
-
-    def room(e: int, k: int, limit: str) -> float:
-        """Sum of the plugged vehicles' ``max_charge_kw`` or ``max_discharge_kw`` over the event's sites."""
-        t = int(events[e].steps[k])
-        return sum(
-            getattr(problems[p].vehicles[i], limit)
-            for p in events[e].sites
-            for i in m.site[problems[p].site_id].vehicles_at_step.get(t, ())
-        )
-
-    def net_export(e: int, k: int) -> Any:
-        """Σ discharge - Σ charge of the vehicles plugged in at the event's sites [kW]."""
-        t, terms = int(events[e].steps[k]), []
-        for p in events[e].sites:
-            site = m.site[problems[p].site_id]
-            terms += [site.discharge_kw[i, t] for i in site.v2g_vehicles_at_step.get(t, ())]
-            terms += [-site.charge_kw[i, t] for i in site.vehicles_at_step.get(t, ())]
-        return pyo.quicksum(terms)
-
-    penalty, payment = add_soft_export(
-        m,
-        "portfolio_v2g",
-        index,
-        steps_name="portfolio_v2g_steps",
-        delivery_name="portfolio_v2g_delivery",
-        step_hours=dt,
-        requested_kw=lambda e: events[e].requested_kw,
-        payment_per_kwh=lambda e: events[e].payment_per_kwh,
-        penalty_per_kwh=lambda e: events[e].penalty_per_kwh,
-        room=room,
-        net_export=net_export,
-    )
-    m.cost_terms.update(portfolio_v2g_penalty=penalty, portfolio_v2g_payment=payment)
-
-
-def add_portfolio_objective(m: pyo.ConcreteModel) -> None:
-    sites = pyo.quicksum(site_cost(m.site[s]) for s in m.site_ids)
-    own = pyo.quicksum(PORTFOLIO_TERMS[name] * term for name, term in m.cost_terms.items())
-    m.total_cost = pyo.Objective(expr=sites + own, sense=pyo.minimize)
-
-
 def evaluate_event(
     event: PortfolioEventSpec, problems: Sequence[Problem], sites: Sequence[ScheduleResult]
 ) -> EventSplit:
@@ -613,30 +292,9 @@ def _fallback_portfolio(
     )
 
 
-def _event_spec(first: Scenario, event: PortfolioEvent, positions: dict[str, int]) -> PortfolioEventSpec:
-    steps = np.arange((event.start - first.start) // first.step, (event.end - first.start) // first.step)
-    baseline = np.zeros((len(event.site_ids), len(steps)))
-    for row, site in enumerate(event.site_ids):
-        if site in event.baseline_kw:
-            baseline[row] = np.broadcast_to(np.asarray(event.baseline_kw[site], dtype=float), steps.shape)
-    return PortfolioEventSpec(
-        id=event.id,
-        kind=event.kind,
-        steps=steps,
-        requested_kw=event.requested_kw,
-        payment_per_kwh=event.payment_per_kwh,
-        penalty_per_kwh=event.penalty_per_kwh,
-        sites=[positions[site] for site in event.site_ids],
-        baseline_kw=baseline,
-    )
-
-
-def _show(value: object) -> str:
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
-
 __all__ = [
     "PORTFOLIO_TERMS",
+    "EventKind",
     "EventSplit",
     "PortfolioEvent",
     "PortfolioEventSpec",

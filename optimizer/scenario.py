@@ -145,6 +145,12 @@ class ChargeTaper(_Model):
     )
 
 
+DEFAULT_CHARGE_EFFICIENCY = 0.92
+"""Battery energy gained per kWh drawn from the grid, for a vehicle that gives none."""
+DEFAULT_DISCHARGE_EFFICIENCY = 0.92
+"""Energy delivered to the grid per kWh taken from the battery, for a vehicle that gives none."""
+
+
 class VehicleSession(_Model):
     """One vehicle plugged into one EVSE from ``arrival`` to ``departure``."""
 
@@ -158,9 +164,12 @@ class VehicleSession(_Model):
     min_energy_kwh: NonNegative = Field(
         0.0, description="Lowest energy the driver allows V2G discharge to reach [kWh]"
     )
-    charge_efficiency: Fraction = Field(0.92, description="Battery energy gained per kWh drawn from the grid")
+    charge_efficiency: Fraction = Field(
+        DEFAULT_CHARGE_EFFICIENCY, description="Battery energy gained per kWh drawn from the grid"
+    )
     discharge_efficiency: Fraction = Field(
-        0.92, description="Energy delivered to the grid per kWh taken from the battery"
+        DEFAULT_DISCHARGE_EFFICIENCY,
+        description="Energy delivered to the grid per kWh taken from the battery",
     )
     max_charge_kw: NonNegative
     max_discharge_kw: NonNegative = 0.0

@@ -50,15 +50,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import ssl
 import tomllib
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
+
+from wire.mqtt import BrokerUrl, tls_context
 
 
 class ConfigError(ValueError):
@@ -102,7 +104,8 @@ class OcppSection(_Section):
 
 
 class MqttBrokerSection(_Section):
-    """Where an MQTT broker is and how to log in; the secret comes from the environment."""
+    """Where an MQTT broker is and how to log in; the secret comes from the environment. The URL is
+    read as every MQTT client of ours reads it (:class:`wire.mqtt.BrokerUrl`)."""
 
     config_error: ClassVar[type[ConfigError]] = ConfigError
 
@@ -113,23 +116,24 @@ class MqttBrokerSection(_Section):
     @field_validator("url")
     @classmethod
     def _scheme(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"must look like mqtt://host:1883 or mqtts://host:8883, got {url!r}")
+        BrokerUrl.parse(url)
         return url
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
+        return BrokerUrl.parse(self.url).host
 
     @property
     def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        return BrokerUrl.parse(self.url).port
 
     @property
     def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
+        return BrokerUrl.parse(self.url).tls
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context of an ``mqtts://`` broker (the system's CA certificates); ``None`` for ``mqtt://``."""
+        return tls_context(self.tls)
 
     def password(self) -> str | None:
         return secret_from_env(self.password_env, "mqtt.password_env", self.config_error)

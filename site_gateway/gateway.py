@@ -57,6 +57,7 @@ from wire.contract import (
     SessionEventKind,
     SetpointCommand,
     Telemetry,
+    evse_key,
 )
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,6 @@ DEFAULT_DWELL = dt.timedelta(hours=8)
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def evse_key(charger_id: str, evse_id: int) -> str:
-    return f"{charger_id}/{evse_id}"
 
 
 @dataclass
@@ -187,6 +184,7 @@ class Gateway:
                 port=mqtt.port,
                 username=mqtt.username,
                 password=mqtt_password if mqtt_password is not None else mqtt.password(),
+                tls_context=mqtt.tls_context(),
                 outbox_path=outbox_path or mqtt.outbox,
                 keepalive_s=mqtt.keepalive_s,
             ),

@@ -28,8 +28,8 @@ How it behaves:
   ``shutdown``. A status is a state, not an event: a newer one replaces any older one still queued, so
   after an outage the centre gets the current state, not the history. Statuses are ordered by arrival,
   not ``seq`` (the will's number is taken when its connection opens, before the statuses it follows).
-- Lost connections are retried for ever with jittered exponential backoff (:class:`Backoff`; random
-  and sleep are injectable).
+- Lost connections are retried for ever with jittered exponential backoff
+  (:class:`~wire.reconnect.Backoff`; random and sleep are injectable).
 - Setpoint commands are validated against the contract. A malformed one is answered with an ``error``
   :class:`CommandAck` (addressed to its ``command_id`` when one can be read) and a warning log line; an
   expired one, or one for another site, with ``rejected``; a repeated ``command_id`` is dropped. Valid
@@ -68,9 +68,8 @@ import contextlib
 import inspect
 import logging
 import random as _random
-import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -80,6 +79,7 @@ import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from site_gateway.outbox import Outbox, OutboxMessage
+from wire import mqtt
 from wire.contract import (
     KIND_FOR_MODEL,
     QOS,
@@ -99,7 +99,8 @@ from wire.contract import (
     status_topic,
     topic,
 )
-from wire.reconnect import Backoff, keep_connected
+from wire.mqtt import BrokerSettings
+from wire.reconnect import keep_connected
 
 log = logging.getLogger(__name__)
 
@@ -110,22 +111,15 @@ class UplinkError(RuntimeError):
     """The uplink cannot do what was asked (not entered, or a wait timed out)."""
 
 
-@dataclass(frozen=True)
-class UplinkSettings:
+@dataclass(frozen=True, kw_only=True)
+class UplinkSettings(BrokerSettings):
+    """The broker (:class:`~wire.mqtt.BrokerSettings`: host, port, login, TLS, keepalive, timeout,
+    backoff) and the gateway's own side of the connection."""
+
     site_id: str
-    host: str
     outbox_path: Path
-    port: int = 1883
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls_context: ssl.SSLContext | None = None
-    """``None``: plain TCP. For ``mqtts://``: ``ssl.create_default_context(cafile=...)``."""
     client_id: str | None = None
     """Defaults to ``fleetgrid-gw-{site_id}``; must be stable so the broker keeps the session."""
-    keepalive_s: int = 30
-    timeout_s: float = 10.0
-    """Limit on every wait for the broker: CONNACK, SUBACK, PUBACK."""
-    backoff: Backoff = field(default_factory=Backoff)
     drain_on_exit_s: float = 2.0
     """On a clean exit, how long to keep publishing the outbox before disconnecting."""
     recent_commands: int = 256
@@ -294,18 +288,11 @@ class Uplink:
             state=GatewayState.OFFLINE,
             reason="connection lost",
         )
-        client = aiomqtt.Client(
-            s.host,
-            s.port,
-            username=s.username,
-            password=s.password,
-            identifier=s.identifier,
-            protocol=aiomqtt.ProtocolVersion.V311,
+        client = mqtt.client(
+            s,
+            s.identifier,
             clean_session=False,
             will=aiomqtt.Will(self._status_topic, encode(will), qos=QOS, retain=True),
-            keepalive=s.keepalive_s,
-            timeout=s.timeout_s,
-            tls_context=s.tls_context,
         )
         async with client:
             connected()

@@ -695,6 +695,21 @@ def test_planned_power_comes_from_the_latest_schedule(
     assert client.get(url, headers=driver_headers(fleet)).json()["planned"] is None
 
 
+def test_a_latest_schedule_that_cannot_be_read_is_named(
+    client: TestClient, fleet: World, session: Session
+) -> None:
+    broken = schedule(
+        fleet, hours(1), {"ev-c": fleet.extra["open_session"]}, {"ev-c": [11.0, "fast", 0.0, 0.0]}
+    )
+    session.add(broken)
+    session.commit()
+    response = client.get(f"/driver/sessions/{fleet.extra['open_session']}", headers=driver_headers(fleet))
+    assert response.status_code == 500
+    assert response.json()["detail"] == (
+        f"schedule version {broken.id}: plan.vehicles['ev-c'].power_kw[1] is not a number: 'fast'"
+    )
+
+
 # ---------------------------------------------------------------------------------------- overrides
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 from aggregator.control.inputs import PlanInputs, PlanningSettings, site_plan_inputs
 from aggregator.control.loop import ControlLoop, ControlSettings
 from aggregator.control.replanning import ReplanRequests
+from aggregator.control.schedules import read_plan
 from aggregator.control.setpoints import setpoint_command
 from aggregator.db.models import (
     Charger,
@@ -293,6 +295,24 @@ def test_a_broken_scenario_falls_back_to_the_shifted_version_or_an_empty_plan(
     assert len(publisher.commands) == 2
 
 
+def test_a_previous_plan_that_cannot_be_read_is_not_shifted(
+    engine: Engine, session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed(session)
+    clock, publisher = FakeClock(T0), RecordingPublisher()
+    run(lambda: control(engine, clock, publisher).plan_site(SITE, "cadence"))
+    (good,) = versions(session)
+    good.plan = {**good.plan, "site_import_kw": ["lots", *good.plan["site_import_kw"][1:]]}
+    session.commit()
+    clock.advance(STEP)
+    with caplog.at_level(logging.WARNING, logger="aggregator.control.loop"):
+        run(lambda: control(engine, clock, publisher, plan_inputs=broken).plan_site(SITE, "cadence"))
+    _, empty = versions(session)
+    assert empty.status is ScheduleStatus.HEURISTIC and empty.result_summary["empty"] is True
+    assert f"schedule version {good.id}: plan.site_import_kw[0] is not a number: 'lots'" in caplog.text
+    assert len(publisher.commands) == 1  # the first plan's; the empty plan commands nothing
+
+
 # ------------------------------------------------------------------------------------------ the loop
 
 
@@ -360,15 +380,10 @@ def test_a_setpoint_schedule_gives_the_planned_power_at_every_moment_it_is_valid
     powers: list[float], minutes: int, validity: int
 ) -> None:
     now = T0 + dt.timedelta(minutes=minutes)
-    plan = {"vehicles": {"session-1": {"power_kw": powers, "evse_id": "cp-1/1"}}}
+    stored = {"site_import_kw": powers, "vehicles": {"session-1": {"power_kw": powers, "evse_id": "cp-1/1"}}}
+    plan = read_plan(1, SITE, T0, int(STEP.total_seconds()), stored)
     command = setpoint_command(
-        SITE,
-        plan,
-        {"cp-1/1": ("cp-1", 1)},
-        horizon_start=T0,
-        step=STEP,
-        now=now,
-        validity=dt.timedelta(minutes=validity),
+        plan, {"cp-1/1": ("cp-1", 1)}, now=now, validity=dt.timedelta(minutes=validity)
     )
     assert command is not None and command.valid_until == now + dt.timedelta(minutes=validity)
     schedule = command.setpoints[0].schedule

@@ -44,7 +44,8 @@ from aggregator.db.models import (
 )
 from aggregator.db.session import make_engine, make_sessionmaker
 from aggregator.ingestion.pipeline import Ingestion, IngestionSettings
-from chargersim.stations import SimClock, SimulatedCharger
+from chargersim.clock import SimClock
+from chargersim.stations import SimulatedCharger
 from chargersim.vehicles import Vehicle as SimVehicle
 from market_adapters.dispatch import SignalKind, SignalStatus
 from optimizer.scenario import DemandCharge, Tariff

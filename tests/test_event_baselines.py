@@ -23,6 +23,7 @@ frozen hour does not cover: 1 + 11 + 0 (fresh) = 12 kW.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session
 from test_control import FakeClock, RecordingPublisher, control, run, versions
 
 from aggregator.control.inputs import PlanningSettings, vehicle_key
+from aggregator.control.schedules import ScheduleDataError
 from aggregator.db.models import (
     Charger,
     ChargingSession,
@@ -369,6 +371,36 @@ def test_measurement_reads_each_sessions_frozen_baseline(session: Session) -> No
     # Another event at the site, never planned: the plans' counterfactuals as they are.
     assert list(expected_import_kw(session, SITE, other, index, end, STEP)) == [7.0, 7.0, 1.0, 1.0]
     assert list(vehicle_counterfactual_kw(session, SITE, other, s1, index, end, STEP)) == [0.0] * 4
+
+
+def test_an_unreadable_counterfactual_freezes_nothing_and_is_not_measured_against(
+    session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    event, _, s1, _ = measured_world(session)
+    _, v1, v2, v3 = versions(session)
+    v1.counterfactual = {
+        "site_import_kw": [11.0] * 8,
+        "vehicles": {vehicle_key(s1): {"power_kw": ["11"] * 8, "evse_id": "cp-1/1"}},
+    }
+    session.commit()
+
+    # Planning skips the version s1 was frozen at, with a warning naming it: s1 is frozen at v2.
+    with caplog.at_level(logging.WARNING, logger="aggregator.programs.event_baselines"):
+        frozen = frozen_baselines(session, SITE, [event])[event][s1]
+    assert (frozen.version_id, frozen.power_kw) == (v2.id, (0.0,) * 8)
+    assert (
+        f"schedule version {v1.id}: counterfactual.vehicles['{vehicle_key(s1)}'].power_kw[0] is not a number"
+        in (caplog.text)
+    )
+
+    # Measuring against the version in force refuses to guess.
+    v3.counterfactual = {"site_import_kw": None}
+    session.commit()
+    end = MEASURED + dt.timedelta(hours=1)
+    with pytest.raises(
+        ScheduleDataError, match=rf"^schedule version {v3.id}: counterfactual.site_import_kw is not a list"
+    ):
+        expected_import_kw(session, SITE, event, interval_index(MEASURED, end, STEP), end, STEP)
 
 
 def test_an_id_that_is_not_an_events_public_id_is_named(session: Session) -> None:

@@ -19,7 +19,8 @@ import aiomqtt
 import pytest
 from mosquitto import Mosquitto
 
-from chargersim.stations import PROTOCOLS, Protocol, SimClock, SimulatedCharger
+from chargersim.clock import SimClock
+from chargersim.stations import PROTOCOLS, Protocol, SimulatedCharger
 from chargersim.vehicles import Vehicle
 from site_gateway.config import GatewayConfig
 from site_gateway.gateway import Gateway, utc_now

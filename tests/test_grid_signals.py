@@ -26,6 +26,11 @@ from test_openadr2 import settings as openadr2_settings
 from test_openadr3 import cap_event, running_vtn
 from test_openadr3 import settings as openadr3_settings
 
+from aggregator.control.grid_signals import (
+    GridSignalStore,
+    PortfolioFlexibility,
+    StoreOutcome,
+)
 from aggregator.control.replanning import ReplanRequests
 from aggregator.db.models import (
     DispatchEvent,
@@ -41,11 +46,6 @@ from aggregator.db.models import (
 )
 from aggregator.db.session import make_sessionmaker
 from aggregator.programs.dispatch_events import latest_versions
-from aggregator.programs.grid_signals import (
-    GridSignalStore,
-    PortfolioFlexibility,
-    StoreOutcome,
-)
 from market_adapters.dispatch import GridSignal, SignalInterval, SignalKind, SignalStatus
 from market_adapters.openadr2 import Ven
 from market_adapters.openadr3 import OpenAdr3Client
@@ -217,7 +217,7 @@ def test_a_redelivery_is_a_counted_duplicate_and_a_differing_one_is_logged(
         first.row_id,
         (),
     )
-    with caplog.at_level(logging.WARNING, logger="aggregator.programs.grid_signals"):
+    with caplog.at_level(logging.WARNING, logger="aggregator.control.grid_signals"):
         changed = store.store(signal(0, values=(90.0, 50.0), targets=("site-a",)))
     assert changed.outcome is StoreOutcome.DUPLICATE
     assert "redelivered with different intervals, target_sites" in caplog.text
@@ -233,7 +233,7 @@ def test_a_lower_modification_is_stale_ignored_and_logged(
     store = GridSignalStore(sessions, replans)
     store.store(signal(2))
     replans.take()
-    with caplog.at_level(logging.WARNING, logger="aggregator.programs.grid_signals"):
+    with caplog.at_level(logging.WARNING, logger="aggregator.control.grid_signals"):
         stale = store.store(signal(1, status=SignalStatus.CANCELLED))
     assert stale.outcome is StoreOutcome.STALE
     assert "modification 1 is stale: modification 2 is stored" in caplog.text
@@ -249,7 +249,7 @@ def test_programs_ours_mapped_or_none(
     assert store.store(signal(event_id="ours", program_id="other")).program_id == "other"
     assert store.store(signal(event_id="mapped", program_id="VTN-PEAK")).program_id == "peak"
     assert set(replans.take()) == {"site-a", "site-b", "site-c"}
-    with caplog.at_level(logging.WARNING, logger="aggregator.programs.grid_signals"):
+    with caplog.at_level(logging.WARNING, logger="aggregator.control.grid_signals"):
         unknown = store.store(signal(event_id="unknown", program_id="VTN-X", targets=("site-a",)))
         gone = store.store(signal(event_id="gone", program_id="VTN-GONE"))
         nameless = store.store(signal(event_id="nameless", program_id=None))

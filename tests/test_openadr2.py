@@ -14,14 +14,8 @@ import pytest
 from openleadr import OpenADRServer, utils
 
 from market_adapters.dispatch import GridSignal, SignalKind, SignalStatus
-from market_adapters.openadr2 import (
-    Openadr2Error,
-    Openadr2Settings,
-    ProgramMapping,
-    Ven,
-    parse_event,
-    read_event,
-)
+from market_adapters.openadr2 import Openadr2Error, Ven
+from market_adapters.openadr2_events import Openadr2Settings, ProgramMapping, parse_event, read_event
 
 T = TypeVar("T")
 

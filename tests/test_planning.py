@@ -481,3 +481,8 @@ def test_each_vehicles_frozen_power_replaces_its_fresh_power_in_the_events_basel
 def test_an_unknown_site_is_a_clear_error(session: Session) -> None:
     with pytest.raises(SiteNotFoundError, match="'nowhere'"):
         site_plan_inputs(session, "nowhere", NOW)
+
+
+def test_metered_energy_counts_at_the_optimizers_own_charge_efficiency() -> None:
+    # the planner turns grid-side kWh into battery kWh with the efficiency every planned vehicle has
+    assert VehicleSession.model_fields["charge_efficiency"].default == CHARGE_EFFICIENCY

@@ -22,7 +22,9 @@ from ocpp.v201 import ChargePoint as Csms201
 from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
 
-from chargersim.stations import PROTOCOLS, SUBPROTOCOL, ChargerFleet, Protocol, SimClock, SimulatedCharger
+from chargersim.clock import SimClock
+from chargersim.fleet import ChargerFleet
+from chargersim.stations import PROTOCOLS, SUBPROTOCOL, Protocol, SimulatedCharger
 from chargersim.vehicles import Vehicle
 
 START = dt.datetime(2024, 6, 3, 18, 0, tzinfo=dt.UTC)

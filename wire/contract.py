@@ -50,6 +50,12 @@ CHARGER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 _SITE_ID = re.compile(SITE_ID_PATTERN)
 
 
+def evse_key(charger_id: str, evse_id: int) -> str:
+    """One EVSE's key on both sides, ``"{charger_id}/{evse_id}"``: the gateway's EVSE table and the
+    centre's scenario EVSE id."""
+    return f"{charger_id}/{evse_id}"
+
+
 class ContractError(ValueError):
     """A payload or topic that does not follow the contract.
 

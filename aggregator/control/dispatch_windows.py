@@ -1,14 +1,16 @@
 """Dispatch events that apply to one site over a planning horizon, as windows on the step grid.
 
 Which events: the latest version of each (highest ``modification`` per ``(source,
-external_event_id)``), not cancelled, not a price signal (no commitment), overlapping the horizon, of a
-program the site is enrolled in (``program_sites``), whose ``target_sites`` name the site or are empty
-(the whole program). Each interval of an event is one :class:`EventWindow`, clipped to the horizon and
-widened to the step grid (a commitment is never shortened). Price and penalty per kWh come from the
-event row, else the program's ``payment_terms`` ``per_kwh_delivered`` / ``penalty_per_kwh_short``,
-else 0. An event planned with neither (nothing to gain by delivering) gets a line in ``notes`` that
-says it is planned as unpaid, and why: its program is declared unpaid (``Program.unpaid``), or its
-terms pay nothing per kWh.
+external_event_id)``), not cancelled, of a kind that sites plan for
+(:data:`aggregator.programs.kinds.PLANNED_KINDS`: not a price signal, which commits nothing),
+overlapping the horizon, of a program the site is enrolled in (``program_sites``), whose
+``target_sites`` name the site or are empty (the whole program). Each interval of an event is one
+:class:`EventWindow`, clipped to the horizon and widened to the step grid (a commitment is never
+shortened). Price and penalty per kWh are what settlement pays and charges
+(:func:`aggregator.programs.terms.event_payment_terms`): the event row's, else the program's
+``payment_terms`` ``per_kwh_delivered`` / ``penalty_per_kwh_short``, else 0. An event planned with
+neither (nothing to gain by delivering) gets a line in ``notes`` that says it is planned as unpaid,
+and why: its program is declared unpaid (``Program.unpaid``), or its terms pay nothing per kWh.
 
 Each window names the event's public id (its first version's row id, see
 :mod:`aggregator.programs.dispatch_events`) and the sites the event applies to: its ``target_sites`` that are
@@ -26,7 +28,8 @@ from sqlalchemy.orm import Session
 
 from aggregator.db.models import DispatchEvent, Program, ProgramSite
 from aggregator.programs.dispatch_events import latest_versions
-from aggregator.settlement.event_inputs import event_payment_terms
+from aggregator.programs.kinds import PLANNED_KINDS
+from aggregator.programs.terms import event_payment_terms
 from market_adapters.dispatch import SignalKind, SignalStatus
 
 
@@ -82,7 +85,7 @@ def site_event_windows(
         .join(ProgramSite, (ProgramSite.program_id == Program.id) & (ProgramSite.site_id == site_id))
         .where(
             DispatchEvent.status != SignalStatus.CANCELLED,
-            DispatchEvent.kind != SignalKind.PRICE,
+            DispatchEvent.kind.in_(sorted(PLANNED_KINDS)),
             DispatchEvent.window_start < end,
             DispatchEvent.window_end > start,
         )

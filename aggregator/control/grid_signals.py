@@ -28,7 +28,6 @@ import asyncio
 import datetime as dt
 import enum
 import logging
-import math
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -44,6 +43,7 @@ from aggregator.control import schedules
 from aggregator.control.replanning import ReplanRequests
 from aggregator.db.models import DispatchEvent, Program, ProgramSite
 from aggregator.ingestion.metering import DEFAULT_STEP, site_import_intervals
+from aggregator.programs.kinds import PlannedSteps, rules_for
 from market_adapters.dispatch import GridSignal, SignalKind
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ class PortfolioFlexibility:
     comes from its latest schedule version, through :func:`aggregator.control.schedules.flexibility_frame`
     (power headroom against the plan; state of charge and targets are not checked), over the plan steps
     that overlap the window ``[start, end)`` (the part of it before ``clock()`` is left out: the past
-    cannot be delivered):
+    cannot be delivered), by the kind's rules (:attr:`aggregator.programs.kinds.KindRules.flexibility_kw`):
 
     - ``dr_reduction``: how far the site's import can drop below its plan, held in every step: the
       smallest ``down_kw`` [kW];
@@ -315,8 +315,10 @@ class PortfolioFlexibility:
         start = max(start, self._clock())
         with self._sessions() as session:
             site_ids = self.site_ids(session)
-            if end <= start or kind is SignalKind.PRICE:
-                return dict.fromkeys(site_ids, 0.0 if kind is SignalKind.PRICE else None)
+            if rules_for(kind).flexibility_kw is None:  # a kind that needs none (a price)
+                return dict.fromkeys(site_ids, 0.0)
+            if end <= start:
+                return dict.fromkeys(site_ids, None)
             latest = schedules.latest_version_ids(session, site_ids)
             figures: dict[str, float | None] = {}
             for site_id in site_ids:
@@ -341,14 +343,14 @@ class PortfolioFlexibility:
             return None
         starts = plan.index
         overlap = np.asarray((starts < pd.Timestamp(end)) & (starts + plan.step > pd.Timestamp(start)))
-        down = steps["down_kw"].to_numpy(dtype=float)[overlap]
-        if kind is SignalKind.DR_REDUCTION:
-            return float(down.min())
-        if kind is SignalKind.V2G_EXPORT:
-            vehicles = np.array([vehicle.power_kw for vehicle in plan.vehicles]).reshape(-1, plan.n_steps)
-            planned = vehicles.sum(axis=0)[overlap]
-            return max(float((down - planned).min()), 0.0)
-        return float((plan.site_import_kw[overlap] - down).max())
+        vehicles = np.array([vehicle.power_kw for vehicle in plan.vehicles]).reshape(-1, plan.n_steps)
+        return rules_for(kind).site_flexibility_kw(
+            PlannedSteps(
+                import_kw=plan.site_import_kw[overlap],
+                down_kw=steps["down_kw"].to_numpy(dtype=float)[overlap],
+                vehicles_kw=vehicles.sum(axis=0)[overlap],
+            )
+        )
 
     def metered(self, start: dt.datetime, end: dt.datetime) -> list[tuple[dt.datetime, float]]:
         """Synchronous :meth:`metered_kw`."""
@@ -369,11 +371,7 @@ class PortfolioFlexibility:
 
 def portfolio_figure(kind: SignalKind, figures: Mapping[str, float | None]) -> float:
     """The portfolio's figure from the sites' (see :class:`PortfolioFlexibility`) [kW]."""
-    if kind is SignalKind.DR_CAP:
-        if not figures or any(figure is None for figure in figures.values()):
-            return math.inf
-        return float(sum(figure for figure in figures.values() if figure is not None))
-    return float(sum(figure for figure in figures.values() if figure is not None))
+    return rules_for(kind).portfolio_kw(figures)
 
 
 __all__ = [

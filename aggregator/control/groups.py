@@ -13,7 +13,8 @@ found, breadth first; the cap keeps one model small enough to solve within a con
    planned with it (:meth:`~aggregator.control.inputs.PlanInputs.event_baselines_kw`,
    :mod:`aggregator.programs.event_baselines`), is the site's baseline for the event, stored as
    ``inputs["event_baselines"]`` (public event id → kW per step) of its schedule version;
-2. the events shared by at least two sites of the group, ``dr_reduction`` and ``v2g_export``, become
+2. the events shared by at least two sites of the group, of a kind the joint model splits
+   (:attr:`~aggregator.programs.kinds.KindRules.portfolio_kind`: ``dr_reduction`` and ``v2g_export``), become
    :class:`~optimizer.portfolio.PortfolioEvent` s (one per event interval, baseline per site its
    counterfactual import) and :func:`~optimizer.portfolio.solve_portfolio` plans all sites in one
    model, so the optimisation decides who delivers. Events of one site stay in that site's own model
@@ -50,9 +51,9 @@ from sqlalchemy.orm import Session
 
 from aggregator.control.dispatch_windows import EventWindow, site_event_windows
 from aggregator.control.inputs import PlanInputs
-from market_adapters.dispatch import SignalKind
+from aggregator.programs.kinds import rules_for
 from optimizer.errors import ScenarioError
-from optimizer.portfolio import EventKind, PortfolioEvent, PortfolioResult, solve_portfolio
+from optimizer.portfolio import PortfolioEvent, PortfolioResult, solve_portfolio
 from optimizer.problem import build_problem
 from optimizer.results import ScheduleResult, SolveStatus
 from optimizer.scenario import Scenario
@@ -62,13 +63,6 @@ log = logging.getLogger(__name__)
 
 MAX_GROUP_SITES = 16
 """Default cap on the sites planned in one joint model."""
-
-JOINT_KINDS: dict[SignalKind, EventKind] = {
-    SignalKind.DR_REDUCTION: "reduction",
-    SignalKind.V2G_EXPORT: "v2g_export",
-}
-"""Event kinds the joint model splits, and their :class:`~optimizer.portfolio.PortfolioEvent` kind."""
-
 
 # ------------------------------------------------------------------------------------ one solution
 
@@ -256,7 +250,7 @@ def _assign(planned: Sequence[PlanInputs]) -> tuple[list[EventWindow], dict[str,
                 mine.append(window)
                 continue
             present = tuple(site for site in window.site_ids if site in members)
-            if window.kind in JOINT_KINDS and len(present) > 1:
+            if rules_for(window.kind).portfolio_kind is not None and len(present) > 1:
                 part = window.value_kw * len(present) / len(window.site_ids)
                 joint.setdefault(
                     window.scenario_id, dataclasses.replace(window, value_kw=part, site_ids=present)
@@ -363,7 +357,10 @@ def _portfolio_event(
 ) -> PortfolioEvent:
     """The joint model's event for ``window``; a reduction's baseline per site is the site's baseline
     for the event (``event_baselines``: site → public id → kW per step), else its ``imports``."""
-    kind = JOINT_KINDS[window.kind]
+    rules = rules_for(window.kind)
+    kind = rules.portfolio_kind
+    if kind is None:  # _assign keeps such windows in the sites' own models
+        raise ValueError(f"{window.scenario_id}: the joint model does not split {window.kind.value} events")
     start = (window.start - first.start) // first.step
     stop = (window.end - first.start) // first.step
     baselines = {
@@ -380,7 +377,7 @@ def _portfolio_event(
         site_ids=list(window.site_ids),
         baseline_kw=(
             {site: [max(0.0, v) for v in baselines[site][start:stop]] for site in window.site_ids}
-            if kind == "reduction"
+            if rules.plan_baseline
             else {}
         ),
     )
@@ -402,7 +399,6 @@ def _joint_shares(
 
 
 __all__ = [
-    "JOINT_KINDS",
     "MAX_GROUP_SITES",
     "SiteSolution",
     "SolveGroup",

@@ -71,7 +71,14 @@ from aggregator.control.groups import (
 )
 from aggregator.control.inputs import PlanInputs, PlanningSettings, floor_time, site_plan_inputs
 from aggregator.control.replanning import ReplanRequests
-from aggregator.control.schedules import plan_json
+from aggregator.control.schedules import (
+    PlanDocument,
+    ScheduleDataError,
+    empty_plan_document,
+    plan_document,
+    plan_of,
+    shifted_plan_document,
+)
 from aggregator.control.setpoints import SetpointPublisher, setpoint_command
 from aggregator.db.models import (
     CommandStatus,
@@ -155,26 +162,18 @@ def shifted_plan(
     horizon_start: dt.datetime,
     step: dt.timedelta,
     n_steps: int,
-) -> dict[str, Any] | None:
+) -> PlanDocument | None:
     """``previous``'s plan moved to start at ``horizon_start``, for the sessions still open; steps it
-    does not cover are 0. ``None`` if it cannot be shifted (another step, or nothing left of it)."""
+    does not cover are 0. ``None`` if it cannot be shifted (another step, nothing left of it, or a
+    stored plan that cannot be read)."""
     if previous.step_seconds != int(step.total_seconds()) or horizon_start < previous.horizon_start:
         return None
-    offset = (horizon_start - previous.horizon_start) // step
-    imports = list(previous.plan.get("site_import_kw", []))
-    if offset >= len(imports):
+    try:
+        stored = plan_of(previous)
+    except ScheduleDataError as error:
+        log.warning("site %s: the previous plan cannot be shifted: %s", previous.site_id, error)
         return None
-
-    def moved(values: Sequence[float]) -> list[float]:
-        kept = list(values[offset : offset + n_steps])
-        return kept + [0.0] * (n_steps - len(kept))
-
-    vehicles = {
-        vehicle_id: {**planned, "power_kw": moved(planned["power_kw"])}
-        for vehicle_id, planned in previous.plan.get("vehicles", {}).items()
-        if vehicle_id in inputs.sessions
-    }
-    return {"site_import_kw": moved(imports), "vehicles": vehicles}
+    return shifted_plan_document(stored, horizon_start, n_steps, inputs.sessions)
 
 
 def _inputs_document(solution: SiteSolution) -> dict[str, Any]:
@@ -194,10 +193,10 @@ def _inputs_document(solution: SiteSolution) -> dict[str, Any]:
     return document
 
 
-def _json_ready(document: Any) -> Any:
+def _json_ready(document: Mapping[str, object]) -> dict[str, Any]:
     """JSON types only, and no NaN or infinity (PostgreSQL's JSON refuses them): those become null."""
 
-    def finite(value: Any) -> Any:
+    def finite(value: object) -> object:
         if isinstance(value, float) and not math.isfinite(value):
             return None
         if isinstance(value, dict):
@@ -206,7 +205,48 @@ def _json_ready(document: Any) -> Any:
             return [finite(v) for v in value]
         return value
 
-    return finite(json.loads(json.dumps(document, default=float)))
+    loaded: dict[str, object] = json.loads(json.dumps(document, default=float))
+    return {key: finite(value) for key, value in loaded.items()}
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one plan stores: the version's status, its plan and its result summary."""
+
+    status: ScheduleStatus
+    plan: PlanDocument
+    summary: dict[str, Any]
+
+
+def _latest_version(session: Session, site_id: str) -> ScheduleVersion | None:
+    """The site's latest version by id: the one a new version supersedes and falls back to."""
+    return session.scalars(
+        select(ScheduleVersion)
+        .where(ScheduleVersion.site_id == site_id)
+        .order_by(ScheduleVersion.id.desc())
+        .limit(1)
+    ).first()
+
+
+def _add_command_record(session: Session, command: SetpointCommand, version_id: int) -> None:
+    """``command`` as a pending ``setpoint_commands`` row of version ``version_id``; a site whose
+    gateway is offline gets it all the same (QoS 1 keeps it at the broker), with a log line."""
+    session.add(
+        SetpointCommandRecord(
+            command_id=command.command_id,
+            site_id=command.site_id,
+            schedule_version_id=version_id,
+            issued_at=command.issued_at,
+            valid_until=command.valid_until,
+            payload=command.model_dump(mode="json"),
+            status=CommandStatus.PENDING,
+        )
+    )
+    gateway = session.get(GatewayStatusRecord, command.site_id)
+    if gateway is not None and gateway.state is GatewayState.OFFLINE:
+        log.info(
+            "site %s: gateway offline; command %s queued at the broker", command.site_id, command.command_id
+        )
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -331,82 +371,29 @@ class ControlLoop:
     def _store(
         self, solution: SiteSolution, trigger: str, now: dt.datetime
     ) -> tuple[int, SetpointCommand | None]:
-        """One transaction: the new version (or its fallback), its command record."""
-        inputs, planning = solution.inputs, self.settings.planning
-        site_id, start = inputs.site_id, inputs.scenario.start
+        """One transaction: the new version (or its fallback) and its command record; then the
+        statistics."""
+        site_id = solution.inputs.site_id
         with self._sessions() as session, session.begin():
-            previous = session.scalars(
-                select(ScheduleVersion)
-                .where(ScheduleVersion.site_id == site_id)
-                .order_by(ScheduleVersion.id.desc())
-                .limit(1)
-            ).first()
-            status, plan, summary = self._outcome(solution, previous, planning)
-            version = ScheduleVersion(
-                site_id=site_id,
-                created_at=now,
-                horizon_start=start,
-                step_seconds=int(planning.step.total_seconds()),
-                trigger=trigger[:TRIGGER_MAX_CHARS],
-                inputs=_json_ready(_inputs_document(solution)),
-                result_summary=_json_ready(summary),
-                status=status,
-                plan=_json_ready(plan),
-                counterfactual=(
-                    _json_ready(plan_json(solution.counterfactual))
-                    if solution.counterfactual is not None
-                    else None
-                ),
-                supersedes_id=previous.id if previous is not None else None,
-            )
-            session.add(version)
-            session.flush()
-            command = setpoint_command(
-                site_id,
-                plan,
-                inputs.evses,
-                horizon_start=start,
-                step=planning.step,
-                now=now,
-                validity=self.settings.setpoint_validity,
-            )
+            previous = _latest_version(session, site_id)
+            outcome = self._outcome(solution, previous, self.settings.planning)
+            version = self._add_version(session, solution, outcome, previous, trigger, now)
+            command = self._command(version, solution.inputs, now)
             if command is not None:
-                session.add(
-                    SetpointCommandRecord(
-                        command_id=command.command_id,
-                        site_id=site_id,
-                        schedule_version_id=version.id,
-                        issued_at=command.issued_at,
-                        valid_until=command.valid_until,
-                        payload=command.model_dump(mode="json"),
-                        status=CommandStatus.PENDING,
-                    )
-                )
-                gateway = session.get(GatewayStatusRecord, site_id)
-                if gateway is not None and gateway.state is GatewayState.OFFLINE:
-                    log.info(
-                        "site %s: gateway offline; command %s queued at the broker",
-                        site_id,
-                        command.command_id,
-                    )
+                _add_command_record(session, command, version.id)
             version_id = version.id
-        if solution.solver_failed:
-            self.stats.failures += 1
-        if status is ScheduleStatus.SHIFTED or (
-            solution.solver_failed and status is ScheduleStatus.HEURISTIC
-        ):
-            self.stats.fallbacks += 1
-        log.info("site %s: schedule version %d (%s, %s)", site_id, version_id, status.value, trigger)
+        self._count(solution, outcome.status)
+        log.info("site %s: schedule version %d (%s, %s)", site_id, version_id, outcome.status.value, trigger)
         return version_id, command
 
     @staticmethod
     def _outcome(
         solution: SiteSolution, previous: ScheduleVersion | None, planning: PlanningSettings
-    ) -> tuple[ScheduleStatus, dict[str, Any], dict[str, Any]]:
+    ) -> _Outcome:
         """Status, plan and summary of the version to store, falling back as the module docstring says."""
         inputs, result = solution.inputs, solution.result
         if result is not None and not solution.solver_failed:
-            return ScheduleStatus(result.status.value), plan_json(result), result.summary()
+            return _Outcome(ScheduleStatus(result.status.value), plan_document(result), result.summary())
         why = solution.error or (result.message if result is not None else "no schedule")
         if previous is not None:
             shifted = shifted_plan(previous, inputs, inputs.scenario.start, planning.step, planning.n_steps)
@@ -415,13 +402,65 @@ class ControlLoop:
                     "site %s: no new schedule (%s); version %d shifted", inputs.site_id, why, previous.id
                 )
                 summary = {"status": "shifted", "message": why, "shifted_from": previous.id}
-                return ScheduleStatus.SHIFTED, shifted, summary
+                return _Outcome(ScheduleStatus.SHIFTED, shifted, summary)
         if result is not None:
             log.warning("site %s: no schedule from the solver (%s); heuristic used", inputs.site_id, why)
-            return ScheduleStatus.HEURISTIC, plan_json(result), result.summary()
+            return _Outcome(ScheduleStatus.HEURISTIC, plan_document(result), result.summary())
         log.error("site %s: no schedule at all (%s); the gateway's own fallback applies", inputs.site_id, why)
-        empty = {"site_import_kw": [0.0] * planning.n_steps, "vehicles": {}}
-        return ScheduleStatus.HEURISTIC, empty, {"status": "heuristic", "message": why, "empty": True}
+        return _Outcome(
+            ScheduleStatus.HEURISTIC,
+            empty_plan_document(planning.n_steps),
+            {"status": "heuristic", "message": why, "empty": True},
+        )
+
+    def _add_version(
+        self,
+        session: Session,
+        solution: SiteSolution,
+        outcome: _Outcome,
+        previous: ScheduleVersion | None,
+        trigger: str,
+        now: dt.datetime,
+    ) -> ScheduleVersion:
+        """The version row of ``outcome``, superseding ``previous``, flushed (so it has its id)."""
+        counterfactual = solution.counterfactual
+        version = ScheduleVersion(
+            site_id=solution.inputs.site_id,
+            created_at=now,
+            horizon_start=solution.inputs.scenario.start,
+            step_seconds=int(self.settings.planning.step.total_seconds()),
+            trigger=trigger[:TRIGGER_MAX_CHARS],
+            inputs=_json_ready(_inputs_document(solution)),
+            result_summary=_json_ready(outcome.summary),
+            status=outcome.status,
+            plan=_json_ready(outcome.plan.model_dump()),
+            counterfactual=(
+                _json_ready(plan_document(counterfactual).model_dump())
+                if counterfactual is not None
+                else None
+            ),
+            supersedes_id=previous.id if previous is not None else None,
+        )
+        session.add(version)
+        session.flush()
+        return version
+
+    def _command(
+        self, version: ScheduleVersion, inputs: PlanInputs, now: dt.datetime
+    ) -> SetpointCommand | None:
+        """The command of ``version``'s plan as stored (``None`` if it plans no EVSE)."""
+        return setpoint_command(
+            plan_of(version), inputs.evses, now=now, validity=self.settings.setpoint_validity
+        )
+
+    def _count(self, solution: SiteSolution, status: ScheduleStatus) -> None:
+        """:class:`ControlStats` of one stored version: a solver failure, a fallback."""
+        if solution.solver_failed:
+            self.stats.failures += 1
+        if status is ScheduleStatus.SHIFTED or (
+            solution.solver_failed and status is ScheduleStatus.HEURISTIC
+        ):
+            self.stats.fallbacks += 1
 
     # ---------------------------------------------------------------------------------------- loop
 

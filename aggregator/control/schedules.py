@@ -1,13 +1,20 @@
-"""Schedule versions read back: plans as pandas, JSON-ready rows and CSV; plans in force; flexibility.
+"""Schedule versions: the stored plan typed, as pandas, JSON-ready rows and CSV; plans in force; flexibility.
 
 A :class:`~aggregator.db.models.ScheduleVersion` stores its plan as JSON (``{"site_import_kw": [...],
 "vehicles": {scenario vehicle id: {"power_kw": [...], "evse_id": str}}}``, one value per step from
 ``horizon_start``, positive = import / charging, in kW) and what it was made from in ``inputs``
 (``{"scenario": optimizer Scenario JSON, "sessions": {scenario vehicle id: charging_sessions.id},
-"events": [...]}``). This module is the one place that parses them, for the API and the CLI:
+"events": [...]}``). This module is the one place that reads or writes a plan's keys; everything
+else holds a :class:`StoredPlan`:
 
-- :func:`read_plan` / :class:`StoredPlan`: a version's plan as arrays, a per-step frame, CSV;
-- :func:`plan_json`: the stored format made from an optimizer result (what the control loop writes);
+- :class:`PlanDocument`: the stored JSON (pydantic, the database boundary); ``counterfactual`` has the
+  same shape;
+- :func:`read_plan` / :func:`plan_of` / :class:`StoredPlan`: a version's plan as arrays, a per-step
+  frame, CSV; :func:`read_counterfactual`: its counterfactual, read as leniently as it is written;
+  a document that does not have the shape raises :class:`ScheduleDataError` naming version and field;
+- :func:`plan_document` (:func:`plan_json`), :func:`empty_plan_document`,
+  :func:`shifted_plan_document`: the plan made from an optimizer result, for no schedule, and from
+  an earlier plan (what the control loop writes);
 - :func:`latest_version_ids`, :func:`plans_in_force`: which version applies when;
 - :func:`on_grid`: any per-step table on a clock-aligned grid (15 min by default), so plans of
   different step lengths can be compared with metered intervals and summed over sites;
@@ -22,12 +29,14 @@ import bisect
 import datetime as dt
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -49,11 +58,37 @@ class ScheduleDataError(ValueError):
         super().__init__(f"schedule version {version_id}: {field} {problem}")
 
 
+class PlannedVehicleDocument(BaseModel):
+    """One vehicle of a stored plan, as JSON: ``plan["vehicles"][scenario vehicle id]``."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    power_kw: list[float | None]
+    """Grid-side power per step [kW]; ``null`` where a value was not finite when written."""
+    evse_id: str = ""
+    """The EVSE the vehicle is on, as the scenario names it."""
+
+
+class PlanDocument(BaseModel):
+    """``schedule_versions.plan`` (and ``.counterfactual``) as stored: the JSON side of :class:`StoredPlan`.
+
+    Strict: numbers must be JSON numbers and the EVSE id a string; unknown keys are ignored.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    site_import_kw: list[float | None]
+    """Net import at the grid connection per step [kW]; ``null`` where not finite when written."""
+    vehicles: dict[str, PlannedVehicleDocument] = Field(default_factory=dict)
+    """Scenario vehicle id → its plan."""
+
+
 @dataclass(frozen=True)
 class VehiclePlan:
     id: str
     """The vehicle's id in the version's scenario."""
     evse_id: str
+    """Its EVSE in the scenario; ``""`` if the stored plan names none."""
     power_kw: np.ndarray
     """Planned grid-side power per step [kW]; positive charging, negative discharging (V2G)."""
     session_id: int | None = None
@@ -62,7 +97,12 @@ class VehiclePlan:
 
 @dataclass(frozen=True)
 class StoredPlan:
-    """One version's plan as arrays."""
+    """One version's plan (or counterfactual) as arrays.
+
+    Read with :func:`read_plan`, every series has :attr:`n_steps` finite-or-NaN values. Read with
+    :func:`read_counterfactual`, ``NaN`` stands for a value not stored and a vehicle's series may be
+    shorter than the site's: read it step by step (its means), not as a :meth:`frame`.
+    """
 
     version_id: int
     site_id: str
@@ -92,6 +132,10 @@ class StoredPlan:
     def covers(self, start: dt.datetime, end: dt.datetime) -> bool:
         return self.horizon_start <= start and end <= self.horizon_end
 
+    def vehicle(self, vehicle_id: str) -> VehiclePlan | None:
+        """The plan of scenario vehicle ``vehicle_id``, if the plan has one."""
+        return next((vehicle for vehicle in self.vehicles if vehicle.id == vehicle_id), None)
+
     def frame(self) -> pd.DataFrame:
         """One row per step, indexed by its UTC start: ``site_import_kw`` and one column per vehicle [kW]."""
         columns = {"site_import_kw": self.site_import_kw}
@@ -111,12 +155,55 @@ class StoredPlan:
         )
 
 
-def _series(version_id: int, field: str, values: Any, length: int | None) -> np.ndarray:
-    if not isinstance(values, list) or not all(isinstance(v, int | float) for v in values):
-        raise ScheduleDataError(version_id, field, "is not a list of numbers")
-    if length is not None and len(values) != length:
-        raise ScheduleDataError(version_id, field, f"has {len(values)} values, the plan has {length} steps")
-    return np.asarray(values, dtype=float)
+# ------------------------------------------------------------------------------------ reading
+
+_PROBLEMS = {
+    "missing": "is missing",
+    "float_type": "is not a number",
+    "string_type": "is not a string",
+    "list_type": "is not a list",
+    "dict_type": "is not an object",
+    "model_type": "is not an object",
+}
+"""Pydantic's error types, in the words of :class:`ScheduleDataError`."""
+
+
+def _field(column: str, loc: tuple[int | str, ...]) -> str:
+    """``("vehicles", "ev-1", "power_kw", 3)`` in ``plan`` → ``plan.vehicles['ev-1'].power_kw[3]``."""
+    field = column
+    for position, part in enumerate(loc):
+        if isinstance(part, int):
+            field += f"[{part}]"
+        elif position > 0 and loc[position - 1] == "vehicles":
+            field += f"[{part!r}]"
+        else:
+            field += f".{part}"
+    return field
+
+
+def _problem(error: ErrorDetails) -> str:
+    problem = _PROBLEMS.get(error["type"], f"is not valid ({error['msg']})")
+    if error["type"] == "missing":
+        return problem
+    shown = repr(error["input"])
+    return f"{problem}: {shown if len(shown) <= 60 else shown[:57] + '...'}"
+
+
+def _document(version_id: int, column: str, raw: object) -> PlanDocument:
+    """``raw`` (the JSON of column ``column``) as a :class:`PlanDocument`, or the first thing wrong."""
+    try:
+        return PlanDocument.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        raise ScheduleDataError(version_id, _field(column, first["loc"]), _problem(first)) from error
+
+
+def planned_sessions(sessions: object) -> dict[str, int]:
+    """``inputs["sessions"]`` as scenario vehicle id → ``charging_sessions.id`` (entries that are not
+    an id are left out; anything but an object is no sessions)."""
+    if not isinstance(sessions, Mapping):
+        return {}
+    return {str(key): value for key, value in sessions.items() if isinstance(value, int)}
 
 
 def read_plan(
@@ -124,36 +211,72 @@ def read_plan(
     site_id: str,
     horizon_start: dt.datetime,
     step_seconds: int,
-    plan: Mapping[str, Any],
-    sessions: Mapping[str, Any] | None = None,
+    plan: object,
+    sessions: object = None,
 ) -> StoredPlan:
-    """Parse a stored plan (``ScheduleVersion.plan``); raise :class:`ScheduleDataError` naming the field."""
-    site_import = _series(version_id, "plan.site_import_kw", plan.get("site_import_kw"), None)
-    raw_vehicles = plan.get("vehicles", {})
-    if not isinstance(raw_vehicles, Mapping):
-        raise ScheduleDataError(version_id, "plan.vehicles", "is not an object keyed by vehicle id")
-    sessions = sessions or {}
-    vehicles = []
-    for vehicle_id, entry in raw_vehicles.items():
-        field = f"plan.vehicles[{vehicle_id!r}]"
-        if not isinstance(entry, Mapping):
-            raise ScheduleDataError(version_id, field, "is not an object")
-        session_id = sessions.get(vehicle_id)
-        vehicles.append(
-            VehiclePlan(
-                id=str(vehicle_id),
-                evse_id=str(entry.get("evse_id", "")),
-                power_kw=_series(version_id, f"{field}.power_kw", entry.get("power_kw"), len(site_import)),
-                session_id=int(session_id) if isinstance(session_id, int) else None,
+    """Parse a stored plan (``ScheduleVersion.plan``; ``sessions`` is ``inputs["sessions"]``, for the
+    vehicles' session ids); raise :class:`ScheduleDataError` naming the field. Every series must have
+    as many values as ``site_import_kw``, and none may be ``null``."""
+    return _read(version_id, site_id, horizon_start, step_seconds, "plan", plan, sessions)
+
+
+def read_counterfactual(
+    version_id: int,
+    site_id: str,
+    horizon_start: dt.datetime,
+    step_seconds: int,
+    counterfactual: object,
+    sessions: object = None,
+) -> StoredPlan | None:
+    """Parse a stored counterfactual (``ScheduleVersion.counterfactual``); ``None`` if the version has
+    none. As :func:`read_plan`, but a ``null`` is ``NaN`` and each series keeps its own length (a
+    step it does not reach is not known)."""
+    if counterfactual is None:
+        return None
+    return _read(version_id, site_id, horizon_start, step_seconds, "counterfactual", counterfactual, sessions)
+
+
+def _read(
+    version_id: int,
+    site_id: str,
+    horizon_start: dt.datetime,
+    step_seconds: int,
+    column: Literal["plan", "counterfactual"],
+    raw: object,
+    sessions: object,
+) -> StoredPlan:
+    document = _document(version_id, column, raw)
+
+    def series(field: str, values: list[float | None], length: int | None) -> np.ndarray:
+        if column == "counterfactual":
+            return np.asarray([math.nan if value is None else value for value in values], dtype=float)
+        if None in values:
+            raise ScheduleDataError(version_id, f"{field}[{values.index(None)}]", "is null")
+        if length is not None and len(values) != length:
+            raise ScheduleDataError(
+                version_id, field, f"has {len(values)} values, the plan has {length} steps"
             )
-        )
+        return np.asarray(values, dtype=float)
+
+    site_import = series(f"{column}.site_import_kw", document.site_import_kw, None)
+    session_ids = planned_sessions(sessions)
     return StoredPlan(
         version_id=version_id,
         site_id=site_id,
         horizon_start=horizon_start.astimezone(dt.UTC),
         step=dt.timedelta(seconds=step_seconds),
         site_import_kw=site_import,
-        vehicles=tuple(vehicles),
+        vehicles=tuple(
+            VehiclePlan(
+                id=vehicle_id,
+                evse_id=entry.evse_id,
+                power_kw=series(
+                    f"{column}.vehicles[{vehicle_id!r}].power_kw", entry.power_kw, len(site_import)
+                ),
+                session_id=session_ids.get(vehicle_id),
+            )
+            for vehicle_id, entry in document.vehicles.items()
+        ),
     )
 
 
@@ -176,18 +299,64 @@ def scenario_of(version_id: int, inputs: Mapping[str, Any]) -> Scenario:
         raise ScheduleDataError(version_id, "inputs.scenario", f"is not a valid scenario: {error}") from error
 
 
-def plan_json(result: ScheduleResult) -> dict[str, Any]:
-    """The stored plan of an optimizer result: net site import and each vehicle's net power [kW]."""
-    problem = result.problem
+# ------------------------------------------------------------------------------------ writing
+
+
+def _plan_document(
+    site_import_kw: Iterable[float], vehicles: Iterable[tuple[str, str, Iterable[float]]]
+) -> PlanDocument:
+    """A plan: net site import [kW] per step and, per (vehicle id, EVSE id, power [kW] per step), the
+    vehicle's plan."""
+    return PlanDocument(
+        site_import_kw=[float(x) for x in site_import_kw],
+        vehicles={
+            vehicle_id: PlannedVehicleDocument(power_kw=[float(x) for x in power], evse_id=evse_id)
+            for vehicle_id, evse_id, power in vehicles
+        },
+    )
+
+
+def plan_document(result: ScheduleResult) -> PlanDocument:
+    """The plan of an optimizer result: net site import and each vehicle's net power [kW]."""
     net = result.evaluation.import_kw - result.evaluation.export_kw
     power = result.charge_kw - result.discharge_kw
-    return {
-        "site_import_kw": [float(x) for x in net],
-        "vehicles": {
-            vehicle.id: {"power_kw": [float(x) for x in power[i]], "evse_id": vehicle.evse_id}
-            for i, vehicle in enumerate(problem.vehicles)
-        },
-    }
+    return _plan_document(
+        net, ((vehicle.id, vehicle.evse_id, power[i]) for i, vehicle in enumerate(result.problem.vehicles))
+    )
+
+
+def plan_json(result: ScheduleResult) -> dict[str, Any]:
+    """:func:`plan_document` as stored (JSON)."""
+    return plan_document(result).model_dump()
+
+
+def empty_plan_document(n_steps: int) -> PlanDocument:
+    """A plan of ``n_steps`` steps with no import and no vehicle (nothing to command)."""
+    return _plan_document([0.0] * n_steps, ())
+
+
+def shifted_plan_document(
+    previous: StoredPlan, horizon_start: dt.datetime, n_steps: int, vehicle_ids: Collection[str]
+) -> PlanDocument | None:
+    """``previous`` moved to start at ``horizon_start`` (a whole number of its steps after its own
+    start), ``n_steps`` long, keeping only the vehicles ``vehicle_ids``; steps it does not cover are 0.
+    ``None`` if nothing of it is left at ``horizon_start``."""
+    offset = (horizon_start - previous.horizon_start) // previous.step
+    if offset < 0 or offset >= previous.n_steps:
+        return None
+
+    def moved(values: np.ndarray) -> list[float]:
+        kept = [float(x) for x in values[offset : offset + n_steps]]
+        return kept + [0.0] * (n_steps - len(kept))
+
+    return _plan_document(
+        moved(previous.site_import_kw),
+        (
+            (vehicle.id, vehicle.evse_id, moved(vehicle.power_kw))
+            for vehicle in previous.vehicles
+            if vehicle.id in vehicle_ids
+        ),
+    )
 
 
 # ------------------------------------------------------------------------------------ output

@@ -1,10 +1,11 @@
 """From a site's plan to the :class:`~wire.contract.SetpointCommand` its gateway follows, and
 how commands reach the broker.
 
-:func:`setpoint_command` turns a stored plan (``schedule_versions.plan``) into one command: one
-:class:`~wire.contract.EvseSetpoint` per planned EVSE, carrying the planned power of every
-step from the horizon start until ``valid_until`` as a schedule of periods (equal neighbouring steps
-merged). EVSEs without a planned vehicle are not named, so the gateway keeps its own limits there.
+:func:`setpoint_command` turns a stored plan (:class:`~aggregator.control.schedules.StoredPlan`)
+into one command: one :class:`~wire.contract.EvseSetpoint` per planned EVSE, carrying the planned
+power of every step from the horizon start until ``valid_until`` as a schedule of periods (equal
+neighbouring steps merged). EVSEs without a planned vehicle are not named, so the gateway keeps its
+own limits there.
 
 :class:`SetpointPublisher` is what the control loop needs; :class:`MqttSetpointPublisher` is the real
 one (aiomqtt, QoS 1, the contract's topic, reconnecting with jittered exponential backoff).
@@ -19,12 +20,14 @@ import logging
 import random as _random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Protocol, Self
 
 import aiomqtt
 
+from aggregator.control.schedules import StoredPlan
+from wire import mqtt
 from wire.contract import (
     QOS,
     EvseSetpoint,
@@ -33,22 +36,21 @@ from wire.contract import (
     encode,
     setpoint_topic,
 )
-from wire.reconnect import Backoff, keep_connected
+from wire.mqtt import BrokerSettings
+from wire.reconnect import keep_connected
 
 log = logging.getLogger(__name__)
 
 
 def setpoint_command(
-    site_id: str,
-    plan: Mapping[str, Any],
+    plan: StoredPlan,
     evses: Mapping[str, tuple[str, int]],
     *,
-    horizon_start: dt.datetime,
-    step: dt.timedelta,
     now: dt.datetime,
     validity: dt.timedelta,
 ) -> SetpointCommand | None:
-    """The command for ``plan`` issued at ``now``, valid for ``validity``; ``None`` if no EVSE is planned.
+    """The command for ``plan`` (its site's) issued at ``now``, valid for ``validity``; ``None`` if no
+    EVSE is planned.
 
     ``evses`` maps the plan's EVSE ids to (charge point id, EVSE id). Power is grid side [kW],
     positive charging, negative discharging; a period starts at its step's start (the first may lie
@@ -56,17 +58,19 @@ def setpoint_command(
     """
     valid_until = now + validity
     setpoints: dict[tuple[str, int], EvseSetpoint] = {}
-    for vehicle_id, planned in sorted(plan.get("vehicles", {}).items()):
-        address = evses.get(planned["evse_id"])
+    for vehicle in sorted(plan.vehicles, key=lambda vehicle: vehicle.id):
+        address = evses.get(vehicle.evse_id)
         if address is None:
-            log.warning("plan of %s: vehicle %s on unknown EVSE %r", site_id, vehicle_id, planned["evse_id"])
+            log.warning(
+                "plan of %s: vehicle %s on unknown EVSE %r", plan.site_id, vehicle.id, vehicle.evse_id
+            )
             continue
         periods: list[SetpointPeriod] = []
-        for k, power in enumerate(planned["power_kw"]):
-            start = horizon_start + k * step
+        for k, power in enumerate(vehicle.power_kw):
+            start = plan.horizon_start + k * plan.step
             if start >= valid_until:
                 break
-            if start + step <= now:
+            if start + plan.step <= now:
                 continue
             power = round(float(power), 3)
             if periods and periods[-1].power_kw == power:
@@ -79,7 +83,7 @@ def setpoint_command(
     if not setpoints:
         return None
     return SetpointCommand(
-        site_id=site_id,
+        site_id=plan.site_id,
         command_id=uuid.uuid4().hex,
         issued_at=now,
         valid_until=valid_until,
@@ -94,16 +98,10 @@ class SetpointPublisher(Protocol):
 
 
 @dataclass(frozen=True)
-class MqttPublisherSettings:
-    host: str
-    port: int = 1883
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
+class MqttPublisherSettings(BrokerSettings):
+    """The broker (:class:`~wire.mqtt.BrokerSettings`) and the publisher's client id."""
+
     client_id: str = "fleetgrid-centre-setpoints"
-    keepalive_s: int = 30
-    timeout_s: float = 10.0
-    """Limit on every wait for the broker: CONNACK, PUBACK."""
-    backoff: Backoff = field(default_factory=Backoff)
 
 
 class MqttSetpointPublisher:
@@ -189,17 +187,7 @@ class MqttSetpointPublisher:
         raise aiomqtt.MqttError("connection closed")
 
     def _client(self) -> aiomqtt.Client:
-        s = self.settings
-        return aiomqtt.Client(
-            s.host,
-            s.port,
-            username=s.username,
-            password=s.password,
-            identifier=s.client_id,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            keepalive=s.keepalive_s,
-            timeout=s.timeout_s,
-        )
+        return mqtt.client(self.settings, self.settings.client_id)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         while True:

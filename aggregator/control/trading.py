@@ -1,5 +1,11 @@
-"""What traders read from the stored plans: KPIs per site and for the portfolio, and what-if re-solves.
+"""What traders read from the stored plans: the portfolio's plan, planned against measured import,
+flexibility and KPIs per site and for the portfolio, and what-if re-solves.
 
+- :func:`portfolio_import`: the sites' current plans' net import on the 15-minute grid, and its sum;
+- :func:`planned_vs_actual`: a site's planned net import (the plan in force) against the measured one
+  per 15-minute interval, with totals;
+- :func:`flexibility_report`: per hour, per site and for the portfolio, the up and down kW the current
+  plans leave room for;
 - :func:`kpi_report`: over ``[start, end)`` on the 15-minute grid, per site and for the portfolio,
   planned figures from the plan in force in each interval, measured ones from telemetry, and how the
   schedule versions created in the window were solved;
@@ -26,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregator.control import schedules
-from aggregator.control.schedules import GRID
+from aggregator.control.schedules import GRID, StoredPlan
 from aggregator.db.models import ScheduleStatus, ScheduleVersion, Site
 from aggregator.ingestion.metering import evse_power_intervals, site_import_intervals
 from optimizer import ScenarioError, build_problem, evaluate, schedule
@@ -35,6 +41,236 @@ from optimizer import ScenarioError, build_problem, evaluate, schedule
 def float_or_none(value: Any) -> float | None:
     """``value`` as a float, ``None`` for NaN (unknown)."""
     return None if pd.isna(value) else float(value)
+
+
+HOUR = dt.timedelta(hours=1)
+
+
+# ---------------------------------------------------------------------------- portfolio schedule
+
+
+@dataclass(frozen=True)
+class PortfolioImport:
+    """The sites' current plans' net import on the common 15-minute grid (UTC-aligned) [kW]."""
+
+    version_ids: dict[str, int]
+    """Each site's current plan (its latest version), by site id in order."""
+    site_import_kw: pd.DataFrame
+    """One column per site: its plan's time-weighted mean over each interval; NaN where its plan does
+    not cover the interval completely."""
+    import_kw: pd.Series
+    """The sum over the sites with a value in each interval."""
+
+
+def portfolio_import(session: Session) -> PortfolioImport:
+    """The sum over sites of their latest plans' net import, per 15-minute interval (see
+    :class:`PortfolioImport`)."""
+    latest = dict(sorted(schedules.latest_version_ids(session).items()))
+    per_site: dict[str, pd.Series] = {}
+    for site_id, version_id in latest.items():
+        plan = schedules.load_plan(session, version_id)
+        gridded = schedules.on_grid(plan.frame()[["site_import_kw"]], plan.step, {"site_import_kw": "mean"})
+        per_site[site_id] = gridded["site_import_kw"]
+    table = pd.DataFrame(per_site).sort_index() if per_site else pd.DataFrame()
+    total = table.sum(axis=1, min_count=1) if per_site else pd.Series(dtype=float)
+    return PortfolioImport(version_ids=latest, site_import_kw=table, import_kw=total)
+
+
+# ---------------------------------------------------------------------------- planned vs actual
+
+
+@dataclass(frozen=True)
+class PlannedVsActualInterval:
+    start: dt.datetime
+    end: dt.datetime
+    version_id: int | None
+    """The version in force; ``None`` where no plan covers the interval."""
+    planned_import_kw: float | None
+    measured_import_kw: float | None
+    """Mean of the site's telemetry sent in the interval [kW]; ``None`` without telemetry."""
+    samples: int
+    deviation_kw: float | None
+    """Measured minus planned [kW]; ``None`` where either is unknown."""
+
+
+@dataclass(frozen=True)
+class PlannedVsActualTotals:
+    intervals: int
+    intervals_compared: int
+    """Intervals with both a planned and a measured value."""
+    planned_energy_kwh: float
+    measured_energy_kwh: float
+    mean_absolute_deviation_kw: float | None
+    """Over the intervals compared; ``None`` when there are none."""
+
+
+@dataclass(frozen=True)
+class PlannedVsActual:
+    site_id: str
+    start: dt.datetime
+    end: dt.datetime
+    step_seconds: int
+    intervals: list[PlannedVsActualInterval]
+    totals: PlannedVsActualTotals
+
+
+def planned_import(
+    session: Session, site_id: str, index: pd.DatetimeIndex
+) -> tuple[list[StoredPlan | None], pd.Series]:
+    """The plan in force at each interval of ``index`` (15-minute grid) and its mean net import [kW]."""
+    plans = schedules.plans_in_force(session, site_id, index)
+    tables = {
+        plan.version_id: schedules.on_grid(
+            plan.frame()[["site_import_kw"]], plan.step, {"site_import_kw": "mean"}
+        )
+        for plan in plans
+        if plan is not None
+    }
+    table = schedules.in_force_table(plans, index, tables, ["site_import_kw"])
+    return plans, table["site_import_kw"]
+
+
+def planned_vs_actual(
+    session: Session, site_id: str, start: dt.datetime, end: dt.datetime
+) -> PlannedVsActual:
+    """Per 15-minute interval of ``[start, end)`` (quarter hours, aware): the planned net import of the
+    version in force and the measured mean, their deviation, and totals.
+
+    The version in force at an interval is the latest created at or before the interval's start whose
+    horizon covers it. Measured is the mean of the site's telemetry sent in the interval
+    (:func:`aggregator.ingestion.metering.site_import_intervals`).
+    """
+    index = schedules.grid_index(start, end)
+    plans, planned = planned_import(session, site_id, index)
+    measured = site_import_intervals(session, site_id, start, end, GRID)
+    deviation = measured.mean_kw.to_numpy() - planned.to_numpy()
+    hours = GRID.total_seconds() / 3600
+    compared = ~np.isnan(deviation)
+    intervals = [
+        PlannedVsActualInterval(
+            start=stamp,
+            end=stamp + GRID,
+            version_id=plan.version_id if plan is not None else None,
+            planned_import_kw=float_or_none(planned.iloc[k]),
+            measured_import_kw=float_or_none(measured.mean_kw.iloc[k]),
+            samples=int(measured.samples.iloc[k]),
+            deviation_kw=float_or_none(deviation[k]),
+        )
+        for k, (stamp, plan) in enumerate(zip(index, plans, strict=True))
+    ]
+    totals = PlannedVsActualTotals(
+        intervals=len(index),
+        intervals_compared=int(compared.sum()),
+        planned_energy_kwh=float(np.nansum(planned.to_numpy()) * hours),
+        measured_energy_kwh=float(np.nansum(measured.mean_kw.to_numpy()) * hours),
+        mean_absolute_deviation_kw=float(np.abs(deviation[compared]).mean()) if compared.any() else None,
+    )
+    return PlannedVsActual(
+        site_id=site_id,
+        start=start,
+        end=end,
+        step_seconds=int(GRID.total_seconds()),
+        intervals=intervals,
+        totals=totals,
+    )
+
+
+# ---------------------------------------------------------------------------------- flexibility
+
+
+@dataclass(frozen=True)
+class FlexibilityHour:
+    start: dt.datetime
+    end: dt.datetime
+    up_kw: float | None
+    """How far import could rise for the whole hour [kW]; ``None`` where the plan does not cover it."""
+    down_kw: float | None
+    """How far import could drop for the whole hour [kW]; ``None`` where the plan does not cover it."""
+
+
+@dataclass(frozen=True)
+class SiteFlexibility:
+    site_id: str
+    version_id: int | None
+    """The site's current plan; ``None`` when it has none."""
+    hours: list[FlexibilityHour]
+
+
+@dataclass(frozen=True)
+class PortfolioFlexibilityHour(FlexibilityHour):
+    sites: int
+    """How many sites have a figure for the hour (the ones summed)."""
+
+
+@dataclass(frozen=True)
+class Flexibility:
+    start: dt.datetime
+    end: dt.datetime
+    sites: list[SiteFlexibility]
+    portfolio: list[PortfolioFlexibilityHour]
+
+
+def site_flexibility(session: Session, version_id: int | None, index: pd.DatetimeIndex) -> pd.DataFrame:
+    """``up_kw`` and ``down_kw`` per hour of ``index`` left by plan ``version_id`` [kW]: the smallest
+    over the hour's plan steps (:func:`aggregator.control.schedules.flexibility_frame`), so it can be
+    held for the whole hour; NaN where the plan does not cover the hour, or without a plan."""
+    if version_id is None:
+        return pd.DataFrame(np.nan, index=index, columns=["up_kw", "down_kw"])
+    plan = schedules.load_plan(session, version_id)
+    scenario = schedules.scenario_of(version_id, schedules.load_inputs(session, version_id))
+    steps = schedules.flexibility_frame(plan, scenario)
+    gridded = schedules.on_grid(steps, plan.step, {"up_kw": "min", "down_kw": "min"}, HOUR)
+    return gridded.reindex(index)
+
+
+def portfolio_flexibility(
+    hourly: Sequence[pd.DataFrame], index: pd.DatetimeIndex
+) -> list[PortfolioFlexibilityHour]:
+    """The sum over the sites' ``hourly`` figures (:func:`site_flexibility`) per hour of ``index``,
+    over the sites with a figure; ``None`` where none has one."""
+    up = np.array([frame["up_kw"].to_numpy(dtype=float) for frame in hourly]).reshape(-1, len(index))
+    down = np.array([frame["down_kw"].to_numpy(dtype=float) for frame in hourly]).reshape(-1, len(index))
+    known = ~np.isnan(up)
+    return [
+        PortfolioFlexibilityHour(
+            start=stamp,
+            end=stamp + HOUR,
+            up_kw=float(np.nansum(up[:, k])) if known[:, k].any() else None,
+            down_kw=float(np.nansum(down[:, k])) if known[:, k].any() else None,
+            sites=int(known[:, k].sum()),
+        )
+        for k, stamp in enumerate(index)
+    ]
+
+
+def flexibility_report(session: Session, start: dt.datetime, end: dt.datetime) -> Flexibility:
+    """Per hour of ``[start, end)`` (whole hours, aware), per site and for the portfolio: the up and down
+    kW each site's current plan (its latest version) leaves room for (:func:`site_flexibility`), and
+    their sum (:func:`portfolio_flexibility`)."""
+    index = schedules.grid_index(start, end, HOUR)
+    latest = schedules.latest_version_ids(session)
+    sites = []
+    hourly = []
+    for site_id in list(session.scalars(select(Site.id).order_by(Site.id))):
+        version_id = latest.get(site_id)
+        frame = site_flexibility(session, version_id, index)
+        hourly.append(frame)
+        sites.append(
+            SiteFlexibility(
+                site_id=site_id,
+                version_id=version_id,
+                hours=[
+                    FlexibilityHour(
+                        start=stamp,
+                        end=stamp + HOUR,
+                        up_kw=float_or_none(row.up_kw),
+                        down_kw=float_or_none(row.down_kw),
+                    )
+                    for stamp, row in zip(index, frame.itertuples(), strict=True)
+                ],
+            )
+        )
+    return Flexibility(start=start, end=end, sites=sites, portfolio=portfolio_flexibility(hourly, index))
 
 
 # ------------------------------------------------------------------------------------------ KPIs

@@ -8,7 +8,9 @@ that
 - lists E in ``inputs["events"]`` (any version row of E: rows are mapped to the event's public id
   through :mod:`aggregator.programs.dispatch_events`),
 - planned the session (``inputs["sessions"]`` names it), and
-- has a counterfactual for it (a version whose counterfactual solve was refused is skipped).
+- has a counterfactual for it (a version whose counterfactual solve was refused is skipped, and so,
+  with a warning, is one whose stored counterfactual cannot be read:
+  :func:`aggregator.control.schedules.read_counterfactual`).
 
 A session that first appears after E was planned (a late arrival) is frozen at the first version
 that has both. Later plans re-solve the counterfactual from the current state, and once a plan has
@@ -25,16 +27,20 @@ E's window ends and at most :data:`LOOKBACK` before it starts are read: no plan 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aggregator.control.schedules import ScheduleDataError, planned_sessions, read_counterfactual
 from aggregator.db.models import ScheduleVersion
 from aggregator.programs.dispatch_events import event_chain
+
+log = logging.getLogger(__name__)
 
 LOOKBACK = dt.timedelta(days=7)
 """How long before an event's window a version's horizon may start and still list the event."""
@@ -53,7 +59,8 @@ class FrozenBaseline:
     """The schedule version it was frozen at."""
     horizon_start: dt.datetime
     step: dt.timedelta
-    power_kw: tuple[float | None, ...]
+    power_kw: tuple[float, ...]
+    """``NaN`` where the counterfactual stored no value."""
 
     def mean_kw(self, start: dt.datetime, end: dt.datetime) -> float:
         """Time-weighted mean power [kW] over ``[start, end)``; ``NaN`` where not covered."""
@@ -120,42 +127,42 @@ def _frozen_for_event(
             continue
         waiting = {
             key: value
-            for key, value in (planned if isinstance(planned, dict) else {}).items()
-            if isinstance(value, int)
-            and value not in frozen
-            and (session_ids is None or value in session_ids)
+            for key, value in planned_sessions(planned).items()
+            if value not in frozen and (session_ids is None or value in session_ids)
         }
         if not waiting:
             continue
-        counterfactual = session.scalar(
-            select(ScheduleVersion.counterfactual).where(ScheduleVersion.id == version_id)
-        )
-        vehicles = (counterfactual or {}).get("vehicles") if isinstance(counterfactual, dict) else None
-        if not isinstance(vehicles, dict):
+        try:
+            counterfactual = read_counterfactual(
+                version_id,
+                site_id,
+                horizon_start,
+                step_seconds,
+                session.scalar(
+                    select(ScheduleVersion.counterfactual).where(ScheduleVersion.id == version_id)
+                ),
+            )
+        except ScheduleDataError as error:
+            log.warning("dispatch event %d: no baseline frozen at an unreadable version: %s", event_id, error)
+            continue
+        if counterfactual is None:
             continue
         for key, charging_session_id in waiting.items():
-            power = _power_kw(vehicles.get(key))
-            if power is not None:
+            vehicle = counterfactual.vehicle(key)
+            if vehicle is not None:
                 frozen[charging_session_id] = FrozenBaseline(
                     event_id,
                     charging_session_id,
                     version_id,
                     horizon_start,
                     dt.timedelta(seconds=step_seconds),
-                    power,
+                    tuple(float(kw) for kw in vehicle.power_kw),
                 )
     return frozen
 
 
-def _power_kw(planned: Any) -> tuple[float | None, ...] | None:
-    series = planned.get("power_kw") if isinstance(planned, dict) else None
-    if not isinstance(series, list):
-        return None
-    return tuple(float(v) if isinstance(v, int | float) else None for v in series)
-
-
 def plan_mean(
-    series: Sequence[Any] | None,
+    series: Sequence[float | None] | np.ndarray | None,
     horizon_start: dt.datetime,
     plan_step: dt.timedelta,
     start: dt.datetime,
@@ -172,7 +179,7 @@ def plan_mean(
     weighted = 0.0
     for k in range(first, last):
         value = series[k]
-        if value is None:
+        if value is None or math.isnan(value):
             return math.nan
         step_start = horizon_start + k * plan_step
         overlap = (min(end, step_start + plan_step) - max(start, step_start)).total_seconds()

@@ -40,7 +40,8 @@ Capacity payments are monthly, not per event: :func:`capacity_revenue`.
 
 A program either has terms that pay (:attr:`PaymentTerms.pays`) or is declared unpaid
 (``Program.unpaid``), never neither: :func:`program_payment_terms` is the rule the admin API and
-``fleetgrid admin create-program`` apply.
+``fleetgrid admin create-program`` apply. An event's terms are its program's with the event's own
+rates (:func:`event_payment_terms`): settlement pays by them and the planner counts them.
 """
 
 from __future__ import annotations
@@ -49,9 +50,12 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from aggregator.db.models import DispatchEvent, Program
 
 CURRENCY_EXPONENTS: dict[str, int] = {
     "AUD": 2,
@@ -210,6 +214,31 @@ def program_payment_terms(
             "or declare the program unpaid"
         )
     return terms
+
+
+def event_payment_terms(program: Program, event: DispatchEvent) -> PaymentTerms:
+    """``program``'s payment terms (currency by default the program's), with ``event``'s own rates
+    [currency/kWh] in place of the program's when it carries them: what settlement pays and charges,
+    and so what the planner counts.
+
+    Raises :class:`ValueError` naming the program for terms that do not validate, or event rates in
+    another currency than the program's.
+    """
+    try:
+        terms = PaymentTerms.model_validate({"currency": program.currency, **program.payment_terms})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ValueError(f"program {program.id!r} payment_terms: {problems}") from error
+    overrides: dict[str, Decimal] = {}
+    if event.price_per_kwh is not None:
+        overrides["per_kwh_delivered"] = Decimal(str(event.price_per_kwh))
+    if event.penalty_per_kwh is not None:
+        overrides["penalty_per_kwh_short"] = Decimal(str(event.penalty_per_kwh))
+    if overrides and event.currency is not None and event.currency.upper() != terms.currency:
+        raise ValueError(
+            f"event rates are in {event.currency} but program {program.id!r} pays in {terms.currency}"
+        )
+    return terms.model_copy(update=overrides) if overrides else terms
 
 
 class LineKind(enum.StrEnum):

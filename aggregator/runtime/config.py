@@ -297,7 +297,7 @@ class CentralConfig(_Section):
     """The control loop's settings as written; :meth:`control_settings` validates them."""
     influxdb: InfluxSection | None = None
     openadr: list[OpenadrSection] = Field(default_factory=list)
-    """One VEN per entry, started by the service (see :mod:`aggregator.programs.grid_signals`)."""
+    """One VEN per entry, started by the service (see :mod:`aggregator.control.grid_signals`)."""
 
     _source: Path | None = PrivateAttr(None)
     """The file this was read from, named in errors."""

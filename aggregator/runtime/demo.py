@@ -44,15 +44,17 @@ from aggregator.control.loop import ControlLoop, ControlSettings
 from aggregator.control.replanning import ReplanRequests
 from aggregator.control.setpoints import MqttPublisherSettings, MqttSetpointPublisher
 from aggregator.db.migrate import upgrade
-from aggregator.db.models import Charger, ChargingSession, Program, ProgramKind, ProgramSite, Role, Site, User
+from aggregator.db.models import Charger, ChargingSession, Program, ProgramSite, Role, Site, User
 from aggregator.db.session import make_engine, make_sessionmaker
 from aggregator.ingestion.metering import evse_power_intervals, site_import_intervals
 from aggregator.ingestion.pipeline import Ingestion, IngestionSettings
+from aggregator.programs.kinds import POSTED_KINDS
 from aggregator.programs.terms import CURRENCY_EXPONENTS
 from aggregator.runtime.broker import EmbeddedBroker, free_port
 from aggregator.settlement.event_settlement import settle_event_from_db
 from chargersim.stations import SimClock, SimulatedCharger
 from chargersim.vehicles import Vehicle
+from market_adapters.dispatch import SignalKind
 from optimizer.evaluation import Evaluation, bill_site, evaluate
 from optimizer.policies import run_policy
 from optimizer.problem import Problem, build_problem
@@ -65,6 +67,8 @@ log = logging.getLogger(__name__)
 
 SITE_ID = "depot-demo"
 PROGRAM_ID = "evening-dr"
+EVENT_KIND = SignalKind.DR_REDUCTION
+"""The event the demo's grid operator posts: the scenario's DR reduction."""
 TIMEZONE = "America/Los_Angeles"
 DAY_START = dt.time(5, 0)
 DAY_END = dt.time(22, 0)
@@ -201,7 +205,7 @@ def bootstrap(sessions: sessionmaker[Session], scenario: Scenario) -> None:
             Program(
                 id=PROGRAM_ID,
                 name="Evening peak DR",
-                kind=ProgramKind.DR,
+                kind=POSTED_KINDS[EVENT_KIND],
                 owner_id=operator.id,
                 currency=scenario.currency,
                 payment_terms={
@@ -256,7 +260,7 @@ async def post_dr_event(client: httpx.AsyncClient, scenario: Scenario, requested
     event = scenario.dr_events[0]
     headers = await _token_for(client, "operator@grid.example")
     body = {
-        "kind": "dr_reduction",
+        "kind": EVENT_KIND.value,
         "start": event.start.isoformat(),
         "end": event.end.isoformat(),
         "requested_kw": round(requested_kw, 1),

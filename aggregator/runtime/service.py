@@ -12,9 +12,9 @@ control loop (with its setpoint publisher) and the API on uvicorn. They share on
 control loop's :class:`~aggregator.control.replanning.ReplanRequests`, so a driver's override through the API
 or a vehicle arriving through MQTT re-plans its site at once. Each ``[[openadr]]`` entry starts a VEN
 (OpenADR 2.0b or 3) after the control loop, its events stored by a
-:class:`~aggregator.programs.grid_signals.GridSignalStore` (which asks the loop to re-plan the sites they
+:class:`~aggregator.control.grid_signals.GridSignalStore` (which asks the loop to re-plan the sites they
 apply to)
-and its optIn/optOut and reports answered by a :class:`~aggregator.programs.grid_signals.PortfolioFlexibility`
+and its optIn/optOut and reports answered by a :class:`~aggregator.control.grid_signals.PortfolioFlexibility`
 over the sites enrolled in its mapped programs. Exit stops them in reverse order.
 """
 
@@ -32,6 +32,7 @@ import uvicorn
 
 from aggregator.api.app import create_app
 from aggregator.api.config import Settings
+from aggregator.control.grid_signals import GridSignalStore, PortfolioFlexibility
 from aggregator.control.loop import ControlLoop
 from aggregator.control.replanning import ReplanRequests
 from aggregator.control.setpoints import MqttPublisherSettings, MqttSetpointPublisher
@@ -39,7 +40,6 @@ from aggregator.db.migrate import upgrade
 from aggregator.db.session import make_engine, make_sessionmaker
 from aggregator.ingestion.pipeline import Ingestion, IngestionSettings
 from aggregator.ingestion.telemetry_mirror import MirrorSettings, TelemetryMirror
-from aggregator.programs.grid_signals import GridSignalStore, PortfolioFlexibility
 from aggregator.runtime.broker import EmbeddedBroker
 from aggregator.runtime.config import CentralConfig, Openadr2Section, OpenadrSection
 from market_adapters.openadr2 import Ven
@@ -75,6 +75,7 @@ class AggregatorService:
         async with AsyncExitStack() as stack:
             await asyncio.to_thread(upgrade, self.config.database.url)
             mqtt = self.config.mqtt
+            tls = None if mqtt.embedded else mqtt.tls_context()
             if mqtt.embedded:
                 broker = await stack.enter_async_context(EmbeddedBroker())
                 host, port, username, password = broker.host, broker.port, None, None
@@ -88,7 +89,7 @@ class AggregatorService:
                     TelemetryMirror(MirrorSettings(influx.url, influx.org, influx.bucket, influx.token()))
                 )
             ingestion_settings = IngestionSettings(
-                host, port, username, password, client_id=f"{mqtt.client_id}-ingestion"
+                host, port, username, password, tls_context=tls, client_id=f"{mqtt.client_id}-ingestion"
             )
             self.ingestion = await stack.enter_async_context(
                 Ingestion(ingestion_settings, self.sessions, replans=self.replans, mirror=mirror)
@@ -96,7 +97,12 @@ class AggregatorService:
             publisher = await stack.enter_async_context(
                 MqttSetpointPublisher(
                     MqttPublisherSettings(
-                        host, port, username, password, client_id=f"{mqtt.client_id}-setpoints"
+                        host,
+                        port,
+                        username,
+                        password,
+                        tls_context=tls,
+                        client_id=f"{mqtt.client_id}-setpoints",
                     )
                 )
             )

@@ -31,7 +31,6 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -45,7 +44,6 @@ from aggregator.db.models import (
     Charger,
     ChargingSession,
     DispatchEvent,
-    Program,
     SessionOverride,
     Site,
     User,
@@ -59,7 +57,8 @@ from aggregator.ingestion.metering import (
     site_import_intervals,
 )
 from aggregator.programs.dispatch_events import EventChain, EventNotFoundError, event_chain
-from aggregator.programs.terms import PaymentTerms
+from aggregator.programs.kinds import rules_for
+from aggregator.programs.terms import PaymentTerms, event_payment_terms
 from aggregator.settlement.attribution import Attribution, Exclusion, ExclusionReason, attribute
 from aggregator.settlement.baselines import (
     Baseline,
@@ -79,7 +78,7 @@ from aggregator.settlement.event_measurement import (
     site_committed_kw,
     vehicle_counterfactual_kw,
 )
-from aggregator.settlement.performance import MEASURED_KINDS, EventPerformance, event_performance
+from aggregator.settlement.performance import EventPerformance, event_performance
 from aggregator.settlement.runs import event_ref_for
 from market_adapters.dispatch import SignalInterval, SignalKind, SignalStatus
 
@@ -205,26 +204,6 @@ def find_event(session: Session, event_id: int) -> EventChain:
         raise UnknownEventError(event_id, error.problem) from error
 
 
-def event_payment_terms(program: Program, event: DispatchEvent) -> PaymentTerms:
-    """``program``'s payment terms (currency by default the program's), with ``event``'s own rates
-    [currency/kWh] in place of the program's when it carries them."""
-    try:
-        terms = PaymentTerms.model_validate({"currency": program.currency, **program.payment_terms})
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise ValueError(f"program {program.id!r} payment_terms: {problems}") from error
-    overrides: dict[str, Decimal] = {}
-    if event.price_per_kwh is not None:
-        overrides["per_kwh_delivered"] = Decimal(str(event.price_per_kwh))
-    if event.penalty_per_kwh is not None:
-        overrides["penalty_per_kwh_short"] = Decimal(str(event.penalty_per_kwh))
-    if overrides and event.currency is not None and event.currency.upper() != terms.currency:
-        raise ValueError(
-            f"event rates are in {event.currency} but program {program.id!r} pays in {terms.currency}"
-        )
-    return terms.model_copy(update=overrides) if overrides else terms
-
-
 def settlement_inputs(
     session: Session, event_id: int, *, now: dt.datetime, step: dt.timedelta = DEFAULT_STEP
 ) -> EventSettlementInputs:
@@ -263,7 +242,7 @@ def settlement_inputs(
     }
     if event.status is SignalStatus.CANCELLED:
         return EventSettlementInputs(**common, performance=None, notes=("cancelled: nothing to settle",))
-    if event.kind not in MEASURED_KINDS:
+    if not rules_for(event.kind).commits:
         raise SettlementInputError(event_id, f"is a {event.kind.value} signal, which commits nothing")
     if now < event.window_end:
         raise EventNotEndedError(
@@ -410,7 +389,7 @@ def _vehicle_inputs(
         .order_by(ChargingSession.id)
     ).all()
     evse_power = {site_id: evse_power_intervals(session, site_id, start, end, step) for site_id in site_ids}
-    v2g = event.kind is SignalKind.V2G_EXPORT
+    v2g = rules_for(event.kind).v2g_consent
     hours = step.total_seconds() / 3600
     vehicles = []
     for charging in plugged:

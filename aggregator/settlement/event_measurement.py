@@ -25,7 +25,10 @@ Both are read per interval of the event's window (15 minutes by default, the ind
 
 A plan value is the time-weighted mean of the plan's steps over the interval (cut at the window's
 end); ``NaN`` where the version in force has no counterfactual, does not cover the whole interval,
-does not plan the session, or where no version was made before the interval.
+does not plan the session, or where no version was made before the interval. Counterfactuals are
+read with :func:`aggregator.control.schedules.read_counterfactual`: one that cannot be read raises
+its :class:`~aggregator.control.schedules.ScheduleDataError` (version and field) rather than
+measuring against a guess.
 
 The grid operators' API (:mod:`aggregator.api.routes.operators`) and settlement
 (:mod:`aggregator.settlement.event_settlement`) both measure with these, so an operator's view of an
@@ -36,13 +39,17 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import Row, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aggregator.control.schedules import StoredPlan, planned_sessions, read_counterfactual
 from aggregator.db.models import ScheduleVersion
 from aggregator.programs.event_baselines import FrozenBaseline, frozen_baselines, plan_mean
 
@@ -94,12 +101,12 @@ def site_committed_kw(
     index = pd.DatetimeIndex(committed.index)
     key = str(event_id)
 
-    def share(version: Row[Any]) -> list[Any] | None:
-        shares = (version.inputs or {}).get("event_shares")
+    def share(version: _Version) -> list[Any] | None:
+        shares = version.inputs.get("event_shares")
         series = shares.get(key) if isinstance(shares, dict) else None
         return series if isinstance(series, list) else None
 
-    def planned_share(version: Row[Any], start: dt.datetime, stop: dt.datetime) -> float:
+    def planned_share(version: _Version, start: dt.datetime, stop: dt.datetime) -> float:
         return _mean(version, share(version), start, stop)
 
     planned = pd.DataFrame(
@@ -128,20 +135,21 @@ def expected_import_kw(
     step: dt.timedelta,
 ) -> pd.Series:
     """The site's expected import without dispatch event ``event_id`` (public id) [kW] per interval of
-    ``index`` (module doc): the ``counterfactual["site_import_kw"]`` of the version in force at each
-    interval, each of its sessions' counterfactual power replaced by the frozen one where there is
-    one."""
+    ``index`` (module doc): the counterfactual site import of the version in force at each interval,
+    each of its sessions' counterfactual power replaced by the frozen one where there is one."""
     frozen = frozen_baselines(session, site_id, [event_id]).get(event_id, {})
 
-    def site_import(version: Row[Any], start: dt.datetime, stop: dt.datetime) -> float:
-        counterfactual = version.counterfactual if isinstance(version.counterfactual, dict) else {}
-        value = _mean(version, counterfactual.get("site_import_kw"), start, stop)
-        vehicles = counterfactual.get("vehicles")
-        for key, charging_session_id in _sessions(version).items():
+    def site_import(version: _Version, start: dt.datetime, stop: dt.datetime) -> float:
+        counterfactual = version.counterfactual
+        if counterfactual is None:
+            return math.nan
+        value = _mean(version, counterfactual.site_import_kw, start, stop)
+        for key, charging_session_id in version.sessions.items():
             baseline = frozen.get(charging_session_id)
-            if baseline is None or not isinstance(vehicles, dict):
+            vehicle = counterfactual.vehicle(key)
+            if baseline is None or vehicle is None:
                 continue
-            fresh = _mean(version, _power(vehicles.get(key)), start, stop)
+            fresh = _mean(version, vehicle.power_kw, start, stop)
             kept = baseline.mean_kw(start, stop)
             if math.isfinite(fresh) and math.isfinite(kept):
                 value += kept - fresh
@@ -161,7 +169,7 @@ def vehicle_counterfactual_kw(
 ) -> pd.Series:
     """Charging session ``charging_session_id``'s power without dispatch event ``event_id`` (public
     id) [kW, positive charging] per interval of ``index`` (module doc): its frozen baseline where one
-    covers the interval, else its vehicle's ``power_kw`` in the counterfactual of the version in force;
+    covers the interval, else its vehicle's power in the counterfactual of the version in force;
     ``NaN`` where the version in force does not plan the session."""
     frozen: FrozenBaseline | None = (
         frozen_baselines(session, site_id, [event_id], [charging_session_id])
@@ -169,42 +177,61 @@ def vehicle_counterfactual_kw(
         .get(charging_session_id)
     )
 
-    def vehicle_power(version: Row[Any], start: dt.datetime, stop: dt.datetime) -> float:
-        keys = [key for key, value in _sessions(version).items() if value == charging_session_id]
+    def vehicle_power(version: _Version, start: dt.datetime, stop: dt.datetime) -> float:
+        keys = [key for key, value in version.sessions.items() if value == charging_session_id]
         if not keys:
             return math.nan
         kept = frozen.mean_kw(start, stop) if frozen is not None else math.nan
         if math.isfinite(kept):
             return kept
-        vehicles = (version.counterfactual if isinstance(version.counterfactual, dict) else {}).get(
-            "vehicles"
-        )
-        return _mean(
-            version, _power(vehicles.get(keys[0]) if isinstance(vehicles, dict) else None), start, stop
-        )
+        counterfactual = version.counterfactual
+        vehicle = counterfactual.vehicle(keys[0]) if counterfactual is not None else None
+        return _mean(version, vehicle.power_kw if vehicle is not None else None, start, stop)
 
     return _in_force_series(session, site_id, index, end, step, vehicle_power)
 
 
-def _sessions(version: Row[Any]) -> dict[str, Any]:
-    sessions = (version.inputs or {}).get("sessions")
-    return sessions if isinstance(sessions, dict) else {}
+@dataclass
+class _Version:
+    """A schedule version as measurement reads it; its counterfactual is parsed when first needed."""
+
+    id: int
+    site_id: str
+    created_at: dt.datetime
+    horizon_start: dt.datetime
+    step_seconds: int
+    inputs: Mapping[str, Any]
+    """``schedule_versions.inputs`` (JSON)."""
+    stored_counterfactual: object
+    """``schedule_versions.counterfactual`` as stored (JSON or ``None``)."""
+
+    @cached_property
+    def sessions(self) -> dict[str, int]:
+        """Scenario vehicle id → ``charging_sessions.id``."""
+        return planned_sessions(self.inputs.get("sessions"))
+
+    @cached_property
+    def counterfactual(self) -> StoredPlan | None:
+        """The plan without the events, if the version has one; :class:`ScheduleDataError` if it
+        cannot be read."""
+        return read_counterfactual(
+            self.id,
+            self.site_id,
+            self.horizon_start,
+            self.step_seconds,
+            self.stored_counterfactual,
+            self.inputs.get("sessions"),
+        )
 
 
-def _power(planned: Any) -> list[Any] | None:
-    series = planned.get("power_kw") if isinstance(planned, dict) else None
-    return series if isinstance(series, list) else None
-
-
-def _mean(version: Row[Any], series: Any, start: dt.datetime, stop: dt.datetime) -> float:
-    """The mean of one of ``version``'s per-step series over ``[start, stop)`` (``NaN`` if not one)."""
-    return plan_mean(
-        series if isinstance(series, list) else None,
-        version.horizon_start,
-        dt.timedelta(seconds=version.step_seconds),
-        start,
-        stop,
-    )
+def _mean(
+    version: _Version,
+    series: Sequence[float | None] | np.ndarray | None,
+    start: dt.datetime,
+    stop: dt.datetime,
+) -> float:
+    """The mean of one of ``version``'s per-step series over ``[start, stop)`` (``NaN`` if none)."""
+    return plan_mean(series, version.horizon_start, dt.timedelta(seconds=version.step_seconds), start, stop)
 
 
 def _in_force_series(
@@ -213,7 +240,7 @@ def _in_force_series(
     index: pd.DatetimeIndex,
     end: dt.datetime,
     step: dt.timedelta,
-    value: Callable[[Row[Any], dt.datetime, dt.datetime], float],
+    value: Callable[[_Version, dt.datetime, dt.datetime], float],
 ) -> pd.Series:
     """Per interval ``[t, t + step)`` of ``index`` (cut at ``end``): ``value(version in force, start,
     end)`` (or ``NaN`` where no version was made before the interval)."""
@@ -229,7 +256,7 @@ def _in_force_series(
     return pd.Series(values, index=index, dtype=float)
 
 
-def _versions_in_force(session: Session, site_id: str, index: pd.DatetimeIndex) -> list[Row[Any]]:
+def _versions_in_force(session: Session, site_id: str, index: pd.DatetimeIndex) -> list[_Version]:
     """The site's versions that are in force at some interval of ``index``, oldest first: the last one
     made before the first interval, and every one made before the last interval starts."""
     columns = (
@@ -253,7 +280,18 @@ def _versions_in_force(session: Session, site_id: str, index: pd.DatetimeIndex) 
         .where(ScheduleVersion.created_at >= first, ScheduleVersion.created_at < last)
         .order_by(ScheduleVersion.created_at, ScheduleVersion.id)
     ).all()
-    return [*earlier, *during]
+    return [
+        _Version(
+            row.id,
+            site_id,
+            row.created_at,
+            row.horizon_start,
+            row.step_seconds,
+            row.inputs or {},
+            row.counterfactual,
+        )
+        for row in [*earlier, *during]
+    ]
 
 
 __all__ = [

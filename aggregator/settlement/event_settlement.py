@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from aggregator.db.models import DispatchEvent
 from aggregator.programs.dispatch_events import latest_versions
+from aggregator.programs.kinds import MEASURED_KINDS
 from aggregator.programs.terms import EventRevenue, LineKind, PaymentTerms, event_revenue
 from aggregator.settlement.allocation import AllocationError, allocate
 from aggregator.settlement.event_inputs import (
@@ -47,7 +48,6 @@ from aggregator.settlement.event_inputs import (
     UnknownEventError,
     settlement_inputs,
 )
-from aggregator.settlement.performance import MEASURED_KINDS
 from aggregator.settlement.runs import EventBooking, RunOutcome, SessionFactory, settle_event
 from market_adapters.dispatch import SignalStatus
 

@@ -4,7 +4,8 @@ All series are indexed by the aware UTC start of each interval (15 minutes by de
 :mod:`aggregator.ingestion.metering` produces them) and share one index. Power is in kW, energy in kWh; an
 interval of power ``p`` [kW] and length ``step`` holds ``p * step_hours`` [kWh].
 
-Delivered power per interval, by the signal's kind (see :class:`market_adapters.dispatch.SignalKind`):
+Delivered power per interval, by the signal's kind (see :class:`market_adapters.dispatch.SignalKind`;
+each kind's rule is its entry in :data:`aggregator.programs.kinds.KINDS`):
 
 - ``dr_reduction``: the import reduction below the baseline, ``baseline_kw - measured_kw``;
   ``committed_kw`` is the committed reduction [kW].
@@ -44,12 +45,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from aggregator.programs.kinds import rules_for
 from market_adapters.dispatch import SignalKind
 
 DEFAULT_STEP = dt.timedelta(minutes=15)
-
-MEASURED_KINDS = frozenset({SignalKind.DR_REDUCTION, SignalKind.DR_CAP, SignalKind.V2G_EXPORT})
-"""Signal kinds that carry a commitment and can be measured (``price`` carries none)."""
 
 
 class PerformanceError(ValueError):
@@ -128,7 +127,8 @@ def event_performance(
     on import [kW]; ``baseline_kw`` the expected import without the event [kW]; ``measured_kw`` the
     metered net import [kW] (``NaN`` = missing). The three series must share one aware index.
     """
-    if kind not in MEASURED_KINDS:
+    rules = rules_for(kind)
+    if not rules.commits:
         raise PerformanceError(f"signal kind {kind.value!r} carries no commitment to measure")
     if step <= dt.timedelta(0):
         raise PerformanceError(f"step {step} must be positive")
@@ -157,12 +157,7 @@ def event_performance(
     baseline = baseline_kw.astype(float)
     measured = measured_kw.astype(float)
 
-    cap: pd.Series | None = None
-    if kind is SignalKind.DR_CAP:
-        cap = committed_in
-        committed = (baseline - cap).clip(lower=0.0)
-    else:
-        committed = committed_in
+    committed, cap = rules.committed_reduction(committed_in, baseline)  # a cap becomes a reduction
 
     delivered = baseline - measured
     has_data = delivered.notna()

@@ -39,6 +39,7 @@ from aggregator.api.schemas.drivers import (
     VehiclePublic,
     VehicleUpdate,
 )
+from aggregator.control import schedules
 from aggregator.db.consents import (
     ConsentError,
     consent_history,
@@ -290,22 +291,22 @@ def _planned_power(session: Session, charging: ChargingSession) -> PlannedPower 
     )
     if schedule is None:
         return None
-    sessions = schedule.inputs.get("sessions") or {}
-    scenario_ids = [key for key, session_id in sessions.items() if session_id == charging.id]
-    vehicles = schedule.plan.get("vehicles") or {}
-    for key in scenario_ids:
-        entry = vehicles.get(key)
-        if entry is not None:
-            return PlannedPower(
-                schedule_version_id=schedule.id,
-                created_at=schedule.created_at,
-                status=schedule.status,
-                horizon_start=schedule.horizon_start,
-                step_seconds=schedule.step_seconds,
-                evse_id=entry.get("evse_id"),
-                power_kw=entry.get("power_kw", []),
-            )
-    return None
+    try:
+        plan = schedules.plan_of(schedule)
+    except schedules.ScheduleDataError as error:
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, detail=str(error)) from error
+    vehicle = next((vehicle for vehicle in plan.vehicles if vehicle.session_id == charging.id), None)
+    if vehicle is None:
+        return None
+    return PlannedPower(
+        schedule_version_id=schedule.id,
+        created_at=schedule.created_at,
+        status=schedule.status,
+        horizon_start=schedule.horizon_start,
+        step_seconds=schedule.step_seconds,
+        evse_id=vehicle.evse_id or None,
+        power_kw=vehicle.power_kw.tolist(),
+    )
 
 
 @router.get("/sessions")

@@ -13,7 +13,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import AwareDatetime, BaseModel
@@ -25,35 +24,28 @@ from aggregator.api.paging import PageParams, TimeRangeParams
 from aggregator.api.schemas import Page
 from aggregator.api.schemas.traders import (
     Flexibility,
-    FlexibilityHour,
     KpiReport,
     PlannedVsActual,
-    PlannedVsActualInterval,
-    PlannedVsActualTotals,
     PlanStep,
     PlanVehicle,
-    PortfolioFlexibilityHour,
     PortfolioSchedule,
     PortfolioSite,
     PortfolioStep,
     ScheduleVersionPublic,
     ScheduleVersionSummary,
-    SiteFlexibility,
     SiteSchedule,
     WhatIf,
     WhatIfRequest,
 )
 from aggregator.control import schedules, trading
 from aggregator.control.schedules import GRID, StoredPlan
-from aggregator.control.trading import float_or_none
+from aggregator.control.trading import HOUR, float_or_none
 from aggregator.db.models import Role, ScheduleVersion, Site
-from aggregator.ingestion.metering import site_import_intervals
 
 router = APIRouter(prefix="/trader", tags=["traders"], dependencies=[Depends(require_roles(Role.TRADER))])
 
 MAX_WINDOW = dt.timedelta(days=31)
 """Longest ``start``..``end`` of the per-interval reports."""
-HOUR = dt.timedelta(hours=1)
 CSV = "text/csv"
 RENDERED_PLANS = 256
 """How many rendered current plans each app keeps (one per site is what the hot path needs)."""
@@ -353,23 +345,17 @@ def get_portfolio_schedule(session: SessionDep, request: Request, format: Format
     does not cover completely is null for it and left out of the sum. CSV columns: ``start``,
     ``end``, ``import_kw``, then one ``<site id>_kw`` per site.
     """
-    latest = schedules.latest_version_ids(session)
-    per_site: dict[str, pd.Series] = {}
-    for site_id, version_id in sorted(latest.items()):
-        try:
-            plan = schedules.load_plan(session, version_id)
-        except schedules.ScheduleDataError as error:
-            raise _data_error(error) from error
-        gridded = schedules.on_grid(plan.frame()[["site_import_kw"]], plan.step, {"site_import_kw": "mean"})
-        per_site[site_id] = gridded["site_import_kw"]
-    table = pd.DataFrame(per_site).sort_index() if per_site else pd.DataFrame()
-    total = table.sum(axis=1, min_count=1) if per_site else pd.Series(dtype=float)
+    try:
+        portfolio = trading.portfolio_import(session)
+    except schedules.ScheduleDataError as error:
+        raise _data_error(error) from error
+    table, total = portfolio.site_import_kw, portfolio.import_kw
     if _wants_csv(request, format):
         frame = pd.DataFrame(
             {"end": [stamp + GRID for stamp in table.index], "import_kw": total},
             index=table.index.rename("start"),
         )
-        for site_id in per_site:
+        for site_id in portfolio.version_ids:
             frame[f"{site_id}_kw"] = table[site_id]
         return _csv(schedules.to_csv(frame), "portfolio-schedule.csv")
     steps = [
@@ -377,30 +363,18 @@ def get_portfolio_schedule(session: SessionDep, request: Request, format: Format
             start=stamp,
             end=stamp + GRID,
             import_kw=float(total[stamp]),
-            sites_kw={site_id: float_or_none(table.at[stamp, site_id]) for site_id in per_site},
+            sites_kw={site_id: float_or_none(table.at[stamp, site_id]) for site_id in portfolio.version_ids},
         )
         for stamp in table.index
     ]
-    sites = [PortfolioSite(site_id=site_id, version_id=latest[site_id]) for site_id in per_site]
+    sites = [
+        PortfolioSite(site_id=site_id, version_id=version_id)
+        for site_id, version_id in portfolio.version_ids.items()
+    ]
     return _json(PortfolioSchedule(step_seconds=int(GRID.total_seconds()), sites=sites, steps=steps))
 
 
 # ---------------------------------------------------------------------------- planned vs actual
-
-
-def _planned_import(
-    session: Session, site_id: str, index: pd.DatetimeIndex
-) -> tuple[list[StoredPlan | None], pd.Series]:
-    plans = schedules.plans_in_force(session, site_id, index)
-    tables = {
-        plan.version_id: schedules.on_grid(
-            plan.frame()[["site_import_kw"]], plan.step, {"site_import_kw": "mean"}
-        )
-        for plan in plans
-        if plan is not None
-    }
-    table = schedules.in_force_table(plans, index, tables, ["site_import_kw"])
-    return plans, table["site_import_kw"]
 
 
 @router.get("/sites/{site_id}/planned-vs-actual")
@@ -410,46 +384,15 @@ def planned_vs_actual(site_id: str, session: SessionDep, window: QuarterHourWind
     The version in force at an interval is the latest created at or before the interval's start
     whose horizon covers it. Measured is the mean of the site's telemetry sent in the interval
     (:func:`aggregator.ingestion.metering.site_import_intervals`). Null where unknown. ``start`` and ``end``
-    must be on quarter hours.
+    must be on quarter hours. See :func:`aggregator.control.trading.planned_vs_actual`.
     """
     _require_site(session, site_id)
     start, end = window
-    index = schedules.grid_index(start, end)
     try:
-        plans, planned = _planned_import(session, site_id, index)
+        report = trading.planned_vs_actual(session, site_id, start, end)
     except schedules.ScheduleDataError as error:
         raise _data_error(error) from error
-    measured = site_import_intervals(session, site_id, start, end, GRID)
-    deviation = measured.mean_kw.to_numpy() - planned.to_numpy()
-    hours = GRID.total_seconds() / 3600
-    compared = ~np.isnan(deviation)
-    intervals = [
-        PlannedVsActualInterval(
-            start=stamp,
-            end=stamp + GRID,
-            version_id=plan.version_id if plan is not None else None,
-            planned_import_kw=float_or_none(planned.iloc[k]),
-            measured_import_kw=float_or_none(measured.mean_kw.iloc[k]),
-            samples=int(measured.samples.iloc[k]),
-            deviation_kw=float_or_none(deviation[k]),
-        )
-        for k, (stamp, plan) in enumerate(zip(index, plans, strict=True))
-    ]
-    totals = PlannedVsActualTotals(
-        intervals=len(index),
-        intervals_compared=int(compared.sum()),
-        planned_energy_kwh=float(np.nansum(planned.to_numpy()) * hours),
-        measured_energy_kwh=float(np.nansum(measured.mean_kw.to_numpy()) * hours),
-        mean_absolute_deviation_kw=float(np.abs(deviation[compared]).mean()) if compared.any() else None,
-    )
-    return PlannedVsActual(
-        site_id=site_id,
-        start=start,
-        end=end,
-        step_seconds=int(GRID.total_seconds()),
-        intervals=intervals,
-        totals=totals,
-    )
+    return PlannedVsActual.model_validate(report, from_attributes=True)
 
 
 # ---------------------------------------------------------------------------------- flexibility
@@ -471,60 +414,14 @@ def flexibility(session: SessionDep, window: HourWindow) -> Flexibility:
     An hour's figure is the smallest over its steps, so it can be held for the whole hour; null where
     the plan does not cover the hour. Power headroom only: state of charge and targets are not
     checked. The portfolio sums the sites with a figure (``sites`` says how many). ``start`` and
-    ``end`` must be whole hours.
+    ``end`` must be whole hours. See :func:`aggregator.control.trading.flexibility_report`.
     """
     start, end = window
-    index = schedules.grid_index(start, end, HOUR)
-    site_ids = list(session.scalars(select(Site.id).order_by(Site.id)))
-    latest = schedules.latest_version_ids(session)
-    sites = []
-    columns: dict[str, pd.DataFrame] = {}
-    for site_id in site_ids:
-        version_id = latest.get(site_id)
-        hourly = pd.DataFrame(np.nan, index=index, columns=["up_kw", "down_kw"])
-        if version_id is not None:
-            try:
-                plan = schedules.load_plan(session, version_id)
-                scenario = schedules.scenario_of(version_id, schedules.load_inputs(session, version_id))
-            except schedules.ScheduleDataError as error:
-                raise _data_error(error) from error
-            steps = schedules.flexibility_frame(plan, scenario)
-            gridded = schedules.on_grid(steps, plan.step, {"up_kw": "min", "down_kw": "min"}, HOUR)
-            hourly = gridded.reindex(index)
-        columns[site_id] = hourly
-        sites.append(
-            SiteFlexibility(
-                site_id=site_id,
-                version_id=version_id,
-                hours=[
-                    FlexibilityHour(
-                        start=stamp,
-                        end=stamp + HOUR,
-                        up_kw=float_or_none(row.up_kw),
-                        down_kw=float_or_none(row.down_kw),
-                    )
-                    for stamp, row in zip(index, hourly.itertuples(), strict=True)
-                ],
-            )
-        )
-    up = np.array([frame["up_kw"].to_numpy(dtype=float) for frame in columns.values()]).reshape(
-        -1, len(index)
-    )
-    down = np.array([frame["down_kw"].to_numpy(dtype=float) for frame in columns.values()]).reshape(
-        -1, len(index)
-    )
-    known = ~np.isnan(up)
-    portfolio = [
-        PortfolioFlexibilityHour(
-            start=stamp,
-            end=stamp + HOUR,
-            up_kw=float(np.nansum(up[:, k])) if known[:, k].any() else None,
-            down_kw=float(np.nansum(down[:, k])) if known[:, k].any() else None,
-            sites=int(known[:, k].sum()),
-        )
-        for k, stamp in enumerate(index)
-    ]
-    return Flexibility(start=start, end=end, sites=sites, portfolio=portfolio)
+    try:
+        report = trading.flexibility_report(session, start, end)
+    except schedules.ScheduleDataError as error:
+        raise _data_error(error) from error
+    return Flexibility.model_validate(report, from_attributes=True)
 
 
 # ------------------------------------------------------------------------------------------ KPIs

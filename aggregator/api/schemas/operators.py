@@ -7,24 +7,47 @@ An event's public ``id`` is the row id of its first stored version; every change
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from aggregator.db.models import ProgramKind
+from aggregator.programs.kinds import POSTED_KINDS
 from market_adapters.dispatch import SignalKind, SignalStatus
 
 PositiveKw = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-EventKind = Literal[SignalKind.DR_REDUCTION, SignalKind.DR_CAP, SignalKind.V2G_EXPORT]
-"""What an operator may post: a reduction [kW], a cap on import [kW] or an export [kW]."""
 
-PROGRAM_KINDS: dict[SignalKind, ProgramKind] = {
-    SignalKind.DR_REDUCTION: ProgramKind.DR,
-    SignalKind.DR_CAP: ProgramKind.DR,
-    SignalKind.V2G_EXPORT: ProgramKind.V2G,
-}
-"""The kind of program each event kind may be posted on."""
+PROGRAM_KINDS: Mapping[SignalKind, ProgramKind] = POSTED_KINDS
+"""The kinds an operator may post, and the kind of program each may be posted on (the kinds' table,
+:mod:`aggregator.programs.kinds`)."""
+
+
+def _posted(kind: SignalKind) -> SignalKind:
+    if kind not in PROGRAM_KINDS:
+        raise ValueError(
+            f"{kind.value!r} is not an event an operator may post; one of "
+            f"{', '.join(repr(k.value) for k in PROGRAM_KINDS)}"
+        )
+    return kind
+
+
+EventKind = Annotated[
+    SignalKind,
+    AfterValidator(_posted),
+    WithJsonSchema({"type": "string", "enum": [kind.value for kind in PROGRAM_KINDS]}),
+]
+"""What an operator may post: a reduction [kW], a cap on import [kW] or an export [kW]."""
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
