@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,6 +29,7 @@ import pyomo.environ as pyo
 
 from optimizer.evaluation import evaluate
 from optimizer.model import site_cost
+from optimizer.online import with_metered_demand
 from optimizer.portfolio_model import PORTFOLIO_TERMS, build_portfolio_model
 from optimizer.portfolio_problem import (
     EventKind,
@@ -136,11 +137,14 @@ def solve_portfolio(
     options: SolverOptions | None = None,
     *,
     charging_urgency_weight: float = 0.0,
+    metered_kw: Mapping[str, pd.Series] | None = None,
 ) -> PortfolioResult:
     """Schedule every site of ``scenarios`` jointly, meeting ``events`` with their sum.
 
     ``charging_urgency_weight`` is every site's :attr:`~optimizer.problem.Problem.charging_urgency_weight`
-    (the rolling horizon's tie-breaker [currency/kWh per step]; 0 offline).
+    (the rolling horizon's tie-breaker [currency/kWh per step]; 0 offline). ``metered_kw``: site id →
+    its metered import this billing period, read as a plan starting now reads it
+    (:func:`optimizer.online.with_metered_demand`).
 
     Raises :class:`~optimizer.errors.ScenarioError` for impossible inputs before anything is built.
     Never returns an empty schedule: without a feasible solution from the solver (time-out before the
@@ -149,6 +153,10 @@ def solve_portfolio(
     """
     options = options or SolverOptions()
     problems, specs = build_portfolio(scenarios, events)
+    metered_kw = metered_kw or {}
+    problems = [
+        with_metered_demand(p, metered_kw[p.site_id]) if p.site_id in metered_kw else p for p in problems
+    ]
     if charging_urgency_weight:
         problems = [replace(p, charging_urgency_weight=charging_urgency_weight) for p in problems]
     started = time.perf_counter()

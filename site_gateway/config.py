@@ -95,6 +95,9 @@ class OcppSection(_Section):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     heartbeat_interval_s: int = Field(300, gt=0)
+    response_timeout_s: float = Field(
+        10.0, gt=0, description="How long a call waits for a charger's answer [s on the gateway's clock]"
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> OcppSection:
@@ -147,7 +150,10 @@ class MqttSection(MqttBrokerSection):
 class ControlSection(_Section):
     schedule_stale_after_s: float = Field(900.0, gt=0)
     charger_response_s: float = Field(
-        5.0, ge=0, description="How long to wait for lowered chargers to show it before raising others [s]"
+        5.0,
+        ge=0,
+        description="How long to wait for lowered chargers to show it before raising others [s on the "
+        "gateway's clock]",
     )
     default_limit_kw: float = Field(7.4, ge=0)
     telemetry_interval_s: float = Field(10.0, gt=0)

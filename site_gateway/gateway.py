@@ -18,41 +18,66 @@ What flows where:
   :class:`~site_gateway.safety.SafetyController`: the site limits hold whatever the centre asked, and
   with no fresh setpoint it falls back to earliest-deadline-first charging. The allowed power goes to
   the chargers as TxProfiles (only when it changed); mode changes are logged and reported as the
-  gateway's status (``online`` / ``fallback`` with the reason).
+  gateway's status (``online`` / ``fallback`` with the reason). Every cap the step applies to an
+  EVSE (the site limit, a reserve, the fallback rules, the charger's or vehicle's maximum, an energy
+  request met) goes to the centre with the EVSE's telemetry (its ``limit``), and a
+  command it cut short is acknowledged "limited to";
+- energy: what an EVSE delivered to its vehicle is counted net, the import register's rise minus the
+  export register's (a vehicle that gave energy back is owed it before its request is met).
+
+The idle reserve, room kept for vehicles that may plug in at idle chargers, is reclaimed while
+plugged vehicles want it and handed back on plug-in: :mod:`site_gateway.reserve` says how it is sized
+and when it moves.
+
+Every wait (the control and telemetry intervals, ``charger_response_s``, a charger's answer) is a
+duration on the injected :class:`~site_gateway.clock.Clock`, and every timestamp is its ``now``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from site_gateway.clock import SYSTEM_CLOCK, Clock, wait_event
 from site_gateway.config import GatewayConfig
+from site_gateway.evses import CHANGE_THRESHOLD_KW, EvseView, profile_cap
 from site_gateway.ocpp.events import (
     ChargingNeedsReported,
+    ConnectorStatusChanged,
     MeterReading,
     OcppEvent,
     SessionStarted,
     SessionStopped,
+    StationBooted,
     TokenIdentity,
 )
 from site_gateway.ocpp.server import OcppServer
-from site_gateway.safety import EvseState, Mode, SafetyController, Session, Setpoint, SiteLimits
+from site_gateway.reserve import IdleReserve
+from site_gateway.safety import (
+    Allocation,
+    Cap,
+    EvseState,
+    Mode,
+    SafetyController,
+    Setpoint,
+    SiteLimits,
+    allocate,
+)
 from site_gateway.uplink import Uplink, UplinkSettings
 from wire.contract import (
     AckStatus,
     CommandAck,
+    EvseLimit,
     EvseOutcome,
     EvseSetpoint,
     EvseTelemetry,
     GatewayState,
+    LimitReason,
     SessionEvent,
     SessionEventKind,
     SetpointCommand,
@@ -61,76 +86,6 @@ from wire.contract import (
 )
 
 log = logging.getLogger(__name__)
-
-CHANGE_THRESHOLD_KW = 0.1
-"""A new allowed power is sent to a charger only when it moves by more than this."""
-DEFAULT_DWELL = dt.timedelta(hours=8)
-"""Assumed stay of a vehicle that never said when it leaves (for earliest-deadline-first only)."""
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-@dataclass
-class EvseView:
-    """What the gateway knows of one EVSE (charger id, EVSE id)."""
-
-    charger_id: str
-    evse_id: int
-    transaction_id: str | None = None
-    started_at: dt.datetime | None = None
-    meter_start_wh: float | None = None
-    energy_wh: float | None = None
-    power_kw: float | None = None
-    soc_percent: float | None = None
-    departure: dt.datetime | None = None
-    energy_request_kwh: float | None = None
-    max_charge_kw: float = 0.0
-    max_discharge_kw: float = 0.0
-    allowed_kw: float | None = None
-    """The last power limit sent to the charger."""
-    renew_at: dt.datetime | None = None
-    """When the TxProfile carrying ``allowed_kw`` is sent again: half-way through its validity, so a
-    charger never falls back to its boot default while the same power stays wanted."""
-    default_limit_kw: float = 0.0
-    """The TxDefaultProfile limit the charger got at boot."""
-    power_at: dt.datetime | None = None
-    """When the gateway received the latest ``power_kw`` (its own clock)."""
-
-    def needs_limit(self, power_kw: float, now: dt.datetime) -> bool:
-        """Whether ``power_kw`` must go to the charger: a transaction runs and the limit it has
-        differs by more than :data:`CHANGE_THRESHOLD_KW`, or it has none from us yet, or the profile
-        that carries it is due for renewal."""
-        if self.transaction_id is None:
-            return False
-        if self.allowed_kw is None or (self.renew_at is not None and now >= self.renew_at):
-            return True
-        return abs(self.allowed_kw - power_kw) > CHANGE_THRESHOLD_KW
-
-    @property
-    def delivered_kwh(self) -> float | None:
-        if self.energy_wh is None or self.meter_start_wh is None:
-            return None
-        return (self.energy_wh - self.meter_start_wh) / 1000
-
-    def current_limit_kw(self) -> float:
-        """The limit the charger runs on now: the last one sent, else the boot default (or its draw)."""
-        if self.allowed_kw is not None:
-            return self.allowed_kw
-        return max(self.power_kw or 0.0, self.default_limit_kw)
-
-    def safety_state(self) -> EvseState:
-        if self.transaction_id is None:
-            return EvseState(evse_key(self.charger_id, self.evse_id), measured_kw=self.power_kw)
-        needed = float("inf") if self.energy_request_kwh is None else self.energy_request_kwh
-        if self.energy_request_kwh is not None and self.delivered_kwh is not None:
-            needed = max(self.energy_request_kwh - self.delivered_kwh, 0.0)
-        departure = self.departure
-        if departure is None and self.started_at is not None:
-            departure = self.started_at + DEFAULT_DWELL
-        session = Session(departure, needed, self.max_charge_kw, self.max_discharge_kw)
-        return EvseState(evse_key(self.charger_id, self.evse_id), session=session, measured_kw=self.power_kw)
 
 
 class Gateway:
@@ -145,8 +100,9 @@ class Gateway:
         outbox_path: Path | None = None,
         control_interval_s: float = 5.0,
         base_load_kw: float = 0.0,
-        clock: Callable[[], dt.datetime] = utc_now,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        """``control_interval_s``: the longest time between control steps [s on ``clock``]."""
         self.config = config
         self.site_id = config.site.id
         self._clock = clock
@@ -157,13 +113,14 @@ class Gateway:
         self.setpoints: dict[str, tuple[EvseSetpoint, dt.datetime, dt.datetime]] = {}
         """EVSE key -> (the centre's setpoint, valid from, valid until)."""
         self.safety = SafetyController(
-            SiteLimits(config.site.import_limit_kw, config.site.export_limit_kw), clock=clock
+            SiteLimits(config.site.import_limit_kw, config.site.export_limit_kw), clock=clock.now
         )
         # The boot TxDefaultProfile must be safe before the first allocation reaches a charger: with
         # every listed charger at it, the site stays within its import limit.
         self.default_limit_kw = min(
             config.control.default_limit_kw, config.site.import_limit_kw / max(1, len(config.chargers))
         )
+        """The boot TxDefaultProfile limit: the full idle reserve of one EVSE [kW]."""
         control = config.control.model_copy(update={"default_limit_kw": self.default_limit_kw})
         self.ocpp = OcppServer.from_config(
             config.model_copy(update={"control": control}),
@@ -189,9 +146,12 @@ class Gateway:
                 keepalive_s=mqtt.keepalive_s,
             ),
             on_command=self._on_command,
-            clock=clock,
+            clock=clock.now,
         )
+        self.reserve = IdleReserve(self.default_limit_kw, self.ocpp, self.evses, self.site_id)
         self._wake = asyncio.Event()
+        self._metered = asyncio.Event()
+        """Set on every meter reading (the reductions' wait watches it)."""
         self._pending_acks: list[SetpointCommand] = []
         self._stack: AsyncExitStack | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -238,7 +198,7 @@ class Gateway:
                 evse_id,
                 max_charge_kw=charger.max_charge_kw if charger else 22.0,
                 max_discharge_kw=charger.max_discharge_kw if charger else 0.0,
-                default_limit_kw=self.default_limit_kw,
+                default_limit_kw=self.reserve.limit_kw(charger_id),
             )
             self.evses[key] = view
         return view
@@ -246,6 +206,11 @@ class Gateway:
     async def _on_ocpp_event(self, event: OcppEvent) -> None:
         """Update the EVSE view and forward session events. Only queues work: never blocks a charger."""
         match event:
+            case StationBooted():  # it gets the boot default again (the OCPP server sends it)
+                self.reserve.booted(event.charge_point_id)
+                self._wake.set()
+            case ConnectorStatusChanged() if event.evse_id > 0:  # the EVSEs a charger has
+                self._view(event.charge_point_id, event.evse_id)
             case SessionStarted():
                 view = self._view(event.charge_point_id, event.evse_id)
                 view.transaction_id, view.started_at = event.transaction_id, event.started_at
@@ -255,7 +220,9 @@ class Gateway:
                 self._wake.set()
             case SessionStopped():
                 view = self._view(event.charge_point_id, event.evse_id)
-                energy = event.energy_wh / 1000 if event.energy_wh is not None else view.delivered_kwh
+                energy = view.delivered_kwh  # net: the charger's figure counts the import register only
+                if event.energy_wh is not None:
+                    energy = event.energy_wh / 1000 - view.exported_kwh
                 self._session_event(
                     SessionEventKind.STOPPED,
                     view,
@@ -274,18 +241,24 @@ class Gateway:
             case MeterReading():
                 view = self._view(event.charge_point_id, event.evse_id)
                 if event.power_w is not None:
-                    view.power_kw, view.power_at = event.power_w / 1000, self._clock()
+                    view.power_kw, view.power_at = event.power_w / 1000, self._clock.now()
                 if event.energy_wh is not None:
                     view.energy_wh = event.energy_wh
                     if view.meter_start_wh is None:
                         view.meter_start_wh = event.energy_wh
+                if event.export_energy_wh is not None and view.transaction_id is not None:
+                    view.export_wh = event.export_energy_wh
+                    if view.export_start_wh is None:
+                        view.export_start_wh = event.export_energy_wh
                 if event.soc_pct is not None:
                     view.soc_percent = event.soc_pct
+                self._metered.set()
             case ChargingNeedsReported():
                 view = self._view(event.charge_point_id, event.evse_id)
                 view.departure = event.departure_time
                 if event.energy_request_wh is not None:
                     view.energy_request_kwh = event.energy_request_wh / 1000
+                    view.delivered_at_request_kwh = view.delivered_kwh or 0.0
                 if event.max_charge_power_w is not None:
                     view.max_charge_kw = min(view.max_charge_kw, event.max_charge_power_w / 1000)
                 if event.max_discharge_power_w is not None:
@@ -336,8 +309,7 @@ class Gateway:
 
     async def _control_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._control_interval_s)
+            await wait_event(self._wake, self._control_interval_s, self._clock)
             self._wake.clear()
             try:
                 await self.control_step()
@@ -346,16 +318,29 @@ class Gateway:
 
     async def control_step(self) -> None:
         """Allocate power within the site limits, send what changed, acknowledge waiting commands."""
-        now = self._clock()
+        now = self._clock.now()
+        commands, self._pending_acks = self._pending_acks, []  # later ones wait for the next step
         evses = [view.safety_state() for view in self.evses.values()]
-        base = self.base_load_kw + self.idle_reserve_kw()
-        allocation, change = self.safety.step(base, evses, self._current_setpoints(now))
+        setpoints = self._current_setpoints(now)
+        # The idle reserve (module docstring): chargers whose share falls are lowered before anything
+        # is raised, so the room the step hands to plugged vehicles is free when they take it.
+        shares = self._idle_shares(now, evses, setpoints)
+        await self.reserve.lower(shares)
+        reserve = self.reserve.held_kw(shares)
+        allocation, change = self.safety.step(
+            self.base_load_kw,
+            evses,
+            setpoints,
+            idle_reserve_kw=reserve,
+            arrival_reserve_kw=self.reserve.full_kw,
+        )
         if change is not None:
             log.warning(
                 "gateway %s: %s mode since %s: %s", self.site_id, change.mode, change.since, change.reason
             )
             state = GatewayState.ONLINE if change.mode is Mode.NORMAL else GatewayState.FALLBACK
             self.uplink.set_state(state, change.reason[:200])
+        base = self.base_load_kw + reserve
         valid_until = now + dt.timedelta(seconds=self.config.control.schedule_stale_after_s)
         changed = [
             (self.evses[key], power)
@@ -386,11 +371,14 @@ class Gateway:
                     )
                     for view, power in wave
                 ]
+        # The reserve given back to idle chargers goes with the increases (it was counted above).
+        await self.reserve.raise_to(shares)
         outcomes: dict[str, EvseOutcome] = {}
         for view, power, task in applying:
             key, outcome = evse_key(view.charger_id, view.evse_id), task.result()
             if outcome.is_ok:
                 view.allowed_kw, view.renew_at = power, now + (valid_until - now) / 2
+            view.profile_cap = profile_cap(power, outcome)
             status = AckStatus.ACCEPTED if outcome.is_ok else AckStatus.REJECTED
             detail = (
                 None
@@ -400,7 +388,40 @@ class Gateway:
             outcomes[key] = EvseOutcome(
                 charger_id=view.charger_id, evse_id=view.evse_id, status=status, detail=detail
             )
-        self._acknowledge(outcomes, allocation.power_kw)
+        for key, view in self.evses.items():
+            view.cap = allocation.caps.get(key)
+        self._acknowledge(commands, outcomes, allocation)
+
+    # --------------------------------------------------------------------------------- the idle reserve
+
+    def _idle_shares(
+        self, now: dt.datetime, evses: list[EvseState], setpoints: dict[str, Setpoint]
+    ) -> dict[str, float]:
+        """Idle charger id -> the TxDefaultProfile limit it should hold [kW], from the room the plugged
+        vehicles leave when no reserve is held (:meth:`IdleReserve.shares`)."""
+        if not self.reserve.idle_evses():
+            return {}
+        demand = allocate(
+            now,
+            self.safety.limits,
+            self.base_load_kw,
+            evses,
+            setpoints,
+            ramp_margin_kw=self.safety.ramp_margin_kw,
+            arrival_reserve_kw=self.reserve.full_kw,
+        )
+        used = sum(p for p in demand.power_kw.values() if p > 0)
+        return self.reserve.shares(self.config.site.import_limit_kw - self.base_load_kw - used)
+
+    def idle_limit_kw(self, charger_id: str) -> float:
+        """The TxDefaultProfile limit ``charger_id`` holds [kW]."""
+        return self.reserve.limit_kw(charger_id)
+
+    def idle_reserve_kw(self) -> float:
+        """Room kept for connected EVSEs without a session [kW] (:meth:`IdleReserve.held_kw`)."""
+        return self.reserve.held_kw()
+
+    # ------------------------------------------------------------------------------------- waves
 
     def _transient_kw(self, allowed: dict[str, float], base_kw: float) -> float:
         """Site import if every charger briefly kept the higher of its old and new limit."""
@@ -411,25 +432,18 @@ class Gateway:
         )
         return base_kw + sum(charging)
 
-    def idle_reserve_kw(self) -> float:
-        """Room kept for connected EVSEs without a session: a vehicle may start there at any moment,
-        at the boot default limit, before the gateway hears of it."""
-        idle = 0
-        for charger_id in self.ocpp.connected:
-            views = [v for v in self.evses.values() if v.charger_id == charger_id]
-            idle += sum(v.transaction_id is None for v in views) if views else 1
-        return idle * self.default_limit_kw
-
     async def _reductions_taken_effect(
         self, lowered: list[tuple[EvseView, float]], since: dt.datetime
     ) -> None:
-        """Wait until the lowered chargers' meters show their new limits, at most ``charger_response_s``.
+        """Wait until the lowered chargers' meters show their new limits, at most ``charger_response_s``
+        on the gateway's clock.
 
         A charger applies a new profile with some delay; raising others before the reductions show
         would let the site pass its limit in between.
         """
-        deadline = asyncio.get_running_loop().time() + self.config.control.charger_response_s
-        while asyncio.get_running_loop().time() < deadline:
+        deadline = self._clock.now() + dt.timedelta(seconds=self.config.control.charger_response_s)
+        while True:
+            self._metered.clear()
             if all(
                 view.power_at is not None
                 and view.power_at >= since
@@ -438,15 +452,19 @@ class Gateway:
                 for view, power in lowered
             ):  # a reading taken after the reductions went out shows each of them
                 return
-            await asyncio.sleep(0.05)
+            left_s = (deadline - self._clock.now()).total_seconds()
+            if left_s <= 0:
+                break
+            await wait_event(self._metered, left_s, self._clock)
         log.info(
             "gateway %s: reductions not yet metered after %.1f s; raising anyway",
             self.site_id,
             self.config.control.charger_response_s,
         )
 
-    def _acknowledge(self, outcomes: dict[str, EvseOutcome], allowed: dict[str, float]) -> None:
-        commands, self._pending_acks = self._pending_acks, []
+    def _acknowledge(
+        self, commands: list[SetpointCommand], outcomes: dict[str, EvseOutcome], allocation: Allocation
+    ) -> None:
         for command in commands:
             evses = []
             for setpoint in command.setpoints:
@@ -469,9 +487,13 @@ class Gateway:
                         )
                 requested = setpoint.power_kw
                 if outcome.status is AckStatus.ACCEPTED and requested is not None:
-                    granted = allowed.get(key, 0.0)
+                    granted = allocation.power_kw.get(key, 0.0)
                     if abs(granted - requested) > CHANGE_THRESHOLD_KW:
-                        outcome = replace_detail(outcome, f"limited to {granted:.2f} kW by the site limit")
+                        cap = allocation.caps.get(key)
+                        why = cap.reason if cap is not None else LimitReason.SITE_LIMIT
+                        outcome = replace_detail(
+                            outcome, f"limited to {granted:.2f} kW by the {why.value.replace('_', ' ')}"
+                        )
                 evses.append(outcome)
             rejected = [e for e in evses if e.status is not AckStatus.ACCEPTED]
             status = AckStatus.ACCEPTED if not rejected else AckStatus.REJECTED
@@ -482,7 +504,7 @@ class Gateway:
 
     async def _telemetry_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.control.telemetry_interval_s)
+            await self._clock.sleep(self.config.control.telemetry_interval_s)
             self.send_telemetry()
 
     def send_telemetry(self) -> None:
@@ -493,6 +515,7 @@ class Gateway:
                 power_kw=view.power_kw or 0.0,
                 energy_kwh=view.delivered_kwh,
                 soc_percent=view.soc_percent,
+                limit=None if (cap := view.reported_cap()) is None else _wire_limit(cap),
             )
             for view in self.evses.values()
             if view.transaction_id is not None or view.power_kw
@@ -503,3 +526,7 @@ class Gateway:
 
 def replace_detail(outcome: EvseOutcome, detail: str) -> EvseOutcome:
     return outcome.model_copy(update={"detail": detail})
+
+
+def _wire_limit(cap: Cap) -> EvseLimit:
+    return EvseLimit(power_kw=cap.limit_kw, reason=cap.reason, discharge=cap.discharge)

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from aggregator.api.routes.operators import current_time
 from aggregator.db.models import (
     DispatchEvent,
+    EventSiteBaseline,
     Program,
     ProgramKind,
     ProgramSite,
@@ -474,7 +475,9 @@ def add_plan(
     horizon_start: dt.datetime,
     step_seconds: int,
     counterfactual: list[float] | None,
+    events: list[int] | None = None,
 ) -> None:
+    """A schedule version; ``events`` are the event rows it was planned with (none: made before)."""
     session.add(
         ScheduleVersion(
             site_id=site_id,
@@ -482,7 +485,7 @@ def add_plan(
             horizon_start=horizon_start,
             step_seconds=step_seconds,
             trigger="event",
-            inputs={},
+            inputs={"events": events or []},
             result_summary={},
             status=ScheduleStatus.OPTIMAL,
             plan={"site_import_kw": [0.0] * 12},  # with the event: must not be used as the baseline
@@ -513,18 +516,19 @@ def minutes(m: float) -> dt.datetime:
 def test_performance_of_a_reduction_by_hand(client: TestClient, programs: World, session: Session) -> None:
     """20 kW asked of both sites for three quarters: 10 kW each.
 
-    depot-1 expects [50, 60, 85] (a 15-minute plan from before the window, then for the last quarter
-    a 5-minute plan made during the window: mean of 80, 85, 90) and measures [40, 55, -]: delivers
-    [10, 5, -], 3.75 of 5 kWh. depot-2 expects [40, 40, -] (its plan ends early) and measures
-    [30, 30, 10]: delivers [10, 10, -], 5 of 5 kWh. Together: expected [90, 100, -], measured [70,
-    85, -], delivered [20, 15, -], 8.75 of 10 kWh committed, factor 0.875.
+    depot-1 expects [50, 60, 70], fixed by the first plan made with the event; the plans made during
+    the window (a 5-minute plan expecting 80, 85, 90 for the last quarter, then 1000) move nothing.
+    It measures [40, 55, -]: delivers [10, 5, -], 3.75 of 5 kWh. depot-2 expects [40, 40, -] (its
+    first plan with the event ends early; an older plan made before the event is not one) and
+    measures [30, 30, 10]: delivers [10, 10, -], 5 of 5 kWh. Together: expected [90, 100, -], measured
+    [70, 85, -], delivered [20, 15, -], 8.75 of 10 kWh committed, factor 0.875.
     """
     event = post_event(client, programs).json()["id"]
-    add_plan(session, "depot-1", minutes(-10), minutes(-15), 900, [999, 50, 60, 70])
-    add_plan(session, "depot-1", minutes(20), minutes(15), 300, [0, 0, 0, 80, 85, 90])
-    add_plan(session, "depot-1", minutes(31), minutes(30), 900, [1000])  # made after the last quarter began
-    add_plan(session, "depot-2", minutes(-5), minutes(0), 900, [40, 40])
-    add_plan(session, "depot-2", minutes(-20), minutes(0), 900, [1, 1, 1])  # older, superseded
+    add_plan(session, "depot-1", minutes(-10), minutes(-15), 900, [999, 50, 60, 70], [event])
+    add_plan(session, "depot-1", minutes(20), minutes(15), 300, [0, 0, 0, 80, 85, 90], [event])
+    add_plan(session, "depot-1", minutes(31), minutes(30), 900, [1000], [event])
+    add_plan(session, "depot-2", minutes(-5), minutes(0), 900, [40, 40], [event])
+    add_plan(session, "depot-2", minutes(-20), minutes(0), 900, [1, 1, 1])  # before the event was known
     add_telemetry(session, "depot-1", [(1, 45), (7, 35), (16, 55), (45, 999)])
     add_telemetry(session, "depot-2", [(2, 30), (16, 28), (20, 32), (31, 10)])
     session.commit()
@@ -544,7 +548,13 @@ def test_performance_of_a_reduction_by_hand(client: TestClient, programs: World,
     one, two = performance["sites"]
     assert (one["site_id"], two["site_id"]) == ("depot-1", "depot-2")
     assert column(one["intervals"], "committed_kw") == [10, 10, 10]
-    assert column(one["intervals"], "expected_kw") == pytest.approx([50, 60, 85])
+    assert column(one["intervals"], "expected_kw") == pytest.approx([50, 60, 70])
+    first_plan = session.scalars(
+        select(ScheduleVersion.id).where(ScheduleVersion.site_id == "depot-1").order_by(ScheduleVersion.id)
+    ).first()
+    assert one["baseline"]["method"] == "counterfactual"
+    assert one["baseline"]["declared_at_notification"] is True
+    assert one["baseline"]["plan_versions"] == [first_plan]
     assert column(one["intervals"], "measured_kw")[:2] == [40, 55]
     assert column(one["intervals"], "measured_kw")[2] is None  # not yet metered: null, not 0
     assert column(one["intervals"], "delivered_kw")[:2] == pytest.approx([10, 5])
@@ -576,7 +586,7 @@ def test_performance_of_a_cap_by_hand(client: TestClient, programs: World, sessi
     event = post_event(
         client, programs, kind="dr_cap", requested_kw=50, end=iso(minutes(30)), target_sites=["depot-1"]
     ).json()["id"]
-    add_plan(session, "depot-1", minutes(-1), minutes(0), 900, [80, 40])
+    add_plan(session, "depot-1", minutes(-1), minutes(0), 900, [80, 40], [event])
     add_telemetry(session, "depot-1", [(3, 50), (9, 60), (20, 30)])
     session.commit()
 
@@ -593,6 +603,47 @@ def test_performance_of_a_cap_by_hand(client: TestClient, programs: World, sessi
     assert (performance["committed_kwh"], performance["delivered_kwh"]) == pytest.approx((7.5, 6.25))
     assert performance["performance_factor"] == pytest.approx(5 / 6)
     assert performance["missing_intervals"] == 0
+
+
+def test_a_posted_event_declares_its_baseline_at_each_target_and_keeps_it(
+    client: TestClient, programs: World, session: Session, clock: list[dt.datetime]
+) -> None:
+    """Posting declares how the event is measured at each target site, with the program's method as it
+    is then; a later change of the program's measurement leaves the event as declared, and a version
+    that moves the event declares nothing anew."""
+    program = session.get(Program, "dr-main")
+    assert program is not None
+    program.measurement = {"method": "meter_before_after", "intervals_before": 4}
+    session.commit()
+    posted = clock[0]
+    event = post_event(client, programs).json()["id"]
+    program.measurement = {"method": "same_day"}
+    session.commit()
+    operator = programs.headers(Role.GRID_OPERATOR)
+    assert (
+        client.patch(f"/operator/events/{event}", headers=operator, json={"requested_kw": 7}).status_code
+        == 200
+    )
+    session.expire_all()
+    declared = session.scalars(
+        select(EventSiteBaseline)
+        .where(EventSiteBaseline.event_id == event)
+        .order_by(EventSiteBaseline.site_id)
+    ).all()
+    assert [(row.site_id, row.method, row.declared_at) for row in declared] == [
+        ("depot-1", "meter_before_after", posted),
+        ("depot-2", "meter_before_after", posted),
+    ]
+    assert declared[0].parameters == {
+        "method": "meter_before_after",
+        "intervals_before": 4,
+        "gap_intervals": 0,
+    }
+    performance = client.get(f"/operator/events/{event}/performance", headers=operator).json()
+    baseline = performance["sites"][0]["baseline"]
+    assert (baseline["method"], baseline["declared_at_notification"]) == ("meter_before_after", True)
+    assert baseline["parameters"]["intervals_before"] == 4
+    assert "no metered data" in baseline["problem"]  # nothing metered before the event yet: no baseline
 
 
 def test_performance_before_any_data_is_all_null(client: TestClient, programs: World) -> None:

@@ -11,11 +11,13 @@ from wire.contract import (
     AckStatus,
     CommandAck,
     ContractError,
+    EvseLimit,
     EvseOutcome,
     EvseSetpoint,
     EvseTelemetry,
     GatewayState,
     GatewayStatus,
+    LimitReason,
     ParsedTopic,
     SessionEvent,
     SessionEventKind,
@@ -46,7 +48,12 @@ def telemetry(**overrides: object) -> Telemetry:
         "sent_at": T0,
         "evses": [
             EvseTelemetry(charger_id="CP-01", evse_id=1, power_kw=11.0, energy_kwh=3.2, soc_percent=41.5),
-            EvseTelemetry(charger_id="CP-02", evse_id=1, power_kw=-7.4),
+            EvseTelemetry(
+                charger_id="CP-02",
+                evse_id=1,
+                power_kw=-7.4,
+                limit=EvseLimit(power_kw=7.4, reason=LimitReason.SITE_LIMIT, discharge=True),
+            ),
         ],
         "site_import_kw": 18.6,
         "base_load_kw": 15.0,
@@ -203,6 +210,9 @@ def test_timestamps_are_normalised_to_utc_and_written_with_z() -> None:
         ("schema_version", 2, "schema_version"),
         ("surprise", 1, "surprise"),  # extra field
         ("evses.0.colour", "red", "evses.0.colour"),
+        ("evses.1.limit.power_kw", -1.0, "evses.1.limit.power_kw"),
+        ("evses.1.limit.reason", "whim", "evses.1.limit.reason"),
+        ("evses.1.limit.discharge", "yes", "evses.1.limit.discharge"),
     ],
 )
 def test_malformed_telemetry_names_the_field(path: str, value: object, field: str) -> None:
@@ -272,3 +282,12 @@ def test_payload_from_another_sites_topic_is_refused() -> None:
     with pytest.raises(ContractError, match="came on 'depot-south'") as err:
         decode_message("fleetgrid/v1/site/depot-south/telemetry", encode(telemetry()))
     assert err.value.field == "site_id"
+
+
+def test_telemetry_from_a_gateway_that_reports_no_limits_still_reads() -> None:
+    """``limit`` came within schema version 1: a payload without the key is a reading with no cap."""
+    data = json.loads(encode(telemetry()))
+    for evse in data["evses"]:
+        del evse["limit"]
+    message = decode(Telemetry, json.dumps(data))
+    assert [e.limit for e in message.evses] == [None, None]

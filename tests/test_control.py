@@ -159,7 +159,8 @@ def test_a_plan_is_stored_recorded_and_published(engine: Engine, session: Sessio
     assert (one.id, two.id) == (first, second)
     assert one.supersedes_id is None and two.supersedes_id == one.id  # the chain
     assert one.status is ScheduleStatus.OPTIMAL and one.trigger == "arrival:session 1"
-    assert one.horizon_start == T0 and two.horizon_start == T0 + STEP
+    made = T0 + dt.timedelta(minutes=7)
+    assert one.horizon_start == made and two.horizon_start == made + STEP  # a plan starts when made
     assert one.step_seconds == 900 and one.created_at == T0 + dt.timedelta(minutes=7)
     assert one.inputs["sessions"] == {f"session-{charging_id}": charging_id}
     assert one.inputs["scenario"]["n_steps"] == 32 and one.inputs["evses"] == {
@@ -178,7 +179,7 @@ def test_a_plan_is_stored_recorded_and_published(engine: Engine, session: Sessio
     assert (command.site_id, setpoint.charger_id, setpoint.evse_id) == (SITE, "cp-1", 1)
     assert command.issued_at == clock.now - STEP
     assert command.valid_until == command.issued_at + dt.timedelta(hours=1)
-    assert setpoint.schedule is not None and setpoint.schedule[0].start == T0
+    assert setpoint.schedule is not None and setpoint.schedule[0].start == made
     assert setpoint.schedule[0].power_kw == pytest.approx(11.0)
     records = session.scalars(select(SetpointCommandRecord).order_by(SetpointCommandRecord.issued_at)).all()
     assert [r.command_id for r in records] == [c.command_id for c in publisher.commands]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 from mosquitto import Mosquitto
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,7 +52,7 @@ from market_adapters.dispatch import SignalKind, SignalStatus
 from optimizer.scenario import DemandCharge, Tariff
 from site_gateway.config import GatewayConfig
 from site_gateway.gateway import Gateway
-from wire.contract import EvseSetpoint, SetpointCommand, decode, setpoint_topic
+from wire.contract import EvseSetpoint, LimitReason, SetpointCommand, decode, setpoint_topic
 from wire.reconnect import Backoff
 
 SITE = "depot-int"
@@ -88,10 +89,10 @@ def seed(engine: Engine) -> None:
         db.commit()
 
 
-def gateway_config(mq: Mosquitto) -> GatewayConfig:
+def gateway_config(mq: Mosquitto, import_limit_kw: float = 50) -> GatewayConfig:
     return GatewayConfig.model_validate(
         {
-            "site": {"id": SITE, "import_limit_kw": 50},
+            "site": {"id": SITE, "import_limit_kw": import_limit_kw},
             "ocpp": {"host": "127.0.0.1", "port": 0, "allow_unknown": True},
             "mqtt": {"url": f"mqtt://{mq.host}:{mq.port}"},
             "control": {"telemetry_interval_s": 0.5},
@@ -270,6 +271,111 @@ def test_arrival_override_and_dr_event_reach_the_charger(tmp_path: Path, broker:
             )
             assert last.counterfactual is not None and last.inputs["events"]
             assert loop.stats.failures == 0 and publisher.published >= 3
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
+    engine.dispose()
+
+
+def test_a_cap_the_gateway_reports_lowers_the_next_plan(tmp_path: Path, broker: Mosquitto) -> None:
+    """The site's connection at the gateway is 4 kW, where the centre believes 20: the vehicle planned
+    at about 6.5 kW gets 4, the gateway reports the cap (site limit, 4 kW) with its telemetry,
+    ingestion stores it and the next plans hold the vehicle to 4 kW. The cap stays reported while the
+    centre plans to it (the site is then full), so the plan after that keeps it too."""
+    url = f"sqlite:///{tmp_path / 'centre.sqlite'}"
+    upgrade(url)
+    engine = make_engine(url)
+    seed(engine)
+    sessions = make_sessionmaker(engine)
+    replans = ReplanRequests()
+    settings = ControlSettings(poll_s=0.1, planning=PlanningSettings(tariffs=TARIFFS))
+    quick = Backoff(initial_s=0.05, max_s=0.5)
+
+    def latest_cap(db: Session) -> EvseTelemetryRecord | None:
+        return db.scalars(
+            select(EvseTelemetryRecord).join(TelemetryRecord).order_by(TelemetryRecord.seq.desc())
+        ).first()
+
+    def latest_plan(db: Session) -> ScheduleVersion:
+        return db.scalars(select(ScheduleVersion).order_by(ScheduleVersion.id.desc()).limit(1)).one()
+
+    def scheduled_kw(db: Session) -> list[float]:
+        record = db.scalars(
+            select(SetpointCommandRecord).order_by(SetpointCommandRecord.issued_at.desc())
+        ).first()
+        assert record is not None
+        return [float(p["power_kw"]) for p in record.payload["setpoints"][0]["schedule"]]
+
+    async def replan(loop: ControlLoop, why: str) -> None:
+        plans = loop.stats.plans
+        replans.request(SITE, why)
+        await until(lambda: loop.stats.plans > plans)
+
+    async def scenario() -> None:
+        gateway = Gateway(
+            gateway_config(broker, import_limit_kw=4),
+            outbox_path=tmp_path / "outbox.sqlite",
+            control_interval_s=0.5,
+        )
+        ingestion = Ingestion(IngestionSettings(host=broker.host, port=broker.port, backoff=quick), sessions)
+        publisher = MqttSetpointPublisher(
+            MqttPublisherSettings(host=broker.host, port=broker.port, backoff=quick)
+        )
+        async with ingestion, publisher, gateway, ControlLoop(sessions, publisher, replans, settings) as loop:
+            await ingestion.wait_subscribed(TIMEOUT_S)
+            clock = SimClock(utcnow(), speed=SPEED)
+            charger = SimulatedCharger(
+                "cp-0",
+                f"ws://127.0.0.1:{gateway.ocpp.port}",
+                "2.0.1",
+                SimVehicle(
+                    capacity_kwh=80,
+                    soc=0.2,
+                    max_charge_kw=11,
+                    arrival=clock.now(),
+                    departure=clock.now() + dt.timedelta(hours=8),
+                    target_soc=0.8,
+                ),
+                clock,
+                max_power_w=11_000,
+                meter_interval_s=5,
+                tick_s=1,
+                id_token=TOKEN,
+            )
+            async with asyncio.TaskGroup() as tasks:
+                run = tasks.create_task(charger.run(), name="sim-cp-0")
+                async with asyncio.timeout(TIMEOUT_S):
+                    while (
+                        await query(sessions, lambda db: db.scalars(select(ChargingSession)).first()) is None
+                    ):
+                        await asyncio.sleep(0.1)
+
+                # 1. Planned as the centre sees the site: about 6.5 kW, more than the gateway allows.
+                await replan(loop, "arrival")
+                first = await query(sessions, scheduled_kw)
+                assert first[0] > 5.5, first
+                await until(lambda: abs(charger.power_w - 4000) < 100)
+
+                # 2. The gateway's cap reaches the centre's database with the telemetry.
+                async with asyncio.timeout(TIMEOUT_S):
+                    while True:
+                        cap = await query(sessions, latest_cap)
+                        if cap is not None and cap.limit_reason is LimitReason.SITE_LIMIT:
+                            break
+                        await asyncio.sleep(0.1)
+                assert cap.limit_kw == pytest.approx(4.0) and cap.limit_discharge is False
+
+                # 3. The next plan holds the vehicle to it; the cap still holds, and so does the plan after.
+                for why in ("telemetry", "cadence"):
+                    await replan(loop, why)
+                    plan = await query(sessions, latest_plan)
+                    (vehicle,) = plan.inputs["scenario"]["vehicles"]
+                    assert vehicle["max_charge_kw"] == pytest.approx(4.0), why
+                    assert any("limits its charge to 4.00 kW (site_limit)" in n for n in plan.inputs["notes"])
+                    assert max(await query(sessions, scheduled_kw)) <= 4.0 + 1e-6, why
+                    await asyncio.sleep(1.0)  # telemetry after the new command
+                    cap = await query(sessions, latest_cap)
+                    assert cap is not None and cap.limit_reason is LimitReason.SITE_LIMIT, why
+                run.cancel()
 
     asyncio.run(asyncio.wait_for(scenario(), 90))
     engine.dispose()

@@ -11,6 +11,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from postgres import BACKENDS, PostgresServer
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from aggregator.db.migrate import alembic_config, downgrade, upgrade
 from aggregator.db.models import Base
@@ -105,5 +106,73 @@ def test_programs_from_before_0006_are_not_declared_unpaid(empty_url: str) -> No
             assert connection.execute(text("SELECT unpaid FROM programs")).scalar_one() in (False, 0)
         downgrade(empty_url, "0005")
         assert "unpaid" not in {c["name"] for c in inspect(engine).get_columns("programs")}
+    finally:
+        engine.dispose()
+
+
+def test_events_from_before_0007_have_no_declared_baseline_and_0007_goes_back_cleanly(empty_url: str) -> None:
+    upgrade(empty_url, "0006")
+    engine = make_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO sites (id, name, import_limit_kw, export_limit_kw, timezone, created_at) "
+                    "VALUES ('depot', 'Depot', 50, 0, 'UTC', CURRENT_TIMESTAMP)"
+                )
+            )
+        upgrade(empty_url, "0007")
+        assert "event_site_baselines" in set(inspect(engine).get_table_names())
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM event_site_baselines")).scalar_one() == 0
+        downgrade(empty_url, "0006")
+        assert "event_site_baselines" not in set(inspect(engine).get_table_names())
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM sites")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_evse_readings_from_before_0008_have_no_limit(empty_url: str) -> None:
+    upgrade(empty_url, "0007")
+    engine = make_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO sites (id, name, import_limit_kw, export_limit_kw, timezone, created_at) "
+                    "VALUES ('depot', 'Depot', 50, 0, 'UTC', CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO telemetry (id, site_id, seq, sent_at, received_at, site_import_kw) "
+                    "VALUES (1, 'depot', 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 11)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO telemetry_evses (telemetry_id, charger_id, evse_id, power_kw) "
+                    "VALUES (1, 'cp-1', 1, 11)"
+                )
+            )
+        upgrade(empty_url)
+        with engine.begin() as connection:
+            row = connection.execute(
+                text("SELECT limit_kw, limit_reason, limit_discharge FROM telemetry_evses")
+            ).one()
+            assert tuple(row) == (None, None, None)
+            connection.execute(
+                text(
+                    "UPDATE telemetry_evses SET limit_kw = 7.5, limit_reason = 'site_limit', "
+                    "limit_discharge = false"
+                )
+            )
+            # reasons are the contract's LimitReason values
+            with pytest.raises(IntegrityError), connection.begin_nested():
+                connection.execute(text("UPDATE telemetry_evses SET limit_reason = 'whim'"))
+        downgrade(empty_url, "0007")
+        columns = {c["name"] for c in inspect(engine).get_columns("telemetry_evses")}
+        assert not columns & {"limit_kw", "limit_reason", "limit_discharge"}
     finally:
         engine.dispose()

@@ -46,4 +46,7 @@ def test_a_short_depot_day_runs_end_to_end(tmp_path: Path) -> None:
             assert set(trial_balance(session).values()) <= {0}, "the settled event left the ledger balanced"
     finally:
         engine.dispose()
-    assert any("settlement booked" in note for note in report.notes)
+    [settlement] = report.settlement
+    assert settlement.startswith("settlement booked: gross ")
+    for line in ("penalty", "platform fee", "to drivers", "unallocated 0.00 USD"):
+        assert line in settlement

@@ -27,14 +27,12 @@ import logging
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from test_control import FakeClock, RecordingPublisher, control, run, versions
 
 from aggregator.control.inputs import PlanningSettings, vehicle_key
-from aggregator.control.schedules import ScheduleDataError
 from aggregator.db.models import (
     Charger,
     ChargingSession,
@@ -53,8 +51,10 @@ from aggregator.db.models import (
 )
 from aggregator.ingestion.metering import interval_index
 from aggregator.programs.dispatch_events import EventNotFoundError
-from aggregator.programs.event_baselines import frozen_baselines
-from aggregator.settlement.event_measurement import expected_import_kw, vehicle_counterfactual_kw
+from aggregator.programs.event_baselines import frozen_base_load, frozen_baselines
+from aggregator.settlement.attribution import ExclusionReason
+from aggregator.settlement.event_inputs import settlement_inputs
+from aggregator.settlement.event_measurement import counterfactual_site_kw, plugged_sessions
 from market_adapters.dispatch import SignalKind, SignalStatus
 from market_adapters.tariffs import parse_tou_tariff
 
@@ -99,8 +99,9 @@ class Depot:
         self.seq = 0
         db.commit()
 
-    def arrive(self, n: int, at: dt.datetime) -> int:
-        """Vehicle ``n`` plugs into ``cp-n`` at ``at`` with 30 of 60 kWh, 80 % wanted by 16:00."""
+    def arrive(self, n: int, at: dt.datetime, soc_percent: float | None = 50.0) -> int:
+        """Vehicle ``n`` plugs into ``cp-n`` at ``at`` with 30 of 60 kWh (``soc_percent`` reported at
+        arrival; ``None``: its charger reports none), 80 % wanted by 16:00."""
         charger = Charger(site_id=SITE, charge_point_id=f"cp-{n}", evse_id=1, max_kw=11.0)
         vehicle = Vehicle(
             owner_id=self.driver.id,
@@ -119,7 +120,7 @@ class Depot:
             vehicle_id=vehicle.id,
             started_at=at,
             departure_at=T0 + dt.timedelta(hours=6),
-            soc_at_start_percent=50.0,
+            soc_at_start_percent=soc_percent,
         )
         self.db.add(charging)
         self.db.commit()
@@ -263,6 +264,69 @@ def test_a_late_arrival_is_frozen_at_the_first_plan_that_has_it(engine: Engine, 
     assert {s: b.version_id for s, b in found[event.id].items()} == {early: first.id, late: second.id}
 
 
+def test_a_vehicle_of_unknown_soc_gets_no_phantom_baseline(engine: Engine, session: Session) -> None:
+    """Van 2 is on a charger that never reports SoC: the first plan with the event assumes it arrived at
+    20 % and, without the event, charges it 11 kW through the cheap window. In fact it is full and
+    draws nothing. Its baseline was frozen at a plan that assumed its SoC: it gets none of its own and
+    is listed as excluded with the reason; the site's counterfactual baseline counts it at what it drew
+    (0 kW), so neither it nor the site is credited its phantom 11 kW. Van 1 (50 % reported) keeps its
+    baseline, and the vehicles and the remainder add up to the site's delivery."""
+    depot = Depot(session)
+    known = depot.arrive(1, T0 - dt.timedelta(hours=1))
+    unknown = depot.arrive(2, T0 - dt.timedelta(hours=1), soc_percent=None)
+    event = depot.event()
+    loop = control(engine, FakeClock(T0), RecordingPublisher(), planning=PLANNING)
+    run(lambda: loop.plan_site(SITE, "event"))
+    [first] = versions(session)
+    assert first.inputs["assumed"] == {vehicle_key(unknown): ["soc"]}
+    assert f"{vehicle_key(unknown)}: no SoC reported; assumed 20.0 % at arrival" in first.inputs["notes"]
+    phantom = vehicle_cf(first, unknown)
+    assert phantom.sum() * 0.25 > 10.0  # what a default baseline would have credited it
+
+    frozen = frozen_baselines(session, SITE, [event.id])[event.id]
+    assert frozen[known].known and not frozen[unknown].known
+    for k in range(8):  # in the window both vans draw nothing: van 1 was charged ahead, van 2 is full
+        evse_reading(session, WINDOW_START + k * STEP + dt.timedelta(minutes=5), 0.0, {1: 0.0, 2: 0.0})
+    session.commit()
+    inputs = settlement_inputs(session, event.id, now=WINDOW_END + dt.timedelta(hours=1))
+    assert inputs.attribution is not None and inputs.performance is not None
+
+    van2 = inputs.attribution.vehicles[unknown]
+    assert (van2.delivered_kwh, van2.weight_kwh) == (0.0, 0.0)
+    assert van2.exclusion is not None and van2.exclusion.reason is ExclusionReason.UNKNOWN_STATE
+    assert van2.exclusion.detail == (
+        f"session {unknown}: SoC unknown when event {event.id} was first planned with it (schedule "
+        f"version {first.id} assumed defaults); no baseline of its own"
+    )
+    [vehicle] = [v for v in inputs.vehicles if v.session_id == unknown]
+    assert vehicle.counterfactual_kw.isna().all()
+    [site] = inputs.sites
+    # The site's baseline: van 1's frozen power (no base load planned), van 2 at what it drew.
+    assert list(site.baseline.baseline_kw) == pytest.approx(list(vehicle_cf(first, known)), abs=1e-6)
+    van1 = inputs.attribution.vehicles[known]
+    assert van1.exclusion is None and van1.delivered_kwh == pytest.approx(vehicle_cf(first, known).sum() / 4)
+    assert inputs.attribution.site_delivered_kwh == pytest.approx(van1.delivered_kwh)
+    assert inputs.attribution.unattributed_kwh == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_vehicle_is_frozen_at_the_first_plan_that_knew_its_state(engine: Engine, session: Session) -> None:
+    """Its charger reports the SoC only after the event's first plan, which assumed it: the baseline is
+    frozen at the next plan, the first that knew it, and is known."""
+    depot = Depot(session)
+    charging = depot.arrive(1, T0 - dt.timedelta(minutes=5), soc_percent=None)
+    event = depot.event()
+    clock = FakeClock(T0)
+    loop = control(engine, clock, RecordingPublisher(), planning=PLANNING)
+    run(lambda: loop.plan_site(SITE, "event"))
+    clock.advance(dt.timedelta(minutes=15))
+    depot.soc(clock.now, {1: 50.0})
+    run(lambda: loop.plan_site(SITE, "cadence"))
+    first, second = versions(session)
+    assert (first.inputs["assumed"], second.inputs["assumed"]) == ({vehicle_key(charging): ["soc"]}, {})
+    frozen = frozen_baselines(session, SITE, [event.id])[event.id][charging]
+    assert (frozen.version_id, frozen.known, frozen.unknown_reason) == (second.id, True, None)
+
+
 def test_a_site_without_events_is_planned_as_before(engine: Engine, session: Session) -> None:
     depot = Depot(session)
     depot.arrive(1, T0 - dt.timedelta(hours=1))
@@ -353,27 +417,87 @@ def measured_world(db: Session) -> tuple[int, int, int, int]:
     return first, other, s1, s2
 
 
-def test_measurement_reads_each_sessions_frozen_baseline(session: Session) -> None:
+def evse_reading(db: Session, at: dt.datetime, site_kw: float, evse_kw: dict[int, float]) -> None:
+    """One telemetry message at ``at``: the site's import and vehicle ``n``'s power on ``cp-n``."""
+    seq = 1000 + int(at.timestamp()) % 100_000
+    db.add(
+        TelemetryRecord(
+            site_id=SITE,
+            seq=seq,
+            sent_at=at,
+            received_at=at,
+            site_import_kw=site_kw,
+            base_load_kw=None,
+            evses=[
+                EvseTelemetryRecord(charger_id=f"cp-{n}", evse_id=1, power_kw=kw) for n, kw in evse_kw.items()
+            ],
+        )
+    )
+
+
+def test_measurement_reads_each_sessions_frozen_baseline_and_the_first_plans_base_load(
+    session: Session,
+) -> None:
+    """In the module docstring's world: s1 is frozen at 11 kW (``v1``), s2 at 6 kW for 16:45-17:45
+    (``v2``), and the base load at ``v1``'s 11 - 11 = 0 kW: ``v2``'s 1 kW and ``v3``, made during the
+    event, move nothing. s2 reads 2 kW at 17:50, where its frozen hour has ended: there it counts at
+    what it drew (neutral). The site's baseline: 0 + 11 + 6 = 17 kW, then 0 + 11 + 2 = 13 kW."""
     event, other, s1, s2 = measured_world(session)
+    _, v1, v2, _ = versions(session)
     end = MEASURED + dt.timedelta(hours=1)
     index = interval_index(MEASURED, end, STEP)
+    evse_reading(session, MEASURED + dt.timedelta(minutes=50), 2.0, {1: 0.0, 2: 2.0})
+    session.commit()
 
     found = frozen_baselines(session, SITE, [event, other])
     assert set(found) == {event}  # no version lists the other event
     assert found[event][s1].power_kw == (11.0,) * 8 and found[event][s2].power_kw == (6.0,) * 4
+    assert (found[event][s1].version_id, found[event][s2].version_id) == (v1.id, v2.id)
+    assert found[event][s1].known and found[event][s1].unknown_reason is None
     assert found[event][s1].mean_kw(MEASURED, end) == 11.0
     assert np.isnan(found[event][s2].mean_kw(MEASURED, end))  # its hour ends at 17:45
 
-    expected = expected_import_kw(session, SITE, event, index, end, STEP)
-    assert list(expected) == pytest.approx([18.0, 18.0, 18.0, 12.0])
-    assert list(vehicle_counterfactual_kw(session, SITE, event, s1, index, end, STEP)) == [11.0] * 4
-    assert list(vehicle_counterfactual_kw(session, SITE, event, s2, index, end, STEP)) == [6.0, 6.0, 6.0, 0.0]
-    # Another event at the site, never planned: the plans' counterfactuals as they are.
-    assert list(expected_import_kw(session, SITE, other, index, end, STEP)) == [7.0, 7.0, 1.0, 1.0]
-    assert list(vehicle_counterfactual_kw(session, SITE, other, s1, index, end, STEP)) == [0.0] * 4
+    base = frozen_base_load(session, SITE, event, MEASURED, end)
+    assert base.version_ids == (v1.id,)
+    assert base.mean_kw(MEASURED, end) == 0.0
+    plugged = {
+        series.session_id: series for series in plugged_sessions(session, SITE, event, index, end, STEP)
+    }
+    assert set(plugged) == {s1, s2}
+    assert list(plugged[s1].baseline_kw) == [11.0] * 4
+    assert list(plugged[s2].baseline_kw)[:3] == [6.0] * 3 and np.isnan(plugged[s2].baseline_kw.iloc[3])
+    expected = counterfactual_site_kw(base, list(plugged.values()), index, end, STEP)
+    assert list(expected) == pytest.approx([17.0, 17.0, 17.0, 13.0])
+
+    # Another event at the site, never planned: no baseline of anyone's, and each session says so.
+    never = plugged_sessions(session, SITE, other, index, end, STEP)
+    assert [series.unknown_reason for series in never] == [
+        f"session {s}: never planned with event {other}; no baseline of its own" for s in (s1, s2)
+    ]
+    assert frozen_base_load(session, SITE, other, MEASURED, end).parts == ()
 
 
-def test_an_unreadable_counterfactual_freezes_nothing_and_is_not_measured_against(
+def test_a_session_that_leaves_mid_interval_counts_for_the_part_it_was_plugged_in(session: Session) -> None:
+    """s1 leaves at 17:37:30, half-way through the third quarter, having drawn 6 kW (read every 5
+    minutes; its charger reads 0 once it has left). There it counts half: 3 kW metered against half its
+    frozen 11 kW, as the site meter, which averages the whole quarter, sees it; after it, nothing."""
+    event, _, s1, _ = measured_world(session)
+    charging = session.get(ChargingSession, s1)
+    assert charging is not None
+    charging.stopped_at = MEASURED + dt.timedelta(minutes=37, seconds=30)
+    for minute in range(0, 60, 5):
+        at = MEASURED + dt.timedelta(minutes=minute)
+        evse_reading(session, at, 0.0, {1: 6.0 if at < charging.stopped_at else 0.0})
+    session.commit()
+    end = MEASURED + dt.timedelta(hours=1)
+    index = interval_index(MEASURED, end, STEP)
+    [series] = [s for s in plugged_sessions(session, SITE, event, index, end, STEP) if s.session_id == s1]
+    assert list(series.metered_kw)[:3] == [6.0, 6.0, 3.0] and np.isnan(series.metered_kw.iloc[3])
+    assert list(series.baseline_kw)[:3] == [11.0, 11.0, 5.5] and np.isnan(series.baseline_kw.iloc[3])
+    assert list(series.site_part_kw()) == [11.0, 11.0, 5.5, 0.0]
+
+
+def test_an_unreadable_counterfactual_freezes_nothing_and_the_next_first_plan_is_read(
     session: Session, caplog: pytest.LogCaptureFixture
 ) -> None:
     event, _, s1, _ = measured_world(session)
@@ -384,7 +508,7 @@ def test_an_unreadable_counterfactual_freezes_nothing_and_is_not_measured_agains
     }
     session.commit()
 
-    # Planning skips the version s1 was frozen at, with a warning naming it: s1 is frozen at v2.
+    # The version s1 would be frozen at is skipped, with a warning naming it: s1 is frozen at v2.
     with caplog.at_level(logging.WARNING, logger="aggregator.programs.event_baselines"):
         frozen = frozen_baselines(session, SITE, [event])[event][s1]
     assert (frozen.version_id, frozen.power_kw) == (v2.id, (0.0,) * 8)
@@ -392,19 +516,14 @@ def test_an_unreadable_counterfactual_freezes_nothing_and_is_not_measured_agains
         f"schedule version {v1.id}: counterfactual.vehicles['{vehicle_key(s1)}'].power_kw[0] is not a number"
         in (caplog.text)
     )
-
-    # Measuring against the version in force refuses to guess.
-    v3.counterfactual = {"site_import_kw": None}
-    session.commit()
+    # The base load too: v2's 7 - 0 - 6 = 1 kW until its s2 hour ends at 17:45, then v3's 1 - 0 - 0.
     end = MEASURED + dt.timedelta(hours=1)
-    with pytest.raises(
-        ScheduleDataError, match=rf"^schedule version {v3.id}: counterfactual.site_import_kw is not a list"
-    ):
-        expected_import_kw(session, SITE, event, interval_index(MEASURED, end, STEP), end, STEP)
+    base = frozen_base_load(session, SITE, event, MEASURED, end)
+    assert base.version_ids == (v2.id, v3.id)
+    assert [base.mean_kw(t, t + STEP) for t in (MEASURED, MEASURED + 3 * STEP)] == [1.0, 1.0]
 
 
 def test_an_id_that_is_not_an_events_public_id_is_named(session: Session) -> None:
     event, _, _, _ = measured_world(session)
-    index = pd.DatetimeIndex([MEASURED])
     with pytest.raises(EventNotFoundError, match=f"is a later version .* of event {event}"):
-        expected_import_kw(session, SITE, event + 1, index, MEASURED + STEP, STEP)
+        frozen_base_load(session, SITE, event + 1, MEASURED, MEASURED + STEP)

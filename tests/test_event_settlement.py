@@ -61,6 +61,7 @@ from aggregator.settlement.event_settlement import (
     settle_period_events,
     settlement_inputs,
 )
+from aggregator.settlement.event_statements import event_statement
 from aggregator.settlement.ledger import (
     PLATFORM,
     AccountKey,
@@ -227,9 +228,14 @@ def build_world(
 
 
 def add_reading(
-    session: Session, site_id: str, k: int, start: dt.datetime, evse_kw: Mapping[str, float]
+    session: Session,
+    site_id: str,
+    k: int,
+    start: dt.datetime,
+    evse_kw: Mapping[str, float],
+    base_kw: float = 7.0,
 ) -> None:
-    """One telemetry message 5 minutes into interval ``k`` of the event: base load 7 kW plus the EVSEs."""
+    """One telemetry message 5 minutes into interval ``k`` of the event: the base load plus the EVSEs."""
     sent = start + k * STEP + dt.timedelta(minutes=5)
     session.add(
         TelemetryRecord(
@@ -237,8 +243,8 @@ def add_reading(
             seq=k,
             sent_at=sent,
             received_at=sent,
-            site_import_kw=7.0 + sum(evse_kw.values()),
-            base_load_kw=7.0,
+            site_import_kw=base_kw + sum(evse_kw.values()),
+            base_load_kw=base_kw,
             evses=[
                 EvseTelemetryRecord(charger_id=f"cp-{name}", evse_id=1, power_kw=power)
                 for name, power in evse_kw.items()
@@ -343,6 +349,79 @@ def test_a_replan_that_precharged_the_vehicles_keeps_their_frozen_baselines(sess
         name: inputs.attribution.vehicles[world.sessions[name]].delivered_kwh for name in ("a", "b", "c")
     }
     assert delivered == {"a": 11.0, "b": 8.0, "c": 5.5}
+
+
+def test_the_vehicles_and_the_remainder_add_up_to_the_sites_delivery(session: Session) -> None:
+    """A leaves at 17:30, half-way through. Its baseline counts only while it is plugged in, in its own
+    delivery and in the site's baseline alike: the site's baseline is 7 + 3 x 11 = 40 kW, then 29 kW;
+    the site imports 15.5 kW throughout, so it delivers (24.5 + 24.5 + 13.5 + 13.5) / 4 = 19 kWh:
+    A 5.5, B 8, C 5.5 and nothing unattributed (the base load was 7 kW, as planned)."""
+    world = build_world(session)
+    charging = session.get(ChargingSession, world.sessions["a"])
+    assert charging is not None
+    charging.stopped_at = START + dt.timedelta(minutes=30)
+    session.commit()
+    inputs = settlement_inputs(session, world.event_id, now=AFTER)
+    [site] = inputs.sites
+    assert list(site.baseline.baseline_kw) == [40.0, 40.0, 29.0, 29.0]
+    assert inputs.attribution is not None and inputs.performance is not None
+    delivered = {
+        name: inputs.attribution.vehicles[world.sessions[name]].delivered_kwh for name in ("a", "b", "c")
+    }
+    assert delivered == {"a": 5.5, "b": 8.0, "c": 5.5}
+    assert inputs.attribution.site_delivered_kwh == pytest.approx(19.0)
+    assert inputs.performance.raw_delivered_kwh == pytest.approx(19.0)
+    assert sum(delivered.values()) == pytest.approx(inputs.attribution.site_delivered_kwh)
+    assert inputs.attribution.unattributed_kwh == pytest.approx(0.0, abs=1e-9)
+
+
+def test_delivery_no_driver_accounts_for_is_the_residual_with_its_reason(
+    session: Session, sessions: sessionmaker[Session]
+) -> None:
+    """The base load is 3 kW instead of the 7 planned: the site imports 11.5 kW, 28.5 kW below its
+    baseline (credited 20 kW: 10.00 EUR gross, fee 1.00, pot 900). A 11 kWh, B 8 kWh (C overrode the
+    event), and 4 kWh no vehicle accounts for: 900 split 11 : 8 : 4 = 430.43, 313.04, 156.52, the
+    leftover unit to the largest remainder: A 430, B 313, the residual 157, booked to the platform
+    with its reason. Nothing is left unallocated, and the statement shows every line."""
+    world = build_world(session, intervals_metered=0)
+    for k in range(4):
+        add_reading(session, world.site_id, k, START, {"a": 0.0, "b": 3.0, "c": 5.5}, base_kw=3.0)
+    session.commit()
+    a, b, c = (world.drivers[name] for name in ("a", "b", "c"))
+    with sessions() as reading:
+        inputs = settlement_inputs(reading, world.event_id, now=AFTER)
+    assert inputs.attribution is not None
+    assert inputs.attribution.unattributed_kwh == pytest.approx(4.0)
+    booking = event_booking(inputs)
+    assert dict(booking.driver_shares_minor) == {a: 430, b: 313}
+    assert booking.residual_minor == 157
+    assert booking.residual_reason == (
+        "4.000 of the 28.500 kWh the site delivered is attributed to no driver: the site's other loads"
+    )
+    assert booking.unallocated_minor == 0
+
+    settle_dispatch_event(sessions, world.event_id, now=AFTER)
+    with sessions() as check:
+        assert scope_balances(check, f"event:{world.event_ref}") == {
+            AccountKey(Kind.PROGRAM_RECEIVABLE, program_owner(world.program_id), "EUR"): 1000,
+            AccountKey(Kind.PLATFORM_REVENUE, PLATFORM, "EUR"): -257,  # the fee and the residual
+            payable(a): -430,
+            payable(b): -313,
+        }
+        statement = event_statement(check, world.event_ref)
+    assert (statement.gross_minor, statement.penalty_minor, statement.platform_fee_minor) == (1000, 0, 100)
+    assert (statement.residual_minor, statement.residual_reason) == (157, booking.residual_reason)
+    assert {line.driver_id: line.share_minor for line in statement.drivers} == {a: 430, b: 313, c: 0}
+    assert (statement.to_drivers_minor, statement.unallocated_minor) == (743, 0)
+    [c_line] = [line for line in statement.drivers if line.driver_id == c]
+    assert c_line.reason is not None and "charge_now" in c_line.reason
+    assert statement.summary() == (
+        "gross 10.00 EUR, penalty 0.00 EUR, platform fee 1.00 EUR, to drivers 7.43 EUR, residual 1.57 EUR "
+        f"({booking.residual_reason}), unallocated 0.00 EUR"
+    )
+    assert statement.measured is not None
+    assert statement.measured["baselines"][0]["method"] == "counterfactual"
+    assert [v.delivered_kwh for v in statement.vehicles] == [11.0, 8.0, 5.5]
 
 
 def _append_version(session: Session, event_id: int, **changes: object) -> int:
@@ -516,7 +595,7 @@ def test_a_net_penalty_is_the_platforms_loss_and_drivers_are_told_why(
     booking = event_booking(inputs)
     assert (booking.gross_minor, booking.penalty_minor, booking.platform_fee_minor) == (675, 975, 0)
     assert dict(booking.driver_shares_minor) == {}
-    assert booking.unallocated_minor == -300
+    assert (booking.platform_loss_minor, booking.residual_minor, booking.unallocated_minor) == (300, 0, 0)
     assert booking.zero_reasons[b] == LOSS_REASON
     assert booking.zero_reasons[a].startswith(
         f"{LOSS_REASON}; session {world.sessions['a']}: delivered 0.000"
@@ -545,7 +624,7 @@ def test_with_drivers_sharing_losses_the_contributors_owe_the_net_penalty(
     with sessions() as reading:
         booking = event_booking(settlement_inputs(reading, world.event_id, now=AFTER))
     assert dict(booking.driver_shares_minor) == {b: -300}  # B alone contributed
-    assert booking.unallocated_minor == 0
+    assert (booking.platform_loss_minor, booking.residual_minor, booking.unallocated_minor) == (0, 0, 0)
     assert set(booking.zero_reasons) == {a, c}
     assert not any(LOSS_REASON in reason for reason in booking.zero_reasons.values())
 
@@ -563,12 +642,12 @@ def test_with_drivers_sharing_losses_the_contributors_owe_the_net_penalty(
 
 
 @pytest.mark.parametrize(
-    ("share_losses", "shares", "unallocated", "reason"),
-    [(False, {}, -100, WEAR_LOSS_REASON), (True, {1: -100}, 0, None)],
+    ("share_losses", "shares", "platform_loss", "reason"),
+    [(False, {}, 100, WEAR_LOSS_REASON), (True, {1: -100}, 0, None)],
     ids=["platform-bears-it", "drivers-share-it"],
 )
 def test_wear_above_the_earnings_is_paid_in_full_and_the_rest_is_the_platforms_by_default(
-    share_losses: bool, shares: dict[int, int], unallocated: int, reason: str | None
+    share_losses: bool, shares: dict[int, int], platform_loss: int, reason: str | None
 ) -> None:
     # Driver 1 delivered 10 kW for 15 min and discharged 8 kW (2 kWh): 1.00 EUR per event, wear
     # 2 kWh x 1.00 = 2.00 EUR, net pot -1.00. Wear is paid in full either way; the -1.00 is the
@@ -584,7 +663,7 @@ def test_wear_above_the_earnings_is_paid_in_full_and_the_rest_is_the_platforms_b
     assert booking.gross_minor == 100
     assert dict(booking.wear_minor_by_driver) == {1: 200}
     assert dict(booking.driver_shares_minor) == shares
-    assert booking.unallocated_minor == unallocated
+    assert (booking.platform_loss_minor, booking.unallocated_minor) == (platform_loss, 0)
     assert booking.zero_reasons.get(1) == reason
 
 
@@ -649,7 +728,13 @@ def _synthetic_inputs(
         baseline_method="counterfactual",
         performance=performance,
         vehicles=vehicles,
-        attribution=attribute(total / 4, series, zero, exclusions=exclusions),
+        attribution=attribute(
+            pd.Series([50.0], index=index),
+            pd.Series([50.0 - total], index=index),
+            series,
+            zero,
+            exclusions=exclusions,
+        ),
     )
 
 
@@ -689,10 +774,12 @@ def test_every_booking_balances_and_pays_only_who_contributed(
     )
     booking = event_booking(inputs, terms)  # EventBooking checks that it balances
     pot = booking.gross_minor - booking.penalty_minor - booking.platform_fee_minor
+    assert booking.unallocated_minor == 0  # every minor unit lands on a named account
     assert (
         sum(booking.driver_shares_minor.values())
         + sum(booking.wear_minor_by_driver.values())
-        + (booking.unallocated_minor)
+        + booking.residual_minor
+        - booking.platform_loss_minor
         == pot
     )
     for driver, share in booking.driver_shares_minor.items():
@@ -709,7 +796,7 @@ def test_every_booking_balances_and_pays_only_who_contributed(
         # told why they got no share.
         assert all(share > 0 for share in booking.driver_shares_minor.values())
         if revenue.net_pot_minor < 0:
-            assert booking.unallocated_minor == revenue.net_pot_minor
+            assert booking.platform_loss_minor == -revenue.net_pot_minor
             assert booking.driver_shares_minor == {}
             for driver in delivered:
                 assert booking.zero_reasons[driver].startswith((LOSS_REASON, WEAR_LOSS_REASON))
@@ -718,4 +805,4 @@ def test_every_booking_balances_and_pays_only_who_contributed(
     ):
         # The drivers who contributed carry the whole loss.
         assert sum(booking.driver_shares_minor.values()) == revenue.net_pot_minor
-        assert booking.unallocated_minor == 0
+        assert (booking.residual_minor, booking.platform_loss_minor) == (0, 0)

@@ -34,6 +34,7 @@ from aggregator.control.grid_signals import (
 from aggregator.control.replanning import ReplanRequests
 from aggregator.db.models import (
     DispatchEvent,
+    EventSiteBaseline,
     Program,
     ProgramKind,
     ProgramSite,
@@ -113,6 +114,7 @@ def signal(
     values: tuple[float, ...] = (100.0, 50.0),
     targets: tuple[str, ...] = (),
     currency: str | None = None,
+    received_at: dt.datetime | None = None,
 ) -> GridSignal:
     return GridSignal(
         source=SOURCE,
@@ -126,7 +128,7 @@ def signal(
         ),
         currency=currency,
         target_sites=targets,
-        received_at=at(-8),
+        received_at=received_at or at(-8),
     )
 
 
@@ -166,6 +168,33 @@ def test_a_new_event_is_a_version_of_its_program_and_replans_its_enrolled_sites(
     reason = [f"event:{row.id}"]
     assert replans.take() == {"site-a": reason, "site-b": reason}
     assert stored.replans == ("site-a", "site-b")
+
+
+def test_how_a_stored_event_is_measured_is_declared_at_each_site_it_applies_to(
+    sessions: sessionmaker[Session],
+) -> None:
+    store = GridSignalStore(sessions, ReplanRequests(), program_map={"VTN-OTHER": "other"})
+    first = store.store(signal(0, targets=("site-a",)))
+    with sessions() as session:
+        program = session.get(Program, "peak")
+        assert program is not None
+        program.measurement = {"method": "same_day"}  # after notification: changes nothing for e-1
+        session.commit()
+    store.store(signal(1, targets=("site-a", "site-b"), received_at=at(-4)))  # site-b from now on
+    store.store(signal(0, event_id="e-2", program_id=None))  # not ours: planned by nobody, declared nowhere
+    with sessions() as session:
+        declared = session.execute(
+            select(
+                EventSiteBaseline.event_id,
+                EventSiteBaseline.site_id,
+                EventSiteBaseline.method,
+                EventSiteBaseline.declared_at,
+            ).order_by(EventSiteBaseline.site_id)
+        ).all()
+    assert [tuple(row) for row in declared] == [
+        (first.event_id, "site-a", "counterfactual", at(-8)),
+        (first.event_id, "site-b", "counterfactual", at(-4)),  # the event is measured one way
+    ]
 
 
 def test_a_modification_appends_a_version_and_replans_old_and_new_targets(
@@ -324,6 +353,10 @@ def test_any_delivery_order_keeps_exactly_the_versions_not_older_than_the_latest
 #   export   = down - (A + B)  = [16 - 6, 23 - 13, 13 - 3, 8 - 0]             = [10, 10, 10, 8]
 #   cap      = site - down    = [-8, 2, -8, -8]
 #
+# Both plans leave energy to spare (A ends at 31.67 kWh for a 20 kWh target, 5 kWh reserve; B at
+# 15.22 kWh for 10 kWh), so the power headroom binds in these figures; where energy binds, see
+# test_a_reduction_is_held_only_as_far_as_the_vehicle_can_catch_up.
+#
 # site-b: no vehicles, base load 3 kW: down 0, export 0, cap 3 in every step. site-c (program
 # "other") has no plan.
 
@@ -345,8 +378,8 @@ def scenario_for(site_id: str, base_load_kw: list[float], vehicles: bool) -> Sce
                 departure=at(4),
                 capacity_kwh=60.0,
                 energy_at_arrival_kwh=30.0,
-                target_energy_kwh=32.0,
-                min_energy_kwh=20.0,
+                target_energy_kwh=20.0,
+                min_energy_kwh=5.0,
                 max_charge_kw=11.0,
                 max_discharge_kw=10.0,
                 v2g_consent=True,
@@ -357,8 +390,8 @@ def scenario_for(site_id: str, base_load_kw: list[float], vehicles: bool) -> Sce
                 arrival=at(1),
                 departure=at(3),
                 capacity_kwh=40.0,
-                energy_at_arrival_kwh=10.0,
-                target_energy_kwh=13.0,
+                energy_at_arrival_kwh=12.0,
+                target_energy_kwh=10.0,
                 max_charge_kw=7.4,
             ),
         ]
@@ -468,6 +501,68 @@ def test_the_past_part_of_a_window_is_not_asked_of_the_plan(planned: sessionmake
     assert during.by_site(SignalKind.DR_REDUCTION, at(0), at(2))["site-a"] == 23.0  # step 1 only
     after = oracle(planned, now=at(5), programs={"peak"})
     assert after.by_site(SignalKind.DR_REDUCTION, at(0), at(2)) == {"site-a": None, "site-b": None}
+
+
+# One van on an 11 kW charger for an hour (steps 0-3), planned at 7 kW throughout: exactly the 7 kWh
+# (6.44 kWh stored) its target needs. A window over steps 1-2 has 7 kW of power headroom in each step,
+# but every kWh taken out of it must come back in steps 0 and 3, where the van can add 11 - 7 = 4 kW,
+# 1 kWh each. Holding X kW over the window moves 2 x 0.25 x X kWh, so X = (spare + catch-up) / 0.5.
+#
+#   nothing spare, all of steps 0 and 3 ahead        X = (0 + 1 + 1) / 0.5                  = 4 kW
+#   a target 0.92 kWh lower (1 kWh from the grid)     X = (1 + 1 + 1) / 0.5                  = 6 kW
+#   import limit 9 kW: the site adds only 2 kW       X = (0 + 0.5 + 0.5) / 0.5              = 2 kW
+#   asked half-way through step 0                     X = (0 + 0.5 + 1) / 0.5                = 3 kW
+# and the lowest cap it can hold is the planned 7 kW minus X. Over step 1 alone step 2 can catch up
+# too and 0.25 x X kWh move: the power headroom, 7 kW, binds, except under the 9 kW limit:
+# X = (0.5 + 0.5 + 0.5) / 0.25 = 6 kW.
+
+
+@pytest.mark.parametrize(
+    ("target_kwh", "import_limit_kw", "asked_at", "reduction", "one_step"),
+    [
+        (26.44, 50.0, PLANNED_AT, 4.0, 7.0),
+        (25.52, 50.0, PLANNED_AT, 6.0, 7.0),
+        (26.44, 9.0, PLANNED_AT, 2.0, 6.0),
+        (26.44, 50.0, at(0.5), 3.0, 7.0),
+    ],
+)
+def test_a_reduction_is_held_only_as_far_as_the_vehicle_can_catch_up(
+    sessions: sessionmaker[Session],
+    session: Session,
+    target_kwh: float,
+    import_limit_kw: float,
+    asked_at: dt.datetime,
+    reduction: float,
+    one_step: float,
+) -> None:
+    van = VehicleSession(
+        id="van",
+        evse_id="e1",
+        arrival=at(0),
+        departure=at(4),
+        capacity_kwh=60.0,
+        energy_at_arrival_kwh=20.0,
+        target_energy_kwh=target_kwh,
+        max_charge_kw=11.0,
+    )
+    scenario = Scenario(
+        name="site-c",
+        start=H0,
+        step_minutes=15,
+        n_steps=4,
+        site=ScenarioSite(id="site-c", import_limit_kw=import_limit_kw, export_limit_kw=0.0),
+        tariff=Tariff(import_price_per_kwh=0.2),
+        evses=[Evse(id="e1", max_charge_kw=11.0)],
+        vehicles=[van],
+    )
+    add_plan(session, "site-c", scenario, {"van": [7.0] * 4}, at(-8))
+    flexibility = oracle(sessions, now=asked_at, programs={"other"})
+
+    figure = flexibility.by_site(SignalKind.DR_REDUCTION, at(1), at(3))["site-c"]
+    assert figure == pytest.approx(reduction, abs=1e-6)
+    assert flexibility.by_site(SignalKind.DR_CAP, at(1), at(3))["site-c"] == pytest.approx(7.0 - reduction)
+    assert flexibility.by_site(SignalKind.V2G_EXPORT, at(1), at(3))["site-c"] == 0.0  # no V2G
+    assert flexibility.by_site(SignalKind.DR_REDUCTION, at(1), at(2))["site-c"] == pytest.approx(one_step)
 
 
 def test_metered_import_sums_the_enrolled_sites_per_interval(

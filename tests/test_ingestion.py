@@ -43,6 +43,7 @@ from wire.contract import (
     CommandAck,
     GatewayState,
     GatewayStatus,
+    LimitReason,
     SessionEvent,
     SiteMessage,
     Telemetry,
@@ -826,3 +827,37 @@ def test_last_seen_only_moves_forward(engine: Engine, seeded: Session) -> None:
     seeded.expire_all()
     status = seeded.get(GatewayStatusRecord, SITE)
     assert status is not None and status.last_seen_at == T0 + dt.timedelta(hours=3)
+
+
+def test_the_caps_a_gateway_reports_are_stored_with_each_reading(engine: Engine, seeded: Session) -> None:
+    """In a batch (the bulk insert) and on its own (after the batch failed on another message), each
+    EVSE reading keeps its cap: power, reason and direction; a reading without one stores none."""
+    ing = offline(engine)
+
+    def capped(seq: int, limit: dict[str, Any] | None) -> SiteMessage:
+        evses = [{"charger_id": "cp-1", "evse_id": 1, "power_kw": -5.0, "energy_kwh": -0.4, "limit": limit}]
+        return message(Telemetry, seq, site_import_kw=-5.0, evses=evses)
+
+    export_cap = {"power_kw": 5.0, "reason": "site_limit", "discharge": True}
+    charge_cap = {"power_kw": 3.7, "reason": "reserve"}
+    refused = build(Telemetry, site_id=SITE, seq=2**63, sent_at=T0, site_import_kw=1.0)
+    asyncio.run(ing.handle_batch(wire(capped(1, export_cap), capped(2, None))))
+    asyncio.run(ing.handle_batch(wire(capped(3, charge_cap), refused)))  # fails: stored one by one
+
+    seeded.expire_all()
+    rows = seeded.execute(
+        select(
+            TelemetryRecord.seq,
+            EvseTelemetryRecord.limit_kw,
+            EvseTelemetryRecord.limit_reason,
+            EvseTelemetryRecord.limit_discharge,
+            EvseTelemetryRecord.energy_kwh,
+        )
+        .join(TelemetryRecord)
+        .order_by(TelemetryRecord.seq)
+    ).all()
+    assert [tuple(r) for r in rows] == [
+        (1, 5.0, LimitReason.SITE_LIMIT, True, -0.4),
+        (2, None, None, None, -0.4),
+        (3, 3.7, LimitReason.RESERVE, False, -0.4),
+    ]

@@ -41,8 +41,8 @@ from optimizer.scenario import Tariff, VehicleSession
 
 SITE = "depot-1"
 NOW = dt.datetime(2026, 6, 1, 10, 7, tzinfo=dt.UTC)
-START = dt.datetime(2026, 6, 1, 10, 0, tzinfo=dt.UTC)
-"""The horizon start: ``NOW`` floored to the 15-minute step."""
+START = NOW
+"""The horizon start: ``NOW`` itself (a plan starts when it is made, not at a step boundary before)."""
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
 
 
@@ -399,14 +399,15 @@ def test_dispatch_events_map_to_the_optimizer_events_that_apply(depot: Depot) ->
     baseline = [40.0 + k for k in range(96)]
     scenario = inputs.scenario_with_events(baseline)
     cap, cut = scenario.dr_events
-    # 11:00..12:07 (NOW + 53..127 min) widened to the step grid: 11:00..12:15.
-    assert (cap.start, cap.end) == (START + dt.timedelta(hours=1), START + dt.timedelta(hours=2, minutes=15))
+    # 11:00..12:14 (NOW + 53..127 min) widened to the plan's step grid, which starts at NOW (10:07):
+    # 10:52..12:22, steps 3 to 8.
+    assert (cap.start, cap.end) == (at(45), at(135))
     assert cap.cap_kw == 20.0 and cap.reduction_kw is None
     assert cap.payment_per_kwh == 0.9 and cap.penalty_per_kwh == 1.5  # event row, else program terms
-    assert cap.baseline_kw == baseline[4:9]
+    assert cap.baseline_kw == baseline[3:9]
     assert cut.reduction_kw == 15.0 and cut.cap_kw is None and cut.payment_per_kwh == 0.5
-    assert (cut.start, cut.end) == (START + dt.timedelta(hours=2), START + dt.timedelta(hours=3, minutes=15))
-    assert cut.baseline_kw == baseline[8:13]
+    assert (cut.start, cut.end) == (at(120), at(180))  # on the grid already: steps 8 to 11
+    assert cut.baseline_kw == baseline[8:12]
     (dispatch,) = scenario.v2g_dispatches
     assert dispatch.export_kw == 8.0 and dispatch.price_per_kwh == 0.5
     build_problem(scenario)
@@ -473,8 +474,8 @@ def test_each_vehicles_frozen_power_replaces_its_fresh_power_in_the_events_basel
     assert baselines[cut.id] == [40.0] * 7 + [41.0, 42.0, 43.0, 44.0] + [40.0] * 85
     scenario = inputs.scenario_with_events([40.0] * 96, None, baselines)
     dr_cap, dr_cut = scenario.dr_events
-    assert dr_cap.baseline_kw == [40.0] * 5
-    assert dr_cut.baseline_kw == [42.0, 43.0, 44.0, 40.0, 40.0]
+    assert dr_cap.baseline_kw == [40.0] * 6  # 10:52..12:22
+    assert dr_cut.baseline_kw == [42.0, 43.0, 44.0, 40.0]  # 12:07..13:07
     build_problem(scenario)
 
 

@@ -47,8 +47,8 @@ from market_adapters.dispatch import SignalKind, SignalStatus
 
 T0 = dt.datetime(2026, 6, 1, 10, 0, tzinfo=dt.UTC)
 """The event's start."""
-NOW = T0 - dt.timedelta(minutes=5)
-"""When the sites are planned: the horizon starts at 09:45, the event covers its steps 1 to 4."""
+NOW = T0 - dt.timedelta(minutes=15)
+"""When the sites are planned: the horizon starts then, at 09:45, and the event covers its steps 1 to 4."""
 EVENT_STEPS = slice(1, 5)
 STEP = dt.timedelta(minutes=15)
 FLEX, STIFF = "flex", "stiff"
@@ -225,7 +225,7 @@ def test_performance_and_settlement_read_the_planned_shares(engine: Engine, sess
 def test_a_group_replan_keeps_the_baseline_frozen_when_the_event_was_first_planned(
     engine: Engine, session: Session
 ) -> None:
-    """At 10:25 the flexible site's vehicle reports its target reached: its fresh counterfactual no
+    """At 10:15 the flexible site's vehicle reports its target reached: its fresh counterfactual no
     longer charges, but its part of the joint event's baseline stays the 11 kW of the first plan."""
     portfolio = Portfolio(session)
     event = portfolio.event()

@@ -4,6 +4,7 @@ branches on a signal kind."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import datetime as dt
 import math
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 
 from aggregator.db.models import ProgramKind
+from aggregator.programs.flexibility import EnergyRoom
 from aggregator.programs.kinds import (
     KINDS,
     MEASURED_KINDS,
@@ -146,6 +148,47 @@ def test_what_a_sites_plan_can_promise_by_kind() -> None:
     assert rules_for(SignalKind.PRICE).site_flexibility_kw(STEPS) == 0.0
     no_export = PlannedSteps(STEPS.import_kw, STEPS.down_kw, STEPS.vehicles_kw + 30.0)
     assert rules_for(SignalKind.V2G_EXPORT).site_flexibility_kw(no_export) == 0.0
+
+
+def v2g_van(reserve_kwh: float) -> PlannedSteps:
+    """A V2G van over two window steps of 15 min, planned at 4 kW charging (site import 9 kW), 6 kW more
+    of discharge available, 3 kWh of grid energy to spare beyond its target and nowhere to catch up;
+    η = 0.8 each way, so a kWh discharged costs 1 / 0.64 = 1.5625 kWh to put back."""
+    return PlannedSteps(
+        import_kw=np.array([9.0, 9.0]),
+        down_kw=np.array([10.0, 10.0]),
+        vehicles_kw=np.array([4.0, 4.0]),
+        energy=EnergyRoom(
+            step_hours=0.25,
+            pause_kw=np.array([[4.0, 4.0]]),
+            discharge_kw=np.array([[6.0, 6.0]]),
+            catch_up_kw=np.zeros((1, 0)),
+            site_room_kw=np.zeros(0),
+            spare_kwh=np.array([3.0]),
+            reserve_kwh=np.array([reserve_kwh]),
+            charge_efficiency=np.array([0.8]),
+            discharge_efficiency=np.array([0.8]),
+        ),
+    )
+
+
+def test_what_a_plan_can_promise_within_the_energy_its_vehicles_can_move() -> None:
+    """Pausing costs 1 kWh per kWh and comes first: 4 kW over both steps spends 2 of the 3 kWh spare.
+    The last kWh buys 1 / (2 x 0.25 x 1.5625) = 1.28 kW of discharge per step: 5.28 kW held (the power
+    headroom would say 10). With 0.5 kWh above the reserve, discharge is 0.5 x 0.8 / 0.25 = 1.6 kW
+    over the two steps: 4.8 kW. An export is what is left beyond the 4 kW planned; a cap is the 9 kW
+    planned import minus what can be held."""
+    roomy, reserved = v2g_van(reserve_kwh=10.0), v2g_van(reserve_kwh=0.5)
+    reduction, export, cap = (
+        rules_for(k) for k in (SignalKind.DR_REDUCTION, SignalKind.V2G_EXPORT, SignalKind.DR_CAP)
+    )
+    assert reduction.site_flexibility_kw(roomy) == pytest.approx(5.28)
+    assert reduction.site_flexibility_kw(reserved) == pytest.approx(4.8)
+    assert export.site_flexibility_kw(roomy) == pytest.approx(1.28)
+    assert cap.site_flexibility_kw(roomy) == pytest.approx(9.0 - 5.28)
+    assert roomy.energy is not None
+    spent = dataclasses.replace(roomy, energy=dataclasses.replace(roomy.energy, spare_kwh=np.array([0.0])))
+    assert reduction.site_flexibility_kw(spent) == pytest.approx(0.0, abs=1e-9)  # nothing to spare
 
 
 def test_the_portfolio_adds_up_its_sites_and_an_unknown_site_breaks_a_cap() -> None:

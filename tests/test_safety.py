@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from site_gateway.safety import (
+    Cap,
     EvseState,
     Mode,
     SafetyController,
@@ -17,6 +18,7 @@ from site_gateway.safety import (
     SiteLimits,
     allocate,
 )
+from wire.contract import LimitReason
 
 NOW = dt.datetime(2024, 6, 3, 8, 0, tzinfo=dt.UTC)
 LIMITS = SiteLimits(import_limit_kw=50.0, export_limit_kw=20.0)
@@ -141,6 +143,91 @@ def test_controller_reports_mode_changes() -> None:
     assert [e.mode for e in ctl.events] == [Mode.NORMAL, Mode.FALLBACK, Mode.NORMAL]
 
 
+# ------------------------------------------------------------------------------ reserves and caps
+
+
+def test_an_arrival_gets_the_reserve_back_before_the_planned_vehicles() -> None:
+    """a is planned for the whole site; b plugs in and is not planned yet: it gets the 7 kW reserve
+    its idle charger kept, a the rest, and both caps say why."""
+    evses = [EvseState("a", session(max_kw=50)), EvseState("b", session())]
+    out = allocate(NOW, LIMITS, 0, evses, {"a": setpoint("a", 50)}, arrival_reserve_kw=7)
+    assert out.power_kw == pytest.approx({"a": 43, "b": 7})
+    assert out.caps == {
+        "a": Cap(pytest.approx(43), LimitReason.RESERVE),  # type: ignore[arg-type]
+        "b": Cap(7, LimitReason.RESERVE),
+    }
+    # without the handed-back reserve, b would get what is left: nothing
+    assert allocate(NOW, LIMITS, 0, evses, {"a": setpoint("a", 50)}).power_kw == {"a": 50, "b": 0}
+
+
+def test_an_idle_reserve_takes_room_and_its_cap_says_so() -> None:
+    evses = [EvseState("a", session(max_kw=50)), EvseState("idle")]
+    out = allocate(NOW, LIMITS, 0, evses, {"a": setpoint("a", 50)}, idle_reserve_kw=10)
+    assert out.power_kw == {"a": 40, "idle": 0}
+    assert out.caps == {"a": Cap(40, LimitReason.RESERVE)}
+
+
+def test_every_cap_that_meets_the_ask_is_reported_with_its_reason() -> None:
+    evses = [
+        EvseState("scaled", session(max_kw=50)),
+        EvseState("at-max", session(max_kw=11)),
+        EvseState("full", session(need=0)),
+        EvseState("v2g", session(v2g=20)),
+        EvseState("no-v2g", session()),
+        EvseState("below", session()),
+    ]
+    sps = {
+        "scaled": setpoint("scaled", 45),
+        "at-max": setpoint("at-max", 20),
+        "full": setpoint("full", 5),
+        "v2g": setpoint("v2g", -20),
+        "no-v2g": setpoint("no-v2g", -5),
+        "below": setpoint("below", 3),
+    }
+    out = allocate(NOW, LIMITS, 10, evses, sps)  # 40 kW to import (45 + 11 + 3 asked), 30 to export
+    assert out.power_kw == pytest.approx(
+        {
+            "scaled": 45 * 40 / 59,
+            "at-max": 11 * 40 / 59,
+            "full": 0,
+            "v2g": -20,
+            "no-v2g": 0,
+            "below": 3 * 40 / 59,
+        }
+    )
+    assert out.caps["scaled"] == Cap(pytest.approx(45 * 40 / 59), LimitReason.SITE_LIMIT)  # type: ignore[arg-type]
+    assert out.caps["at-max"] == Cap(pytest.approx(11 * 40 / 59), LimitReason.SITE_LIMIT)  # type: ignore[arg-type]
+    assert out.caps["full"] == Cap(0, LimitReason.ENERGY_REQUEST_MET)
+    assert out.caps["v2g"] == Cap(20, LimitReason.CHARGER_MAX, discharge=True)  # asked just the max
+    assert out.caps["no-v2g"] == Cap(0, LimitReason.CHARGER_MAX, discharge=True)
+    assert out.caps["below"] == Cap(pytest.approx(3 * 40 / 59), LimitReason.SITE_LIMIT)  # type: ignore[arg-type]
+    roomy = allocate(
+        NOW, LIMITS, 0, evses[:2], {"scaled": setpoint("scaled", 20), "at-max": setpoint("at-max", 20)}
+    )
+    assert roomy.caps == {"at-max": Cap(11, LimitReason.CHARGER_MAX)}  # "scaled" gets all it asked
+
+
+def test_fallback_caps_say_fallback() -> None:
+    evses = [EvseState("soon", session(1)), EvseState("late", session(10))]
+    out = allocate(NOW, SiteLimits(30), 0, evses, {})
+    assert out.power_kw == {"soon": 22, "late": 8}
+    assert out.caps == {"soon": Cap(22, LimitReason.CHARGER_MAX), "late": Cap(8, LimitReason.FALLBACK)}
+
+
+def test_a_site_limit_cap_holds_while_the_centre_plans_to_it_and_the_site_is_full() -> None:
+    ctl = SafetyController(SiteLimits(30), clock=lambda: NOW)
+    evses = [EvseState("a", session()), EvseState("b", session())]
+    out, _ = ctl.step(0, evses, {"a": setpoint("a", 20), "b": setpoint("b", 20)})
+    assert out.caps == {k: Cap(15, LimitReason.SITE_LIMIT) for k in "ab"}
+    # The next plan took the caps in: they still hold, the site being full.
+    out, _ = ctl.step(0, evses, {"a": setpoint("a", 15), "b": setpoint("b", 15)})
+    assert out.power_kw == {"a": 15, "b": 15}
+    assert out.caps == {k: Cap(15, LimitReason.SITE_LIMIT) for k in "ab"}
+    # Room to spare: the limit no longer binds and is no longer reported.
+    out, _ = ctl.step(0, evses, {"a": setpoint("a", 10), "b": setpoint("b", 10)})
+    assert out.caps == {}
+
+
 # ------------------------------------------------------------------------------------------- property
 
 kw = st.integers(-400, 400).map(lambda x: x / 10)
@@ -219,3 +306,29 @@ def test_fallback_is_earliest_deadline_first(
                     want = earlier.session.max_charge_kw if earlier.session.energy_needed_kwh > 0 else 0.0
                     assert out.power_kw[earlier.evse_id] == pytest.approx(want)
         assert out.power_kw[e.evse_id] <= wanted + 1e-9
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(scene=scenes(), idle_reserve=st.sampled_from([0.0, 7.4, 30.0]), arrival=st.sampled_from([0.0, 3.7]))
+def test_reserves_hold_and_every_shortfall_has_a_cap(
+    scene: tuple[SiteLimits, float, list[EvseState], dict[str, Setpoint]], idle_reserve: float, arrival: float
+) -> None:
+    """The site limit holds with the idle reserve counted as load; a planned EVSE that gets less than
+    its setpoint (within its session's bounds) has a cap that says how much it may have, never less
+    than it got."""
+    limits, base, evses, setpoints = scene
+    out = allocate(
+        NOW, limits, base, evses, setpoints, idle_reserve_kw=idle_reserve, arrival_reserve_kw=arrival
+    )
+    charging = sum(p for p in out.power_kw.values() if p > 0)
+    assert base + idle_reserve + charging <= max(limits.import_limit_kw, base + idle_reserve) + 1e-6
+    for e in evses:
+        p, cap = out.power_kw[e.evse_id], out.caps.get(e.evse_id)
+        if cap is not None:
+            assert cap.limit_kw >= (-p if cap.discharge else p) - 1e-6
+        sp = setpoints.get(e.evse_id)
+        if e.session is None or out.mode is Mode.FALLBACK or sp is None or not sp.is_fresh(NOW):
+            continue
+        within = min(max(sp.power_kw, -e.session.max_discharge_kw), e.session.max_charge_kw)
+        if abs(p - within) > 0.1 or abs(within - sp.power_kw) > 0.1:
+            assert cap is not None, (e, sp, p)

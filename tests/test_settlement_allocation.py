@@ -10,6 +10,7 @@ import pytest
 from hypothesis import assume, given
 
 from aggregator.settlement.allocation import AllocationError, allocate
+from aggregator.settlement.event_settlement import NOBODY_REASON, PotSplit, split_pot
 
 
 def test_equal_thirds_go_to_the_lowest_key_first() -> None:
@@ -99,3 +100,49 @@ def test_raising_ones_contribution_never_lowers_its_share(
     before = shares[key]
     raised[key] = before + Decimal(repr(extra)) if isinstance(before, Decimal) else before + extra
     assert allocate(pot, raised)[key] >= allocate(pot, shares)[key]
+
+
+# ------------------------------------------------------------- the event's pot: drivers and residual
+
+contributions = st.floats(-20, 40, allow_nan=False).map(lambda kwh: round(kwh, 3))
+
+
+def test_the_unattributed_remainder_takes_its_share_as_the_residual_with_its_reason() -> None:
+    # 900 over drivers 1 (11 kWh) and 2 (9 kWh), and a remainder of 5 kWh no driver accounts for:
+    # 11 : 9 : 5 = 396 : 324 : 180. Driver 3 made things worse (-2 kWh) and gets nothing.
+    split = split_pot(900, {1: 11.0, 2: 9.0, 3: -2.0}, 5.0, "5 kWh of base load")
+    assert split.shares == {1: 396, 2: 324, 3: 0}
+    assert (split.residual_minor, split.residual_reason) == (180, "5 kWh of base load")
+
+
+def test_a_pot_nobody_contributed_to_is_all_residual_and_says_so() -> None:
+    split = split_pot(750, {1: 0.0, 2: -3.0}, -1.0, "unused")
+    assert split.shares == {1: 0, 2: 0}
+    assert (split.residual_minor, split.residual_reason) == (750, NOBODY_REASON)
+    # A rounding-sized remainder is not delivery: the drivers share everything.
+    assert split_pot(100, {1: 1.0}, 1e-9, "rounding") == PotSplit({1: 100}, 0, "")
+
+
+@given(
+    pot=st.integers(-100_000, 100_000),
+    drivers=st.dictionaries(st.integers(1, 30), contributions, max_size=8),
+    unattributed=contributions,
+    negative=st.dictionaries(st.integers(31, 40), st.floats(-50, 0, allow_nan=False), max_size=3),
+)
+def test_the_pot_lands_on_drivers_and_the_residual_exactly_and_a_negative_contribution_changes_nothing(
+    pot: int, drivers: dict[int, float], unattributed: float, negative: dict[int, float]
+) -> None:
+    split = split_pot(pot, drivers, unattributed, "remainder")
+    assert sum(split.shares.values()) + split.residual_minor == pot  # nothing left unallocated
+    assert set(split.shares) == set(drivers)
+    for driver, weight in drivers.items():
+        if weight <= 0:
+            assert split.shares[driver] == 0
+        elif pot > 0:
+            assert split.shares[driver] >= 0
+    if split.residual_minor:
+        assert split.residual_reason in ("remainder", NOBODY_REASON)
+    # Drivers who made things worse get nothing, and everyone else's share is what it was.
+    worse = split_pot(pot, {**drivers, **negative}, unattributed, "remainder")
+    assert worse.shares == {**split.shares, **dict.fromkeys(negative, 0)}
+    assert worse.residual_minor == split.residual_minor

@@ -138,7 +138,7 @@ def test_an_event_booking_posts_gross_penalty_fee_and_each_drivers_share_and_wea
     assert sum(p.amount_minor for p in postings) == 0
 
 
-def test_a_threshold_reduction_a_loss_shared_by_drivers_and_an_unallocated_pot() -> None:
+def test_a_threshold_reduction_a_loss_shared_by_drivers_a_residual_and_a_platform_loss() -> None:
     # 1000 gross, 400 of it forfeited below threshold, 900 penalty: the drivers share −300.
     loss = booking(
         "api/e",
@@ -158,9 +158,35 @@ def test_a_threshold_reduction_a_loss_shared_by_drivers_and_an_unallocated_pot()
         payable(2): 100,
     }
     nobody = booking(
-        "api/e", "dr-1", (1, 2), driver_shares_minor={}, wear_minor_by_driver={}, unallocated_minor=8550
+        "api/e",
+        "dr-1",
+        (1, 2),
+        driver_shares_minor={},
+        wear_minor_by_driver={},
+        residual_minor=8550,
+        residual_reason="nobody contributed",
     )
     assert net_postings(booking_postings(nobody))[AccountKey(Kind.PLATFORM_REVENUE, PLATFORM, "EUR")] == -9500
+    assert ("residual: nobody contributed", -8550) in [
+        (p.memo, p.amount_minor) for p in booking_postings(nobody)
+    ]
+    assert nobody.unallocated_minor == 0
+    with pytest.raises(BookingError, match="residual_reason: is empty but the residual is 8550"):
+        dataclasses.replace(nobody, residual_reason="")
+    # 1000 gross and 1300 penalty: the platform bears the 300 the drivers do not share.
+    borne = booking(
+        "api/e",
+        "dr-1",
+        (1, 2),
+        gross_minor=1000,
+        penalty_minor=1300,
+        platform_fee_minor=0,
+        driver_shares_minor={},
+        wear_minor_by_driver={},
+        platform_loss_minor=300,
+    )
+    assert net_postings(booking_postings(borne))[AccountKey(Kind.PLATFORM_REVENUE, PLATFORM, "EUR")] == 300
+    assert (borne.unallocated_minor, borne.to_drivers_minor) == (0, 0)
 
 
 def test_wear_funded_by_the_platform_is_its_expense_on_top_of_the_shares() -> None:
@@ -176,7 +202,7 @@ def test_wear_funded_by_the_platform_is_its_expense_on_top_of_the_shares() -> No
     assert net[AccountKey(Kind.WEAR_COMPENSATION_EXPENSE, PLATFORM, "EUR")] == 400
     assert (net[payable(1)], net[payable(2)]) == (-5600, -3350)
     assert sum(net.values()) == 0
-    with pytest.raises(BookingError, match="shares \\+ unallocated sum to 8250"):
+    with pytest.raises(BookingError, match="shares \\+ residual − platform loss sum to 8250"):
         booking("api/e", "dr-1", (1, 2), wear_funded_by_platform=True)
 
 
@@ -500,9 +526,9 @@ def bookings(draw: st.DrawFn, event_ref: str, program: str, drivers: tuple[int, 
     amounts = st.integers(0, 50_000)
     shares = {driver: draw(st.integers(-5_000, 50_000)) for driver in drivers if draw(st.booleans())}
     wear = {driver: draw(st.integers(0, 2_000)) for driver in drivers if draw(st.booleans())}
-    penalty, fee, unallocated = draw(amounts), draw(amounts), draw(st.integers(-1000, 1000))
-    reduction = draw(amounts)
-    gross = sum(shares.values()) + sum(wear.values()) + unallocated + penalty + fee + reduction
+    penalty, fee, residual = draw(amounts), draw(amounts), draw(st.integers(-1000, 1000))
+    loss, reduction = draw(st.integers(0, 1000)), draw(amounts)
+    gross = sum(shares.values()) + sum(wear.values()) + residual - loss + penalty + fee + reduction
     if gross < 0:  # drivers share a loss: a penalty larger than what the event earned
         penalty, gross = penalty - gross, 0
     return EventBooking(
@@ -516,7 +542,9 @@ def bookings(draw: st.DrawFn, event_ref: str, program: str, drivers: tuple[int, 
         platform_fee_minor=fee,
         driver_shares_minor=shares,
         wear_minor_by_driver=wear,
-        unallocated_minor=unallocated,
+        residual_minor=residual,
+        residual_reason="delivery no driver can be credited with" if residual else "",
+        platform_loss_minor=loss,
         zero_reasons={driver: "not plugged in" for driver in drivers if driver not in shares},
     )
 

@@ -177,15 +177,49 @@ class SiteMessage(_Model):
     """When the gateway produced the message (not when the broker got it)."""
 
 
+class LimitReason(enum.StrEnum):
+    """Why the gateway lets an EVSE have no more than its :class:`EvseLimit`."""
+
+    SITE_LIMIT = "site_limit"
+    """The site's import (or export) limit, after the site's other load, leaves no more."""
+    RESERVE = "reserve"
+    """Room kept for vehicles at other chargers: an idle charger's reserve that could not be lowered,
+    or the reserve handed back to a vehicle that just plugged in and is not planned yet (the vehicle
+    itself runs on that reserve until the centre plans it)."""
+    FALLBACK = "fallback"
+    """No fresh schedule: the gateway's own earliest-deadline-first rules."""
+    CHARGER_MAX = "charger_max"
+    """The most the EVSE, its charger or the vehicle can take or give (also a charger that can not
+    discharge, or one whose composite schedule is lower than the profile sent)."""
+    ENERGY_REQUEST_MET = "energy_request_met"
+    """The vehicle has had the (net) energy it asked for."""
+
+
+class EvseLimit(_Model):
+    """A cap the gateway applies to an EVSE: no more than ``power_kw`` of charging (of discharging, with
+    ``discharge``), for ``reason``."""
+
+    power_kw: Annotated[float, Strict()] = Field(ge=0, le=10_000)
+    reason: LimitReason
+    discharge: Annotated[bool, Strict()] = False
+    """The cap bounds discharging (V2G); else charging."""
+
+
 class EvseTelemetry(_Model):
     charger_id: ChargerId
     evse_id: EvseId
     power_kw: Kw
     """Grid-side power at the EVSE [kW]: positive charging, negative discharging (V2G)."""
     energy_kwh: Kwh | None = None
-    """Net energy into the EV since the transaction started [kWh]; negative after net discharge."""
+    """Net energy into the EV since the transaction started [kWh]: the import register's rise minus
+    the export register's; negative after net discharge."""
     soc_percent: Annotated[float, Strict()] | None = Field(None, ge=0, le=100)
     """State of charge [%] when the EV reports it (OCPP 2.x, ISO 15118), else ``None``."""
+    limit: EvseLimit | None = None
+    """The cap the gateway applies now, when one meets what was asked of the EVSE (the centre's
+    setpoint; without one, what the vehicle takes); ``None`` when only the setpoint limits it. Added
+    within schema version 1 as an optional field: a centre that reads it must run before gateways
+    that send it."""
 
 
 class Telemetry(SiteMessage):

@@ -51,6 +51,8 @@ def run_end_to_end(options: DemoOptions) -> DemoReport:
         for driver, amount in report.payouts:
             payouts.add_row(driver, amount)
         console.print(payouts)
+    for line in report.settlement:
+        console.print(line)
     for note in report.notes:
         console.print(f"[dim]{note}[/]")
     return report

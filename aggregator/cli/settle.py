@@ -1,7 +1,9 @@
 """``fleetgrid settle --event ID | --period YYYY-MM [--dry-run]``: settle dispatch events into the ledger.
 
 For each event it prints the performance, the revenue lines, each driver's share (or why they earned
-nothing) and what the run did: booked (version 1), adjusted (a later version reversing the previous
+nothing), any residual (with its reason) or platform loss, what is unallocated (nothing), each site's
+baseline as declared at notification, each vehicle's delivery (or why it does not count) and what the
+run did: booked (version 1), adjusted (a later version reversing the previous
 one), unchanged (already settled with these inputs), or, with ``--dry-run``, what it would book. The
 database is the one of ``--config central.toml`` (its ``[database] url``), ``--database-url``, or
 ``FLEETGRID_DATABASE_URL``; it is migrated to the latest schema first. Problems (an unknown event, one
@@ -11,6 +13,7 @@ not ended yet, no telemetry) are printed as ``error: ...`` and exit with status 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -149,12 +152,30 @@ def _print(settled: EventSettlement) -> None:
         if entry["reason"]:
             text += f" (nothing earned: {entry['reason']})"
         typer.echo(text)
-    if booking.unallocated_minor > 0:
-        typer.echo(f"  unallocated, to the platform: {_money(booking.unallocated_minor, currency)}")
-    elif booking.unallocated_minor < 0:
-        typer.echo(
-            f"  platform loss (not passed on to drivers): {_money(-booking.unallocated_minor, currency)}"
-        )
+    if booking.residual_minor:
+        residual = _money(booking.residual_minor, currency)
+        typer.echo(f"  residual, to the platform: {residual} ({booking.residual_reason})")
+    if booking.platform_loss_minor:
+        loss = _money(booking.platform_loss_minor, currency)
+        typer.echo(f"  platform loss (not passed on to drivers): {loss}")
+    typer.echo(f"  unallocated: {_money(booking.unallocated_minor, currency)}")
+    for site in inputs.sites:
+        declared = site.declaration
+        parameters = json.dumps(dict(declared.parameters), sort_keys=True)
+        text = f"  baseline at {site.site_id}: {parameters}, declared {_iso(declared.declared_at)}"
+        if site.plan_versions:
+            text += f", fixed at schedule versions {list(site.plan_versions)}"
+        typer.echo(text)
+    if inputs.attribution is not None:
+        for vehicle in inputs.vehicles:
+            contribution = inputs.attribution.vehicles[vehicle.session_id]
+            text = f"  session {vehicle.session_id} (user {vehicle.driver_id}): "
+            text += f"{contribution.delivered_kwh:.3f} kWh"
+            if contribution.exclusion is not None:
+                exclusion = contribution.exclusion
+                text += f", excluded: {exclusion.reason.value} ({exclusion.detail})"
+            typer.echo(text)
+        typer.echo(f"  unattributed: {inputs.attribution.unattributed_kwh:.3f} kWh")
     for note in inputs.notes:
         typer.echo(f"  note: {note}")
     typer.echo(f"  {_status(outcome.status, outcome.version)}: {outcome.message}")

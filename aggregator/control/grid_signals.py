@@ -10,7 +10,8 @@ per version, keyed by ``(source, event id, modification)``:
 
 - a modification not stored yet, at least as high as the highest stored, is a new version (a
   cancellation is a version with status ``cancelled``); the sites it and the previous version apply to
-  are asked to re-plan (reason ``event:<public id>``);
+  are asked to re-plan (reason ``event:<public id>``), and how it is measured at each site it applies
+  to is declared, fixed from then on (:mod:`aggregator.programs.baseline_declarations`);
 - a modification already stored is a *duplicate* (a VTN redelivers after a restart or a lost
   acknowledgement): counted, nothing written; a redelivery whose content differs is logged;
 - a modification below the highest stored is *stale* (it arrived late): counted, ignored and logged.
@@ -33,7 +34,6 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.exc import DataError, IntegrityError
@@ -43,7 +43,9 @@ from aggregator.control import schedules
 from aggregator.control.replanning import ReplanRequests
 from aggregator.db.models import DispatchEvent, Program, ProgramSite
 from aggregator.ingestion.metering import DEFAULT_STEP, site_import_intervals
-from aggregator.programs.kinds import PlannedSteps, rules_for
+from aggregator.programs.baseline_declarations import declare_site_baselines
+from aggregator.programs.flexibility import planned_steps
+from aggregator.programs.kinds import rules_for
 from market_adapters.dispatch import GridSignal, SignalKind
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,11 @@ class GridSignalStore:
                 return outcome
             row_id = row.id
             event_id = min([row_id, *(version.id for version in versions)])
+            try:  # how it is measured, fixed at notification
+                declare_site_baselines(session, event_id)
+                session.commit()
+            except IntegrityError:  # a concurrent delivery of another version declared it first
+                session.rollback()
             sites = set(self._sites(session, row))
             if versions:
                 sites.update(self._sites(session, versions[-1]))  # what it applied to until now
@@ -256,17 +263,19 @@ class PortfolioFlexibility:
     """A ``FlexibilityOracle`` answering from the latest plans and from metered telemetry.
 
     The portfolio is the sites enrolled in ``programs`` (any program when ``None``). Each site's figure
-    comes from its latest schedule version, through :func:`aggregator.control.schedules.flexibility_frame`
-    (power headroom against the plan; state of charge and targets are not checked), over the plan steps
-    that overlap the window ``[start, end)`` (the part of it before ``clock()`` is left out: the past
-    cannot be delivered), by the kind's rules (:attr:`aggregator.programs.kinds.KindRules.flexibility_kw`):
+    comes from its latest schedule version, over the plan steps that overlap the window ``[start, end)``
+    (the part of it before ``clock()`` is left out: the past cannot be delivered), by the kind's rules
+    (:attr:`aggregator.programs.kinds.KindRules.flexibility_kw`): what the import can drop below the
+    plan in every step, within the power headroom
+    (:func:`aggregator.control.schedules.flexibility_frame`) and within the energy the vehicles can move
+    out of the window and take back before they leave, at their targets
+    (:func:`aggregator.programs.flexibility.planned_steps`, :func:`~aggregator.programs.flexibility.held_kw`):
 
-    - ``dr_reduction``: how far the site's import can drop below its plan, held in every step: the
-      smallest ``down_kw`` [kW];
+    - ``dr_reduction``: how far the site's import can drop below its plan, held in every step [kW];
     - ``v2g_export``: the net export its vehicles (discharge minus charge) can reach, held in every
-      step: the smallest ``down_kw`` minus the vehicles' planned net power, at least 0 [kW];
-    - ``dr_cap``: the lowest import cap it can hold throughout: the largest planned import minus
-      ``down_kw`` [kW] (negative when the site can export throughout).
+      step, at least 0 [kW];
+    - ``dr_cap``: the lowest import cap it can hold throughout [kW] (negative when the site can export
+      throughout).
 
     The portfolio's figure is the sum over its sites. A site whose latest plan does not cover the window
     (no plan, a plan made for an earlier horizon, an unreadable plan) can promise nothing: it adds 0 kW
@@ -324,33 +333,31 @@ class PortfolioFlexibility:
             for site_id in site_ids:
                 version_id = latest.get(site_id)
                 figures[site_id] = (
-                    None if version_id is None else self._site_figure(session, version_id, kind, start, end)
+                    None
+                    if version_id is None
+                    else self._site_figure(session, version_id, kind, start, end, self._clock())
                 )
         return figures
 
     @staticmethod
     def _site_figure(
-        session: Session, version_id: int, kind: SignalKind, start: dt.datetime, end: dt.datetime
+        session: Session,
+        version_id: int,
+        kind: SignalKind,
+        start: dt.datetime,
+        end: dt.datetime,
+        now: dt.datetime,
     ) -> float | None:
         try:
             plan = schedules.load_plan(session, version_id)
             if not plan.covers(start, end):
                 return None
             scenario = schedules.scenario_of(version_id, schedules.load_inputs(session, version_id))
-            steps = schedules.flexibility_frame(plan, scenario)
+            steps = planned_steps(plan, scenario, start, end, now)
         except (schedules.ScheduleDataError, ValueError) as error:
             log.error("flexibility: schedule version %d cannot be read: %s", version_id, error)
             return None
-        starts = plan.index
-        overlap = np.asarray((starts < pd.Timestamp(end)) & (starts + plan.step > pd.Timestamp(start)))
-        vehicles = np.array([vehicle.power_kw for vehicle in plan.vehicles]).reshape(-1, plan.n_steps)
-        return rules_for(kind).site_flexibility_kw(
-            PlannedSteps(
-                import_kw=plan.site_import_kw[overlap],
-                down_kw=steps["down_kw"].to_numpy(dtype=float)[overlap],
-                vehicles_kw=vehicles.sum(axis=0)[overlap],
-            )
-        )
+        return rules_for(kind).site_flexibility_kw(steps)
 
     def metered(self, start: dt.datetime, end: dt.datetime) -> list[tuple[dt.datetime, float]]:
         """Synchronous :meth:`metered_kw`."""

@@ -54,7 +54,6 @@ from aggregator.control.inputs import PlanInputs
 from aggregator.programs.kinds import rules_for
 from optimizer.errors import ScenarioError
 from optimizer.portfolio import PortfolioEvent, PortfolioResult, solve_portfolio
-from optimizer.problem import build_problem
 from optimizer.results import ScheduleResult, SolveStatus
 from optimizer.scenario import Scenario
 from optimizer.solve import SolverOptions, optimize
@@ -112,8 +111,12 @@ def solve_sites_independently(
     return [solve_site(inputs, options, urgency_weight) for inputs in group]
 
 
-def _solve(scenario: Scenario, options: SolverOptions, urgency_weight: float) -> ScheduleResult:
-    problem = dataclasses.replace(build_problem(scenario), charging_urgency_weight=urgency_weight)
+def _solve(
+    inputs: PlanInputs, scenario: Scenario, options: SolverOptions, urgency_weight: float
+) -> ScheduleResult:
+    """``scenario`` (``inputs``' own or with events) with the site's demand so far
+    (:meth:`~aggregator.control.inputs.PlanInputs.problem`) and the tie-breaker, solved."""
+    problem = dataclasses.replace(inputs.problem(scenario), charging_urgency_weight=urgency_weight)
     return optimize(problem, options)
 
 
@@ -129,13 +132,13 @@ def _solve_alone(
     baselines: dict[int, list[float]] = {}
     try:
         if inputs.events and counterfactual is None:
-            counterfactual = _solve(inputs.scenario, options, urgency_weight)
+            counterfactual = _solve(inputs, inputs.scenario, options, urgency_weight)
         if events and counterfactual is not None:
             baselines = event_baselines(inputs, counterfactual)
             scenario = inputs.scenario_with_events(
                 counterfactual.evaluation.import_kw.tolist(), events, baselines
             )
-        result = _solve(scenario, options, urgency_weight)
+        result = _solve(inputs, scenario, options, urgency_weight)
         return SiteSolution(inputs, scenario, result, counterfactual, event_baselines=baselines)
     except ScenarioError as error:
         log.error("site %s: the optimizer refused the inputs: %s", inputs.site_id, error)
@@ -219,7 +222,7 @@ def solve_portfolio_group(
     refused: dict[str, SiteSolution] = {}
     for inputs in group:
         try:
-            counterfactuals[inputs.site_id] = _solve(inputs.scenario, options, urgency_weight)
+            counterfactuals[inputs.site_id] = _solve(inputs, inputs.scenario, options, urgency_weight)
         except ScenarioError as error:
             log.error("site %s: the optimizer refused the inputs: %s", inputs.site_id, error)
             refused[inputs.site_id] = SiteSolution(inputs, inputs.scenario, None, error=str(error))
@@ -313,7 +316,11 @@ def _solve_jointly(
     events = [_portfolio_event(window, first, imports, baselines) for window in joint]
     try:
         result = solve_portfolio(
-            list(scenarios.values()), events, options, charging_urgency_weight=urgency_weight
+            list(scenarios.values()),
+            events,
+            options,
+            charging_urgency_weight=urgency_weight,
+            metered_kw={i.site_id: i.meter_kw for i in planned if i.meter_kw is not None},
         )
     except ScenarioError as error:
         log.error(

@@ -4,17 +4,27 @@
 vehicles, V2G consents, driver overrides and latest telemetry) and the dispatch events that apply to
 it, and returns :class:`PlanInputs`. Pure reading: nothing is written, nothing is solved.
 
-The horizon starts at the current step (``now`` floored to ``step_minutes``, 15 min by default) and
-runs for ``horizon`` (24 h); the defaults for what the database does not know are
-:class:`~aggregator.control.planning_settings.PlanningSettings`. Each open session becomes a vehicle of
-the scenario by the rules of :mod:`aggregator.control.session_inputs` (battery, energy now, departure,
-target, charge now, V2G). The site itself (every assumption is written to :attr:`PlanInputs.notes`):
+The horizon starts now (:func:`plan_start`: ``now`` to the whole second, not a step boundary before
+it) and runs for ``horizon`` (24 h) in steps of ``step_minutes`` (15 min); the defaults for what the
+database does not know are :class:`~aggregator.control.planning_settings.PlanningSettings`. Each open
+session becomes a vehicle of the scenario by the rules of :mod:`aggregator.control.session_inputs`
+(battery, energy now, departure, target, charge now, V2G). The site itself (every assumption is
+written to :attr:`PlanInputs.notes`):
 
 - prices: :attr:`PlanningSettings.tariffs` by the site's ``tariff_ref`` (a flat
   :class:`optimizer.Tariff` or a time-of-use :class:`market_adapters.tariffs.TouTariff` priced on the
   horizon's steps), else :attr:`PlanningSettings.default_tariff` (:data:`DEFAULT_TARIFF`);
 - base load [kW]: the latest telemetry ``base_load_kw`` if no older than ``base_load_max_age``, as a
-  flat forecast (capped at the import limit), else 0.
+  flat forecast (capped at the import limit), else 0;
+- demand so far: with demand charges, the site's metered import since its billing period began
+  (:func:`billing_period_start`: the calendar month in the site's zone; no tariff here names another
+  period) up to now, per minute (:data:`METER_RESOLUTION`,
+  :func:`aggregator.ingestion.metering.site_import_aggregated`), in :attr:`PlanInputs.meter_kw`. Every
+  plan reads it through :func:`optimizer.online.with_metered_demand`, as the rolling horizon of the ACN
+  benchmark does (:meth:`PlanInputs.problem`): each charge's peak already reached, so only a new
+  peak costs money, and the interval open at the start with what it has drawn. The peak is also
+  written into the scenario's ``peak_already_kw``, and a note per charge says what was metered; a
+  site with no readings yet starts from 0 kW (or the tariff's configured peak), and its note says so.
 
 Dispatch events: those :func:`aggregator.control.dispatch_windows.site_event_windows` finds for the site
 (latest version, not cancelled, enrolled program, targeted or program-wide), one optimizer event per
@@ -63,12 +73,21 @@ from aggregator.control.session_inputs import (
     vehicle_key,
 )
 from aggregator.db.models import Site, TelemetryRecord
-from aggregator.programs.event_baselines import FrozenBaseline, frozen_baselines
+from aggregator.ingestion.metering import site_import_aggregated
+from aggregator.programs.event_baselines import Assumed, FrozenBaseline, frozen_baselines
 from aggregator.programs.kinds import rules_for
 from market_adapters.tariffs import TouTariff
+from optimizer.demand import demand_so_far
+from optimizer.online import with_metered_demand
+from optimizer.problem import Problem, build_problem
 from optimizer.scenario import DrEvent, Evse, Scenario, Tariff, V2gDispatch
 from optimizer.scenario import Site as ScenarioSite
 from wire.contract import evse_key
+
+METER_RESOLUTION = dt.timedelta(minutes=1)
+"""The metered import a plan starts from is read per minute, as utilities spread power over minutes
+(:mod:`market_adapters.billing`): a reading counts for its minute (or until the next, across a gap), so
+an interval metered only in part, as the one open now, counts only the part it was metered."""
 
 
 class SiteNotFoundError(LookupError):
@@ -95,10 +114,23 @@ class PlanInputs:
     notes: list[str] = field(default_factory=list)
     """Everything assumed or corrected, one sentence each."""
     problems: list[PlanningInputError] = field(default_factory=list)
+    assumed: dict[str, list[Assumed]] = field(default_factory=dict)
+    """Scenario vehicle id → what was assumed for it rather than known
+    (:attr:`~aggregator.control.session_inputs.PlanningContext.assumed`)."""
     frozen: dict[int, dict[str, FrozenBaseline]] = field(default_factory=dict)
     """Event public id → scenario vehicle id → the vehicle's baseline frozen when the event was first
     planned with it (:mod:`aggregator.programs.event_baselines`); vehicles not yet planned with it are
     absent."""
+    meter_kw: pd.Series | None = None
+    """The site's metered import [kW] per minute (UTC start) with readings, from the start of its
+    billing period to :attr:`now`; ``None`` when the tariff has no demand charge."""
+
+    def problem(self, scenario: Scenario | None = None) -> Problem:
+        """``scenario`` (:attr:`scenario` by default) as the optimizer's problem, every demand charge
+        starting from the demand metered so far (:func:`optimizer.online.with_metered_demand`, the
+        rolling horizon's own step): what every plan of the site solves."""
+        problem = build_problem(self.scenario if scenario is None else scenario)
+        return problem if self.meter_kw is None else with_metered_demand(problem, self.meter_kw)
 
     @property
     def dispatch_event_ids(self) -> list[int]:
@@ -173,6 +205,7 @@ class PlanInputs:
             "events": self.dispatch_event_ids,
             "evses": {key: {"charger_id": cp, "evse_id": evse} for key, (cp, evse) in self.evses.items()},
             "notes": list(self.notes),
+            "assumed": {key: [what.value for what in whats] for key, whats in sorted(self.assumed.items())},
         }
 
 
@@ -180,6 +213,19 @@ def floor_time(moment: dt.datetime, step: dt.timedelta) -> dt.datetime:
     """``moment`` floored to a multiple of ``step`` since the Unix epoch, in UTC."""
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return epoch + ((moment.astimezone(dt.UTC) - epoch) // step) * step
+
+
+def plan_start(now: dt.datetime) -> dt.datetime:
+    """Where a plan made at ``now`` starts: ``now`` in UTC, to the whole second (its steps then run
+    from now; a start floored to a step boundary would plan energy for time already gone)."""
+    return now.astimezone(dt.UTC).replace(microsecond=0)
+
+
+def billing_period_start(moment: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    """The start of the billing period ``moment`` falls in: midnight on the first of its calendar
+    month in ``zone``, in UTC."""
+    local = moment.astimezone(zone)
+    return dt.datetime(local.year, local.month, 1, tzinfo=zone).astimezone(dt.UTC)
 
 
 # --------------------------------------------------------------------------------------- the build
@@ -199,11 +245,12 @@ def site_plan_inputs(
     site = session.get(Site, site_id)
     if site is None:
         raise SiteNotFoundError(site_id)
-    start = floor_time(now, settings.step)
+    start = plan_start(now)
     end = start + settings.n_steps * settings.step
     ctx = PlanningContext(site_id=site_id, now=now, start=start)
     chargers = {c.id: c for c in site.chargers}
     plugged = open_sessions(session, site_id, chargers, ctx)
+    tariff, meter_kw = _metered_demand(session, site, _tariff(site, settings, ctx), ctx)
     vehicles = [
         planned_session(session, site, chargers[charging.charger_id], charging, ctx, settings)
         for charging in plugged
@@ -221,7 +268,7 @@ def site_plan_inputs(
             export_limit_kw=site.export_limit_kw,
             base_load_kw=_base_load_kw(session, site, settings, ctx),
         ),
-        tariff=_tariff(site, settings, ctx),
+        tariff=tariff,
         evses=[
             Evse(
                 id=evse_key(c.charge_point_id, c.evse_id),
@@ -245,7 +292,9 @@ def site_plan_inputs(
         events=events,
         notes=ctx.notes,
         problems=ctx.problems,
+        assumed=ctx.assumed,
         frozen=_frozen(session, site_id, events, sessions, ctx),
+        meter_kw=meter_kw,
     )
 
 
@@ -294,6 +343,57 @@ def _base_load_kw(session: Session, site: Site, settings: PlanningSettings, ctx:
     return load
 
 
+def _metered_demand(
+    session: Session, site: Site, tariff: Tariff, ctx: PlanningContext
+) -> tuple[Tariff, pd.Series | None]:
+    """``tariff`` with each demand charge's peak so far this billing period from the meter (never below
+    the configured one), and the metered import series (``None`` without demand charges); one note
+    per charge saying what the meter gave."""
+    if not tariff.demand_charges:
+        return tariff, None
+    zone = zoneinfo.ZoneInfo(site.timezone)
+    since = billing_period_start(ctx.start, zone)
+    interval = dt.timedelta(minutes=tariff.demand_interval_minutes)
+    meter = pd.Series([], index=pd.DatetimeIndex([], tz=dt.UTC), dtype=float)
+    if ctx.start > since:
+        means = site_import_aggregated(session, site.id, since, ctx.start, METER_RESOLUTION)
+        meter = means.mean_kw[means.samples > 0]
+    since_start = pd.DatetimeIndex(meter.index) - pd.Timestamp(since)
+    metered = len(set((since_start // pd.Timedelta(interval)).tolist()))
+    intervals = math.ceil((ctx.start - since) / interval)
+    period = f"since {since.astimezone(zone).isoformat()}"
+    charges = []
+    for charge in tariff.demand_charges:
+        so_far = demand_so_far(
+            meter.tz_convert(zone),
+            ctx.start,
+            interval_minutes=tariff.demand_interval_minutes,
+            windows=charge.windows,
+        )
+        peak = max(charge.peak_already_kw, so_far.peak_kw)
+        if meter.empty:
+            assumed = f"{peak:g} kW as configured" if peak > 0 else "0 kW"
+            ctx.notes.append(
+                f"demand charge {charge.name!r}: no metered import this billing period ({period}); "
+                f"the peak so far is taken as {assumed}"
+            )
+        else:
+            note = (
+                f"demand charge {charge.name!r}: {so_far.peak_kw:.2f} kW reached this billing period "
+                f"(metered {period}, {metered} of {intervals} intervals with readings)"
+            )
+            if so_far.open_interval_hours > 0:
+                note += (
+                    f"; the open interval has drawn {so_far.open_interval_kwh:.3f} kWh in "
+                    f"{so_far.open_interval_hours * 60:.1f} metered min"
+                )
+            if charge.peak_already_kw > so_far.peak_kw:
+                note += f"; the configured {charge.peak_already_kw:g} kW is higher and kept"
+            ctx.notes.append(note)
+        charges.append(charge.model_copy(update={"peak_already_kw": peak}))
+    return tariff.model_copy(update={"demand_charges": charges}), meter
+
+
 def _tariff(site: Site, settings: PlanningSettings, ctx: PlanningContext) -> Tariff:
     start = ctx.start
     source = settings.tariffs.get(site.tariff_ref) if site.tariff_ref is not None else None
@@ -316,13 +416,16 @@ __all__ = [
     "CHARGE_EFFICIENCY",
     "DEFAULT_CHARGE_TAPER",
     "DEFAULT_TARIFF",
+    "METER_RESOLUTION",
     "EventWindow",
     "PlanInputs",
     "PlanningInputError",
     "PlanningSettings",
     "SiteNotFoundError",
     "TariffSource",
+    "billing_period_start",
     "floor_time",
+    "plan_start",
     "site_plan_inputs",
     "vehicle_key",
 ]

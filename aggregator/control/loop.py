@@ -69,7 +69,13 @@ from aggregator.control.groups import (
     solve_site,
     solve_sites_independently,
 )
-from aggregator.control.inputs import PlanInputs, PlanningSettings, floor_time, site_plan_inputs
+from aggregator.control.inputs import (
+    PlanInputs,
+    PlanningSettings,
+    floor_time,
+    plan_start,
+    site_plan_inputs,
+)
 from aggregator.control.replanning import ReplanRequests
 from aggregator.control.schedules import (
     PlanDocument,
@@ -327,7 +333,7 @@ class ControlLoop:
     def group_of(self, site_id: str, now: dt.datetime) -> list[str]:
         """``site_id`` and the sites it is to be planned with at ``now``, ``site_id`` first."""
         planning = self.settings.planning
-        start = floor_time(now, planning.step)
+        start = plan_start(now)
         with self._sessions() as session:
             return portfolio_group(
                 session,

@@ -338,10 +338,10 @@ def empty_plan_document(n_steps: int) -> PlanDocument:
 def shifted_plan_document(
     previous: StoredPlan, horizon_start: dt.datetime, n_steps: int, vehicle_ids: Collection[str]
 ) -> PlanDocument | None:
-    """``previous`` moved to start at ``horizon_start`` (a whole number of its steps after its own
-    start), ``n_steps`` long, keeping only the vehicles ``vehicle_ids``; steps it does not cover are 0.
-    ``None`` if nothing of it is left at ``horizon_start``."""
-    offset = (horizon_start - previous.horizon_start) // previous.step
+    """``previous`` moved to start at ``horizon_start`` (by the whole number of its steps nearest the
+    time between the starts), ``n_steps`` long, keeping only the vehicles ``vehicle_ids``; steps it
+    does not cover are 0. ``None`` if nothing of it is left at ``horizon_start``."""
+    offset = round((horizon_start - previous.horizon_start) / previous.step)
     if offset < 0 or offset >= previous.n_steps:
         return None
 
@@ -395,15 +395,16 @@ def on_grid(
     Each column is aggregated as ``how`` says: ``mean`` for powers [kW] (time-weighted), ``sum`` for
     energies and money (a step longer than the grid is shared out in proportion to time), ``min``
     for what must hold over the whole interval. Only intervals the steps cover completely are kept.
+    Steps may start off the grid (a plan starts when made): a step split by it counts pro rata in each.
     """
     if frame.empty:
         return pd.DataFrame(
             {name: pd.Series(dtype=float) for name in how}, index=pd.DatetimeIndex([], tz=dt.UTC)
         )
     step_s, grid_s = int(step.total_seconds()), int(grid.total_seconds())
-    sub_s = math.gcd(step_s, grid_s)
-    repeat = step_s // sub_s
     starts = np.array([int(stamp.timestamp()) for stamp in frame.index], dtype=np.int64)
+    sub_s = math.gcd(step_s, grid_s, int(starts[0] % grid_s))
+    repeat = step_s // sub_s
     sub_starts = (np.repeat(starts, repeat) + np.tile(np.arange(repeat) * sub_s, len(starts))).astype(
         np.int64
     )

@@ -10,7 +10,8 @@ Where each number comes from, in order of precedence (every assumption is writte
 
 - battery [kWh] and max charge / discharge power [kW]: the session's :class:`Vehicle` (by
   ``vehicle_id``, else by the session's ``id_token``), else :class:`PlanningSettings` defaults; the
-  EVSE's ``max_kw`` limits both (a model detail of :mod:`optimizer.problem`);
+  EVSE's ``max_kw`` limits both (a model detail of :mod:`optimizer.problem`), and so does a cap the
+  gateway reports for the EVSE while it holds (:data:`PLAN_BOUNDING_LIMITS`);
 - energy now [kWh]: the latest EVSE telemetry SoC since the session started × battery; else the
   grid-side energy delivered so far × charge efficiency (the optimizer's default,
   :data:`CHARGE_EFFICIENCY`) on top of the arrival SoC (the session's ``soc_at_start_percent``, else
@@ -20,7 +21,8 @@ Where each number comes from, in order of precedence (every assumption is writte
   next occurrence after now), else now + ``default_dwell``. A departure already past means the vehicle
   overstays: it is planned to leave ``overdue_stay`` after the horizon start;
 - target [kWh]: the override's ``target_soc_percent``, else the vehicle's ``target_soc_percent``, else
-  the energy now plus the session's ``energy_request_kwh`` (grid side, × efficiency), else
+  the energy now plus what is left of the session's ``energy_request_kwh`` (asked at plug-in, less the
+  net energy delivered since: import minus export; grid side, × efficiency), else
   ``default_target_soc_percent`` of the battery; never above the battery;
 - ``charge_now`` (override): the driver wants the target as soon as possible. It is planned as a
   departure at the earliest step the target can be reached at the vehicle's full power from the
@@ -59,15 +61,25 @@ from aggregator.db.models import (
     TelemetryRecord,
     Vehicle,
 )
+from aggregator.programs.event_baselines import Assumed
 from optimizer.problem import steps_to_reach
 from optimizer.scenario import DEFAULT_CHARGE_EFFICIENCY, VehicleSession
-from wire.contract import evse_key
+from wire.contract import LimitReason, evse_key
 
 log = logging.getLogger(__name__)
 
 CHARGE_EFFICIENCY = DEFAULT_CHARGE_EFFICIENCY
 """Battery energy gained per kWh drawn from the grid: the optimizer's default (every planned vehicle
 has it), used to turn metered (grid-side) energy into battery energy."""
+
+PLAN_BOUNDING_LIMITS: frozenset[LimitReason] = frozenset(
+    {LimitReason.SITE_LIMIT, LimitReason.CHARGER_MAX, LimitReason.ENERGY_REQUEST_MET}
+)
+"""The caps a gateway reports (:class:`wire.contract.EvseLimit`) that bound the next plan's power for
+the EVSE while they hold: what the site, the hardware or the vehicle's own request allow. Not these:
+``reserve`` (room the gateway keeps for, or hands back to, vehicles the centre has not planned yet:
+the next plan, which plans them, replaces it) and ``fallback`` (the gateway's own rules while it has
+no fresh schedule, which the next plan ends)."""
 
 
 class PlanningInputError(ValueError):
@@ -89,9 +101,20 @@ class PlanningContext:
     site_id: str
     now: dt.datetime
     start: dt.datetime
-    """The horizon start: ``now`` floored to the step."""
+    """The horizon start: ``now`` to the whole second (:func:`aggregator.control.inputs.plan_start`)."""
     notes: list[str] = field(default_factory=list)
     problems: list[PlanningInputError] = field(default_factory=list)
+    assumed: dict[str, list[Assumed]] = field(default_factory=dict)
+    """Scenario vehicle id → what was assumed for it rather than known (``inputs["assumed"]``): a
+    baseline made from a plan that assumed a vehicle's state is no measure of what it would have
+    drawn (:mod:`aggregator.programs.event_baselines`)."""
+
+    def assume(self, key: str, what: Assumed, note: str | None) -> None:
+        """Record that vehicle ``key``'s ``what`` is assumed, and the note saying so (if any)."""
+        if what not in self.assumed.setdefault(key, []):
+            self.assumed[key].append(what)
+        if note is not None:
+            self.notes.append(note)
 
 
 def vehicle_key(session_id: int) -> str:
@@ -201,7 +224,8 @@ def _vehicle_session(
     vehicle_id = vehicle.id if vehicle is not None else None
     override = _latest_override(session, charging.id)
     if vehicle is None:
-        ctx.notes.append(f"{key}: no known vehicle; assumed {settings.default_battery_kwh} kWh battery")
+        note = f"{key}: no known vehicle; assumed {settings.default_battery_kwh} kWh battery"
+        ctx.assume(key, Assumed.VEHICLE, note)
         capacity, max_charge, max_discharge = (
             settings.default_battery_kwh,
             settings.default_max_charge_kw,
@@ -211,12 +235,17 @@ def _vehicle_session(
         capacity, max_charge = vehicle.battery_kwh, vehicle.max_charge_kw
         max_discharge = vehicle.max_discharge_kw if vehicle.v2g_capable else 0.0
 
+    reading = _latest_evse_reading(session, site.id, charger, charging.started_at)
+    max_charge, max_discharge = _within_gateway_limit(reading, max_charge, max_discharge, key, ctx)
     energy_now = _energy_now(session, site, charger, charging, capacity, ctx, settings)
-    target = _target_kwh(charging, vehicle, override, capacity, energy_now, ctx, settings)
+    delivered = _delivered_kwh(reading, charging)
+    target = _target_kwh(charging, vehicle, override, capacity, energy_now, ctx, settings, delivered)
     departure = _departure(charging, vehicle, override, site, ctx, settings)
     if departure <= ctx.now:
-        ctx.notes.append(
-            f"{key}: departure {departure.isoformat()} has passed; assumed to stay {settings.overdue_stay}"
+        ctx.assume(
+            key,
+            Assumed.DEPARTURE,
+            f"{key}: departure {departure.isoformat()} has passed; assumed to stay {settings.overdue_stay}",
         )
         departure = start + settings.overdue_stay
     departure = max(departure, start + settings.step)
@@ -280,7 +309,10 @@ def _safe_default_session(
         else settings.default_battery_kwh
     )
     max_charge = vehicle.max_charge_kw if vehicle is not None else settings.default_max_charge_kw
-    ctx.notes.append(f"{vehicle_key(charging.id)}: planned with safe defaults")
+    key = vehicle_key(charging.id)
+    for what in (Assumed.SOC, Assumed.TARGET, Assumed.DEPARTURE, *(() if vehicle else (Assumed.VEHICLE,))):
+        ctx.assume(key, what, None)
+    ctx.notes.append(f"{key}: planned with safe defaults")
     return VehicleSession(
         id=vehicle_key(charging.id),
         evse_id=evse_key(charger.charge_point_id, charger.evse_id),
@@ -310,12 +342,41 @@ def _energy_now(
     arrival_soc = charging.soc_at_start_percent
     if arrival_soc is None:
         arrival_soc = settings.default_arrival_soc_percent
-        ctx.notes.append(f"{key}: no SoC reported; assumed {arrival_soc} % at arrival")
+        ctx.assume(key, Assumed.SOC, f"{key}: no SoC reported; assumed {arrival_soc} % at arrival")
     delivered = reading.energy_kwh if reading is not None and reading.energy_kwh is not None else None
     if delivered is None:
         delivered = charging.energy_kwh or 0.0
     energy = capacity * arrival_soc / 100 + delivered * CHARGE_EFFICIENCY
     return min(capacity, max(0.0, energy))
+
+
+def _delivered_kwh(reading: EvseTelemetryRecord | None, charging: ChargingSession) -> float:
+    """Net energy into the vehicle so far [kWh]: the latest reading's, else the session's."""
+    if reading is not None and reading.energy_kwh is not None:
+        return reading.energy_kwh
+    return charging.energy_kwh or 0.0
+
+
+def _within_gateway_limit(
+    reading: EvseTelemetryRecord | None,
+    max_charge_kw: float,
+    max_discharge_kw: float,
+    key: str,
+    ctx: PlanningContext,
+) -> tuple[float, float]:
+    """The vehicle's max charge and discharge power [kW] within the cap the gateway reports for its
+    EVSE while it holds (the latest reading of the session carries it), for the reasons that bound a
+    plan (:data:`PLAN_BOUNDING_LIMITS`); a note says so."""
+    if reading is None or reading.limit_kw is None or reading.limit_reason not in PLAN_BOUNDING_LIMITS:
+        return max_charge_kw, max_discharge_kw
+    way = "discharge" if reading.limit_discharge else "charge"
+    ctx.notes.append(
+        f"{key}: the gateway limits its {way} to {reading.limit_kw:.2f} kW "
+        f"({reading.limit_reason.value}); planned within it"
+    )
+    if reading.limit_discharge:
+        return max_charge_kw, min(max_discharge_kw, reading.limit_kw)
+    return min(max_charge_kw, reading.limit_kw), max_discharge_kw
 
 
 def _target_kwh(
@@ -326,17 +387,20 @@ def _target_kwh(
     energy_now: float,
     ctx: PlanningContext,
     settings: PlanningSettings,
+    delivered_kwh: float,
 ) -> float:
     vehicle_id = vehicle.id if vehicle is not None else None
     if override is not None and override.target_soc_percent is not None:
         percent = override.target_soc_percent
     elif vehicle is not None:
         percent = vehicle.target_soc_percent
-    elif charging.energy_request_kwh is not None:
-        return min(capacity, energy_now + charging.energy_request_kwh * CHARGE_EFFICIENCY)
+    elif charging.energy_request_kwh is not None:  # asked at plug-in: what is left of it, net
+        still_asked = max(charging.energy_request_kwh - delivered_kwh, 0.0)
+        return min(capacity, energy_now + still_asked * CHARGE_EFFICIENCY)
     else:
         percent = settings.default_target_soc_percent
-        ctx.notes.append(f"{vehicle_key(charging.id)}: no target; assumed {percent} %")
+        key = vehicle_key(charging.id)
+        ctx.assume(key, Assumed.TARGET, f"{key}: no target; assumed {percent} %")
     if not 0 <= percent <= 100:
         raise PlanningInputError(
             charging.id, vehicle_id, "target_soc_percent", f"={percent} is not in 0..100"
@@ -358,8 +422,10 @@ def _departure(
         return charging.departure_at
     if vehicle is not None and vehicle.departure_time is not None:
         return _next_local_time(charging, vehicle, site, ctx.now)
-    ctx.notes.append(
-        f"{vehicle_key(charging.id)}: no departure known; assumed {settings.default_dwell} from now"
+    ctx.assume(
+        vehicle_key(charging.id),
+        Assumed.DEPARTURE,
+        f"{vehicle_key(charging.id)}: no departure known; assumed {settings.default_dwell} from now",
     )
     return ctx.now + settings.default_dwell
 

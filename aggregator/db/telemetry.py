@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import Base, EvseTelemetryRecord, TelemetryRecord, utcnow
-from wire.contract import Telemetry
+from wire.contract import EvseTelemetry, Telemetry
 
 TELEMETRY = Base.metadata.tables[TelemetryRecord.__tablename__]
 EVSE_TELEMETRY = Base.metadata.tables[EvseTelemetryRecord.__tablename__]
@@ -103,7 +103,15 @@ def insert_telemetry_many(
         i = first[(site_id, seq)]
         stored[i] = True
         evse_rows += [
-            (telemetry_id, e.charger_id, e.evse_id, e.power_kw, e.energy_kwh, e.soc_percent)
+            (
+                telemetry_id,
+                e.charger_id,
+                e.evse_id,
+                e.power_kw,
+                e.energy_kwh,
+                e.soc_percent,
+                *_limit_columns(e),
+            )
             for e in messages[i].evses
         ]
     if evse_rows:
@@ -127,16 +135,30 @@ WITH message AS (
     ON CONFLICT (site_id, seq) DO NOTHING
     RETURNING id, site_id, seq
 ), evses AS (
-    INSERT INTO telemetry_evses (telemetry_id, charger_id, evse_id, power_kw, energy_kwh, soc_percent)
-    SELECT stored.id, e.charger_id, e.evse_id, e.power_kw, e.energy_kwh, e.soc_percent
+    INSERT INTO telemetry_evses (telemetry_id, charger_id, evse_id, power_kw, energy_kwh, soc_percent,
+        limit_kw, limit_reason, limit_discharge)
+    SELECT stored.id, e.charger_id, e.evse_id, e.power_kw, e.energy_kwh, e.soc_percent, e.limit_kw,
+        e.limit_reason, e.limit_discharge
     FROM unnest(%(e_n)b::bigint[], %(e_charger_id)b::varchar[], %(e_evse_id)b::integer[],
-        %(e_power_kw)b::float8[], %(e_energy_kwh)b::float8[], %(e_soc_percent)b::float8[])
-        AS e(n, charger_id, evse_id, power_kw, energy_kwh, soc_percent)
+        %(e_power_kw)b::float8[], %(e_energy_kwh)b::float8[], %(e_soc_percent)b::float8[],
+        %(e_limit_kw)b::float8[], %(e_limit_reason)b::varchar[], %(e_limit_discharge)b::boolean[])
+        AS e(n, charger_id, evse_id, power_kw, energy_kwh, soc_percent, limit_kw, limit_reason,
+            limit_discharge)
     JOIN message ON message.n = e.n
     JOIN stored ON stored.site_id = message.site_id AND stored.seq = message.seq
 )
 SELECT site_id, seq FROM stored"""
-_EVSE_COLUMNS = ("telemetry_id", "charger_id", "evse_id", "power_kw", "energy_kwh", "soc_percent")
+_EVSE_COLUMNS = (
+    "telemetry_id",
+    "charger_id",
+    "evse_id",
+    "power_kw",
+    "energy_kwh",
+    "soc_percent",
+    "limit_kw",
+    "limit_reason",
+    "limit_discharge",
+)
 _SQLITE_EVSES = (
     f"INSERT INTO telemetry_evses ({', '.join(_EVSE_COLUMNS)}) VALUES ({', '.join('?' * len(_EVSE_COLUMNS))})"
 )
@@ -160,6 +182,9 @@ def _pg_arrays(
     e_kw: list[float] = []
     e_kwh: list[float | None] = []
     e_soc: list[float | None] = []
+    e_limit: list[float | None] = []
+    e_reason: list[str | None] = []
+    e_discharge: list[bool | None] = []
     for n, (_, i) in enumerate(sorted(first.items()), 1):
         message = messages[i]
         site_id.append(message.site_id)
@@ -175,6 +200,10 @@ def _pg_arrays(
             e_kw.append(e.power_kw)
             e_kwh.append(e.energy_kwh)
             e_soc.append(e.soc_percent)
+            limit_kw, reason, discharge = _limit_columns(e)
+            e_limit.append(limit_kw)
+            e_reason.append(reason)
+            e_discharge.append(discharge)
     return {
         "site_id": site_id,
         "seq": seq,
@@ -188,6 +217,9 @@ def _pg_arrays(
         "e_power_kw": e_kw,
         "e_energy_kwh": e_kwh,
         "e_soc_percent": e_soc,
+        "e_limit_kw": e_limit,
+        "e_limit_reason": e_reason,
+        "e_limit_discharge": e_discharge,
     }
 
 
@@ -211,9 +243,20 @@ def _evse_rows(telemetry_id: int, message: Telemetry) -> list[dict[str, Any]]:
             "power_kw": evse.power_kw,
             "energy_kwh": evse.energy_kwh,
             "soc_percent": evse.soc_percent,
+            "limit_kw": None if evse.limit is None else evse.limit.power_kw,
+            "limit_reason": None if evse.limit is None else evse.limit.reason,
+            "limit_discharge": None if evse.limit is None else evse.limit.discharge,
         }
         for evse in message.evses
     ]
+
+
+def _limit_columns(evse: EvseTelemetry) -> tuple[float | None, str | None, bool | None]:
+    """``limit_kw``, ``limit_reason`` (its value) and ``limit_discharge`` of one EVSE reading."""
+    limit = evse.limit
+    if limit is None:
+        return None, None, None
+    return limit.power_kw, limit.reason.value, limit.discharge
 
 
 def _insert_ignoring_duplicates(session: Session) -> Insert:

@@ -5,6 +5,9 @@ minutes by default). :func:`site_import_intervals` and :func:`evse_power_interva
 readings that fall in each interval ``[t, t + step)`` by ``sent_at`` (when the gateway measured them,
 not when they arrived), and report how many readings each interval holds, so that a caller can tell
 a quiet interval from a missing one (``NaN`` mean, ``0`` samples).
+
+:func:`site_import_aggregated` answers the same for long spans (a billing period, for the demand a plan
+starts from) with the averaging done by the database, so a month of readings is never loaded.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import BigInteger, ColumnElement, cast, extract, func, select
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import EvseTelemetryRecord, TelemetryRecord
@@ -76,6 +79,7 @@ def _bucket(
     return IntervalMeans(
         pd.Series(means.to_numpy(dtype=float), index=index),
         pd.Series(counts.to_numpy(dtype=int), index=index),
+        step,
     )
 
 
@@ -123,3 +127,43 @@ def evse_power_intervals(
         times.append(sent_at)
         values.append(power_kw)
     return {key: _bucket(times, values, index, step) for key, (times, values) in readings.items()}
+
+
+def site_import_aggregated(
+    session: Session, site_id: str, start: dt.datetime, end: dt.datetime, step: dt.timedelta = DEFAULT_STEP
+) -> IntervalMeans:
+    """As :func:`site_import_intervals`, averaged by the database: for spans of many readings.
+
+    A reading counts in the interval its whole second (``sent_at`` without its fraction) falls in;
+    ``start`` and ``step`` must be whole seconds (:class:`MeteringError` otherwise). The interval
+    holding ``end`` (an interval still open) averages the readings before ``end``.
+    """
+    if start.microsecond or step.microseconds or step <= dt.timedelta(0):
+        raise MeteringError(
+            f"start {start.isoformat()} and step {step} must be whole, positive seconds to be averaged "
+            "by the database"
+        )
+    index = interval_index(start, end, step)
+    origin = int(index[0].timestamp())
+    slot = ((_epoch_seconds(session) - origin) // int(step.total_seconds())).label("slot")
+    rows = session.execute(
+        select(slot, func.avg(TelemetryRecord.site_import_kw), func.count())
+        .where(TelemetryRecord.site_id == site_id)
+        .where(TelemetryRecord.sent_at >= index[0].to_pydatetime())
+        .where(TelemetryRecord.sent_at < end)
+        .group_by(slot)
+    ).all()
+    means = np.full(len(index), np.nan)
+    counts = np.zeros(len(index), dtype=int)
+    for position, mean, count in rows:
+        if 0 <= int(position) < len(index):
+            means[int(position)], counts[int(position)] = float(mean), int(count)
+    return IntervalMeans(pd.Series(means, index=index), pd.Series(counts, index=index), step)
+
+
+def _epoch_seconds(session: Session) -> ColumnElement[int]:
+    """``telemetry.sent_at`` as whole seconds since the Unix epoch, in the database's own SQL."""
+    if session.get_bind().dialect.name == "sqlite":  # stored as UTC text (aggregator.db.types)
+        whole = func.substr(TelemetryRecord.sent_at, 1, 19)  # strftime would round the fraction
+        return cast(func.strftime("%s", whole), BigInteger)
+    return cast(func.floor(extract("epoch", TelemetryRecord.sent_at)), BigInteger)

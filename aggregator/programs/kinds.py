@@ -12,8 +12,11 @@ aggregator does differently by kind is a field of that kind's :class:`KindRules`
   :attr:`KindRules.portfolio_kind` its kind in the joint model of several sites
   (:class:`~optimizer.portfolio.PortfolioEvent`), when that model splits it among them;
 - **flexibility** (:meth:`KindRules.site_flexibility_kw`, :meth:`KindRules.portfolio_kw`): what one
-  site's latest plan can promise of it, and how the sites' figures add up to the portfolio's answer
-  to an adapter (:class:`~aggregator.control.grid_signals.PortfolioFlexibility`);
+  site's latest plan can promise of it, held in every step of the window within the energy its
+  vehicles can move out of it and still reach their targets (:func:`aggregator.programs.flexibility.held_kw`:
+  a reduction below the plan, an export beyond the vehicles' planned power, a cap above the import
+  it brings down), and how the sites' figures add up to the portfolio's answer to an adapter
+  (:class:`~aggregator.control.grid_signals.PortfolioFlexibility`);
 - **measurement** (:meth:`KindRules.committed_reduction`): how the commitment becomes a reduction
   below the baseline, per interval (:func:`aggregator.settlement.performance.event_performance`); the
   baseline itself is the program's measurement method, the same for every kind;
@@ -43,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from aggregator.db.models import ProgramKind
+from aggregator.programs.flexibility import PlannedSteps, held_kw
 from market_adapters.dispatch import COMMITMENTS, Commitment, SignalKind
 from optimizer.scenario import DrEvent, V2gDispatch
 
@@ -72,19 +76,6 @@ class PlannedWindow(Protocol):
     def price_per_kwh(self) -> float: ...
     @property
     def penalty_per_kwh(self) -> float: ...
-
-
-@dataclass(frozen=True)
-class PlannedSteps:
-    """One site's latest plan over the steps of a window, per step [kW]."""
-
-    import_kw: np.ndarray
-    """The planned site import."""
-    down_kw: np.ndarray
-    """How far the site's import can drop below the plan
-    (:func:`aggregator.control.schedules.flexibility_frame`)."""
-    vehicles_kw: np.ndarray
-    """The vehicles' planned net power (positive charging)."""
 
 
 # ------------------------------------------------------------------------------- the rules per kind
@@ -202,18 +193,21 @@ def _export_dispatch(window: PlannedWindow, baseline_kw: list[float] | None) -> 
 
 
 def _held_reduction_kw(steps: PlannedSteps) -> float:
-    """How far the import can drop below the plan in every step: the smallest ``down_kw``."""
-    return float(steps.down_kw.min())
+    """How far the import can drop below the plan in every step (power only: the smallest
+    ``down_kw``)."""
+    return held_kw(steps, np.zeros_like(steps.import_kw))
 
 
 def _held_export_kw(steps: PlannedSteps) -> float:
-    """The net export the vehicles can hold in every step: ``down_kw`` minus their planned power."""
-    return max(float((steps.down_kw - steps.vehicles_kw).min()), 0.0)
+    """The net export the vehicles can hold in every step: a drop beyond their planned power (power
+    only: ``down_kw`` minus their planned power), at least 0."""
+    return max(held_kw(steps, steps.vehicles_kw), 0.0)
 
 
 def _lowest_cap_kw(steps: PlannedSteps) -> float:
-    """The lowest import cap held throughout: the largest planned import minus ``down_kw``."""
-    return float((steps.import_kw - steps.down_kw).max())
+    """The lowest import cap held throughout: the drop that brings every step's planned import down
+    to it (power only: the largest planned import minus ``down_kw``)."""
+    return -held_kw(steps, steps.import_kw)
 
 
 # --- measurement

@@ -52,6 +52,7 @@ from aggregator.programs.kinds import POSTED_KINDS
 from aggregator.programs.terms import CURRENCY_EXPONENTS
 from aggregator.runtime.broker import EmbeddedBroker, free_port
 from aggregator.settlement.event_settlement import settle_event_from_db
+from aggregator.settlement.event_statements import statement_of
 from chargersim.stations import SimClock, SimulatedCharger
 from chargersim.vehicles import Vehicle
 from market_adapters.dispatch import SignalKind
@@ -105,6 +106,9 @@ class DemoReport:
     rows: list[tuple[str, str, str]] = field(default_factory=list)
     """(what, fleetgrid, uncontrolled or requested)."""
     payouts: list[tuple[str, str]] = field(default_factory=list)
+    settlement: list[str] = field(default_factory=list)
+    """The DR event's settlement line: gross, penalty, platform fee, to drivers, any residual (with its
+    reason) or platform loss, unallocated."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -338,9 +342,11 @@ def _gateway_config(scenario: Scenario, host: str, port: int, outbox: Path) -> G
                 "import_limit_kw": scenario.site.import_limit_kw,
                 "export_limit_kw": scenario.site.export_limit_kw,
             },
-            "ocpp": {"host": "127.0.0.1", "port": 0, "allow_unknown": True},
+            # Durations on the simulated clock. The clock runs ~1,000x real time, so a charger's
+            # answer that takes a few real milliseconds takes simulated seconds: give it ten minutes.
+            "ocpp": {"host": "127.0.0.1", "port": 0, "allow_unknown": True, "response_timeout_s": 600},
             "mqtt": {"url": f"mqtt://{host}:{port}", "outbox": str(outbox)},
-            "control": {"schedule_stale_after_s": 3 * 3600, "telemetry_interval_s": 0.2},
+            "control": {"schedule_stale_after_s": 3 * 3600, "telemetry_interval_s": 120},
             "chargers": [
                 {"id": e.id, "max_charge_kw": e.max_charge_kw, "max_discharge_kw": e.max_discharge_kw}
                 for e in scenario.evses
@@ -402,8 +408,8 @@ async def run_day(
         control = ControlLoop(sessions, publisher, replans, control_settings, clock=clock.now)
         gateway = Gateway(
             _gateway_config(scenario, host, port, options.workdir / "outbox.sqlite"),
-            control_interval_s=0.1,
-            clock=clock.now,
+            control_interval_s=60,
+            clock=clock,
         )
         async with ingestion, publisher, control, gateway, asyncio.TaskGroup() as tasks:
             await ingestion.wait_subscribed(10)
@@ -450,8 +456,7 @@ async def run_day(
         targets = [_charged(s, v) for s, v in zip(stations, scenario.vehicles, strict=True)]
         report = _report(sessions, scenario, uncontrolled, performance, targets)
         report.payouts.extend(payouts)
-        if settled:
-            report.notes.append(settled)
+        report.settlement.extend([settled] if settled else [])
     engine.dispose()
     return report
 
@@ -462,7 +467,9 @@ async def run_day(
 def _settle(
     sessions: sessionmaker[Session], event_id: int, now: dt.datetime
 ) -> tuple[list[tuple[str, str]], str]:
-    """Settle the event on the ledger; each driver's payout (share + wear) or why they earned nothing."""
+    """Settle the event on the ledger; each driver's payout (share + wear) or why they earned nothing,
+    and the settlement's line: gross, penalty, platform fee, to drivers, any residual with its reason,
+    any platform loss, and what is unallocated (nothing)."""
     settlement = settle_event_from_db(sessions, event_id, now=now)
     booking = settlement.booking
     with sessions() as session:
@@ -479,12 +486,20 @@ def _settle(
             f" ({reason})" if reason and minor == 0 else ""
         )
         payouts.append((emails.get(driver, str(driver)), amount))
-    pot = sum(booking.driver_shares_minor.values()) + sum(booking.wear_minor_by_driver.values())
-    note = (
-        f"settlement {settlement.outcome.status.value}: gross {booking.gross_minor / exponent:,.2f},"
-        f" platform fee {booking.platform_fee_minor / exponent:,.2f}, to drivers {pot / exponent:,.2f}"
-        f" {booking.currency} (ledger balanced; `fleetgrid settle --event {event_id}` re-runs it)"
+    statement = statement_of(settlement)
+    baselines = "; ".join(
+        f"{site.site_id}: {site.declaration.method}"
+        + (" (the plan without the event, fixed at its first plans)" if site.plan_versions else "")
+        for site in settlement.inputs.sites
     )
+    note = (
+        f"settlement {settlement.outcome.status.value}: {statement.summary()} (ledger balanced; "
+        f"`fleetgrid settle --event {event_id}` re-runs it). DR measured against the baseline declared "
+        f"at notification ({baselines})"
+    )
+    excluded = [str(vehicle.session_id) for vehicle in statement.vehicles if vehicle.excluded]
+    if excluded:
+        note += f"; sessions {', '.join(excluded)} do not count (see the payouts for why)"
     return payouts, note
 
 

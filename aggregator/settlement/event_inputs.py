@@ -2,27 +2,31 @@
 
 :func:`settlement_inputs` reads: the event's latest version (its public id is the row id of its first
 version, as in :mod:`aggregator.api.routes.operators`), the program's payment terms (the event's own
-``price_per_kwh``/``penalty_per_kwh`` override the program's rates) and measurement method, and
+``price_per_kwh``/``penalty_per_kwh`` override the program's rates), and
 
-- per target site: metered import per 15-minute interval (:mod:`aggregator.ingestion.metering`), the
-  baseline by the program's method (default ``counterfactual``: the plan in force without the event, see
-  :mod:`aggregator.settlement.event_measurement`), the committed kW (the site's share of the event's
-  kW, as the operators' API shows it: as its plan in force recorded it when the sites were planned
-  together, else an equal share; see :func:`~aggregator.settlement.event_measurement.site_committed_kw`) and
+- per target site: the baseline method declared when the event was notified
+  (:mod:`aggregator.programs.baseline_declarations`; an event notified before declarations were
+  stored is measured by its program's current method, with a note), metered import per 15-minute
+  interval (:mod:`aggregator.ingestion.metering`), the charging sessions plugged in during the window
+  (:func:`~aggregator.settlement.event_measurement.plugged_sessions`), the site baseline by the
+  declared method (:mod:`aggregator.settlement.site_baselines`), the committed kW (the site's share of
+  the event's kW, as the operators' API shows it: as its plan in force recorded it when the sites were
+  planned together, else an equal share; see
+  :func:`~aggregator.settlement.event_measurement.site_committed_kw`) and
   :func:`~aggregator.settlement.performance.event_performance`; the event's performance is that of the
   sites' summed series;
-- per charging session plugged in during the window, at a target site, with a vehicle (and so a
-  driver, the vehicle's owner): the EVSE's metered power (telemetry key = charge point id + EVSE id)
-  and the vehicle's counterfactual power, both only over the intervals the session overlaps; the
-  energy it discharged [kWh] (for wear compensation); an exclusion when the driver withdrew V2G
-  consent before or during a V2G event (a vehicle that never consented is not excluded: it can still
-  deliver by charging less), or an override in force during the event had ``no_v2g`` (V2G events) or
-  ``charge_now`` (any event); then :func:`~aggregator.settlement.attribution.attribute`.
+- per charging session plugged in during the window with a vehicle (and so a driver, the vehicle's
+  owner): the EVSE's metered power and the vehicle's own baseline, both only over the intervals the
+  session overlaps; the energy it discharged [kWh] (for wear compensation); and why its contribution
+  does not count, if it does not: no baseline of its own (its state was assumed when the event was
+  planned, or no plan of the event planned it: it is never given defaults), V2G consent withdrawn
+  before or during a V2G event (a vehicle that never consented is not excluded: it can still deliver
+  by charging less), or an override in force during the event with ``no_v2g`` (V2G events) or
+  ``charge_now`` (any event); then :func:`~aggregator.settlement.attribution.attribute` per site, so
+  the vehicles' deliveries and the unattributed remainder add up to each site's delivery.
 
 A session without a known vehicle is left out (its delivery stays unattributed, with a note). A
-cancelled event is read without measurement (it settles to nothing). Holidays are not known to the
-database: day-matching baselines get none; prior event days are every other non-cancelled event at
-the site.
+cancelled event is read without measurement (it settles to nothing).
 """
 
 from __future__ import annotations
@@ -32,54 +36,47 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from zoneinfo import ZoneInfo
 
-import numpy as np
 import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import (
-    Charger,
     ChargingSession,
     DispatchEvent,
     SessionOverride,
-    Site,
     User,
     V2gConsent,
     Vehicle,
 )
-from aggregator.ingestion.metering import (
-    DEFAULT_STEP,
-    evse_power_intervals,
-    interval_index,
-    site_import_intervals,
+from aggregator.ingestion.metering import DEFAULT_STEP, interval_index, site_import_intervals
+from aggregator.programs.baseline_declarations import (
+    DEFAULT_MEASUREMENT,
+    SiteBaselineDeclaration,
+    event_site_ids,
+    site_declaration,
 )
 from aggregator.programs.dispatch_events import EventChain, EventNotFoundError, event_chain
 from aggregator.programs.kinds import rules_for
 from aggregator.programs.terms import PaymentTerms, event_payment_terms
-from aggregator.settlement.attribution import Attribution, Exclusion, ExclusionReason, attribute
-from aggregator.settlement.baselines import (
-    Baseline,
-    BaselineError,
-    BaselineMethod,
-    CounterfactualConfig,
-    EventWindow,
-    MeterBeforeConfig,
-    SameDayConfig,
-    XofYConfig,
-    baseline_method,
-    site_baseline,
+from aggregator.settlement.attribution import (
+    Attribution,
+    Exclusion,
+    ExclusionReason,
+    attribute,
+    combine,
 )
+from aggregator.settlement.baselines import Baseline, BaselineError
 from aggregator.settlement.event_measurement import (
+    SessionSeries,
     committed_kw,
-    expected_import_kw,
+    plugged_sessions,
     site_committed_kw,
-    vehicle_counterfactual_kw,
 )
 from aggregator.settlement.performance import EventPerformance, event_performance
 from aggregator.settlement.runs import event_ref_for
+from aggregator.settlement.site_baselines import declared_site_baseline
 from market_adapters.dispatch import SignalInterval, SignalKind, SignalStatus
 
 _INTERVALS: TypeAdapter[list[SignalInterval]] = TypeAdapter(list[SignalInterval])
@@ -123,6 +120,12 @@ class SiteInputs:
     committed_kw: pd.Series
     """This site's share of the event's kW (for ``dr_cap``: of the cap)."""
     performance: EventPerformance
+    declaration: SiteBaselineDeclaration
+    """How the event is measured here, as declared when it was notified."""
+    sessions: tuple[SessionSeries, ...] = ()
+    """The charging sessions plugged in during the window."""
+    plan_versions: tuple[int, ...] = ()
+    """For a ``counterfactual`` baseline: the schedule versions it was fixed at."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,8 @@ class VehicleInputs:
     evse: tuple[str, int]
     """(charge point id, EVSE id): the telemetry key."""
     counterfactual_kw: pd.Series
+    """Its own baseline: frozen at the event's first plans; ``NaN`` throughout for a vehicle of unknown
+    state (``exclusion`` says so)."""
     metered_kw: pd.Series
     discharged_kwh: float
     """Energy taken out of the battery during the event [kWh] (metered, intervals with data)."""
@@ -161,6 +166,7 @@ class EventSettlementInputs:
     window_end: dt.datetime
     terms: PaymentTerms
     baseline_method: str
+    """The method the event's sites are measured by, as declared when it was notified."""
     performance: EventPerformance | None
     sites: tuple[SiteInputs, ...] = ()
     vehicles: tuple[VehicleInputs, ...] = ()
@@ -211,7 +217,7 @@ def settlement_inputs(
 
     Raises :class:`UnknownEventError`, :class:`EventNotEndedError` (``now`` before the window's end),
     :class:`NoTelemetryError`, or :class:`SettlementInputError` for an event that commits nothing, has
-    no program, or whose program's terms, measurement or baseline cannot be used.
+    no program, or whose program's terms, declared measurement or baseline cannot be used.
     """
     if now.utcoffset() is None:
         raise ValueError(f"now must carry a UTC offset, got {now.isoformat()}")
@@ -220,13 +226,17 @@ def settlement_inputs(
     program = event.program
     if program is None:
         raise SettlementInputError(event_id, f"is not mapped to a program (source {event.source!r})")
+    site_ids = event_site_ids(event)
     try:
         terms = event_payment_terms(program, event)
-        method = baseline_method(program.measurement or {"method": "counterfactual"})
+        declarations = [_declaration(session, found, site_id) for site_id in site_ids]
+        for declaration in declarations:
+            declaration.config()
     except ValidationError as error:
         raise SettlementInputError(event_id, f"program {program.id!r} measurement: {error}") from error
     except ValueError as error:
         raise SettlementInputError(event_id, str(error)) from error
+    methods = sorted({declaration.method for declaration in declarations})
     common: dict[str, Any] = {
         "event_id": event_id,
         "event_ref": event_ref_for(event.source, event.external_event_id),
@@ -237,7 +247,7 @@ def settlement_inputs(
         "window_start": event.window_start,
         "window_end": event.window_end,
         "terms": terms,
-        "baseline_method": method.method,
+        "baseline_method": ", ".join(methods) if methods else _program_method(program.measurement),
         "step": step,
     }
     if event.status is SignalStatus.CANCELLED:
@@ -248,14 +258,20 @@ def settlement_inputs(
         raise EventNotEndedError(
             event_id, f"ends at {event.window_end.isoformat()}, after now ({now.isoformat()})"
         )
-    site_ids = list(event.target_sites) or [site.id for site in program.sites]
     if not site_ids:
         raise SettlementInputError(event_id, f"names no sites and program {program.id!r} has none enrolled")
     index = interval_index(event.window_start, event.window_end, step)
     committed = committed_kw(_INTERVALS.validate_python(event.intervals), index, event.window_end, step)
     shares = site_committed_kw(session, event_id, site_ids, committed, event.window_end, step)
+    notes: list[str] = [
+        f"site {d.site_id}: no baseline was declared when the event was notified; measured by program "
+        f"{program.id!r}'s current measurement ({d.method})"
+        for d in declarations
+        if not d.stored
+    ]
     sites = tuple(
-        _site_inputs(session, found, site_id, method, shares[site_id], index, step) for site_id in site_ids
+        _site_inputs(session, found, declaration, shares[declaration.site_id], index, step)
+        for declaration in declarations
     )
     if not any(int(site.samples.sum()) for site in sites):
         raise NoTelemetryError(
@@ -270,15 +286,8 @@ def settlement_inputs(
         pd.concat([site.measured_kw for site in sites], axis=1).sum(axis=1, skipna=False),
         step=step,
     )
-    notes: list[str] = []
-    vehicles = tuple(_vehicle_inputs(session, event_id, event, site_ids, index, step, notes))
-    attribution = attribute(
-        sum(site.performance.raw_delivered_kwh for site in sites),
-        {vehicle.session_id: vehicle.counterfactual_kw for vehicle in vehicles},
-        {vehicle.session_id: vehicle.metered_kw for vehicle in vehicles},
-        exclusions={v.session_id: v.exclusion for v in vehicles if v.exclusion is not None},
-        step=step,
-    )
+    vehicles = tuple(_vehicle_inputs(session, event, sites, step, notes))
+    attribution = combine([_attribution(site, vehicles, step) for site in sites])
     driver_ids = sorted({vehicle.driver_id for vehicle in vehicles})
     emails: dict[int, str] = {
         int(user_id): email
@@ -295,153 +304,109 @@ def settlement_inputs(
     )
 
 
+def _program_method(measurement: Mapping[str, Any] | None) -> str:
+    return str((measurement or DEFAULT_MEASUREMENT).get("method", "?"))
+
+
+def _declaration(session: Session, event: EventChain, site_id: str) -> SiteBaselineDeclaration:
+    declaration = site_declaration(session, event.id, site_id)
+    if declaration is None:
+        raise SettlementInputError(event.id, f"target site {site_id!r} does not exist")
+    return declaration
+
+
 def _site_inputs(
     session: Session,
     event: EventChain,
-    site_id: str,
-    method: BaselineMethod,
+    declaration: SiteBaselineDeclaration,
     committed: pd.Series,
     index: pd.DatetimeIndex,
     step: dt.timedelta,
 ) -> SiteInputs:
     latest = event.latest
-    start, end = latest.window_start, latest.window_end
-    site = session.get(Site, site_id)
-    if site is None:
-        raise SettlementInputError(event.id, f"target site {site_id!r} does not exist")
+    start, end, site_id = latest.window_start, latest.window_end, declaration.site_id
     window = site_import_intervals(session, site_id, start, end, step)
-    if isinstance(method, CounterfactualConfig):
-        expected = expected_import_kw(session, site_id, event.id, index, end, step)
-        baseline = Baseline("counterfactual", expected, expected)
-    else:
-        span_start, span_end = _metering_span(method, start, end, step)
-        metered = site_import_intervals(session, site_id, span_start, span_end, step).mean_kw
-        try:
-            baseline = site_baseline(
-                method,
-                metered,
-                EventWindow(str(event.id), start, end),
-                event_days=_event_days(session, event, site, span_start),
-                tz=site.timezone,
-                step=step,
-            )
-        except BaselineError as error:
-            raise SettlementInputError(event.id, f"site {site_id!r}: {error}") from error
-    performance = event_performance(latest.kind, committed, baseline.baseline_kw, window.mean_kw, step=step)
-    return SiteInputs(site_id, window.mean_kw, window.samples, baseline, committed, performance)
-
-
-def _metering_span(
-    method: XofYConfig | SameDayConfig | MeterBeforeConfig,
-    start: dt.datetime,
-    end: dt.datetime,
-    step: dt.timedelta,
-) -> tuple[dt.datetime, dt.datetime]:
-    """The metered span a day-matching or same-day baseline reads, aligned to ``step``."""
-    if isinstance(method, XofYConfig):
-        first = start - dt.timedelta(days=method.lookback_days + 2)
-        last = end
-    elif isinstance(method, SameDayConfig):
-        first = start - dt.timedelta(hours=method.skip_before + method.hours_before)
-        last = end + dt.timedelta(hours=method.skip_after + method.hours_after)
-    else:
-        first = start - (method.intervals_before + method.gap_intervals) * step
-        last = end
-    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    return epoch + ((first - epoch) // step) * step, last
-
-
-def _event_days(session: Session, event: EventChain, site: Site, since: dt.datetime) -> set[dt.date]:
-    """Local days before the event with another (not cancelled) event at ``site``: not baseline days."""
-    latest = event.latest
-    rows = session.scalars(
-        select(DispatchEvent).where(
-            DispatchEvent.window_end > since,
-            DispatchEvent.window_start < latest.window_start,
-            DispatchEvent.status != SignalStatus.CANCELLED,
-            DispatchEvent.external_event_id != latest.external_event_id,
-        )
-    ).all()
-    zone = ZoneInfo(site.timezone)
-    days: set[dt.date] = set()
-    for row in rows:
-        targets = list(row.target_sites) or ([s.id for s in row.program.sites] if row.program else [])
-        if site.id in targets:
-            days.add(row.window_start.astimezone(zone).date())
-    return days
+    sessions = plugged_sessions(session, site_id, event.id, index, end, step)
+    try:
+        declared = declared_site_baseline(session, declaration, start, end, index, sessions, step)
+    except BaselineError as error:
+        raise SettlementInputError(event.id, f"site {site_id!r}: {error}") from error
+    performance = event_performance(
+        latest.kind, committed, declared.baseline.baseline_kw, window.mean_kw, step=step
+    )
+    return SiteInputs(
+        site_id,
+        window.mean_kw,
+        window.samples,
+        declared.baseline,
+        committed,
+        performance,
+        declaration,
+        tuple(sessions),
+        declared.plan_versions,
+    )
 
 
 def _vehicle_inputs(
     session: Session,
-    event_id: int,
     event: DispatchEvent,
-    site_ids: Sequence[str],
-    index: pd.DatetimeIndex,
+    sites: Sequence[SiteInputs],
     step: dt.timedelta,
     notes: list[str],
 ) -> list[VehicleInputs]:
     start, end = event.window_start, event.window_end
-    plugged = session.scalars(
-        select(ChargingSession)
-        .where(ChargingSession.site_id.in_(site_ids))
-        .where(ChargingSession.started_at < end)
-        .where((ChargingSession.stopped_at.is_(None)) | (ChargingSession.stopped_at > start))
-        .order_by(ChargingSession.id)
-    ).all()
-    evse_power = {site_id: evse_power_intervals(session, site_id, start, end, step) for site_id in site_ids}
     v2g = rules_for(event.kind).v2g_consent
     hours = step.total_seconds() / 3600
     vehicles = []
-    for charging in plugged:
-        vehicle = session.get(Vehicle, charging.vehicle_id) if charging.vehicle_id is not None else None
-        if vehicle is None:
-            notes.append(f"session {charging.id} has no known vehicle: its delivery stays unattributed")
-            continue
-        charger = session.get(Charger, charging.charger_id)
-        if charger is None:  # pragma: no cover (a foreign key)
-            raise SettlementInputError(
-                event_id, f"session {charging.id}: charger {charging.charger_id} missing"
+    for site in sites:
+        for series in site.sessions:
+            charging = session.get(ChargingSession, series.session_id)
+            vehicle = session.get(Vehicle, series.vehicle_id) if series.vehicle_id is not None else None
+            if charging is None or vehicle is None:
+                notes.append(
+                    f"session {series.session_id} has no known vehicle: its delivery stays unattributed"
+                )
+                continue
+            unknown = series.unknown_reason
+            exclusion = (
+                Exclusion(ExclusionReason.UNKNOWN_STATE, unknown)
+                if unknown is not None
+                else _exclusion(session, charging, vehicle, start, end, v2g=v2g)
             )
-        key = (charger.charge_point_id, charger.evse_id)
-        readings = evse_power[charging.site_id].get(key)
-        plugged_in = _overlaps(index, step, end, charging.started_at, charging.stopped_at)
-        metered = (
-            readings.mean_kw if readings is not None else pd.Series(np.nan, index=index, dtype=float)
-        ).where(plugged_in)
-        planned = vehicle_counterfactual_kw(
-            session, charging.site_id, event_id, charging.id, index, end, step
-        )
-        discharged = float((-metered).clip(lower=0).sum()) * hours
-        vehicles.append(
-            VehicleInputs(
-                session_id=charging.id,
-                vehicle_id=vehicle.id,
-                driver_id=vehicle.owner_id,
-                site_id=charging.site_id,
-                evse=key,
-                counterfactual_kw=planned.where(plugged_in),
-                metered_kw=metered,
-                discharged_kwh=discharged,
-                exclusion=_exclusion(session, charging, vehicle, start, end, v2g=v2g),
+            vehicles.append(
+                VehicleInputs(
+                    session_id=series.session_id,
+                    vehicle_id=vehicle.id,
+                    driver_id=vehicle.owner_id,
+                    site_id=site.site_id,
+                    evse=series.evse,
+                    counterfactual_kw=series.baseline_kw,
+                    metered_kw=series.metered_kw,
+                    discharged_kwh=float((-series.metered_kw).clip(lower=0).sum()) * hours,
+                    exclusion=exclusion,
+                )
             )
-        )
     return vehicles
 
 
-def _overlaps(
-    index: pd.DatetimeIndex,
-    step: dt.timedelta,
-    end: dt.datetime,
-    started_at: dt.datetime,
-    stopped_at: dt.datetime | None,
-) -> pd.Series:
-    """Per interval: does ``[started_at, stopped_at)`` overlap it."""
-    flags = []
-    for t in index:
-        slot_start = t.to_pydatetime()
-        slot_end = min(slot_start + step, end)
-        flags.append(started_at < slot_end and (stopped_at is None or stopped_at > slot_start))
-    return pd.Series(flags, index=index, dtype=bool)
+def _attribution(site: SiteInputs, vehicles: Sequence[VehicleInputs], step: dt.timedelta) -> Attribution[int]:
+    """The vehicles' deliveries at ``site`` and its remainder (:func:`attribute`)."""
+    here = [vehicle for vehicle in vehicles if vehicle.site_id == site.site_id]
+    unknown = {
+        v.session_id: v.exclusion
+        for v in here
+        if v.exclusion is not None and v.exclusion.reason is ExclusionReason.UNKNOWN_STATE
+    }
+    known = [vehicle for vehicle in here if vehicle.session_id not in unknown]
+    return attribute(
+        site.baseline.baseline_kw,
+        site.measured_kw,
+        {vehicle.session_id: vehicle.counterfactual_kw for vehicle in known},
+        {vehicle.session_id: vehicle.metered_kw for vehicle in known},
+        exclusions={v.session_id: v.exclusion for v in known if v.exclusion is not None},
+        unknown=unknown,
+        step=step,
+    )
 
 
 def _exclusion(

@@ -4,16 +4,21 @@
    its vehicles' contributions from the database (see :mod:`aggregator.settlement.event_inputs`).
 2. :func:`event_booking` (pure) prices the performance with
    :func:`~aggregator.programs.terms.event_revenue` and turns it into an
-   :class:`~aggregator.settlement.runs.EventBooking`, in integer minor units: the net pot is allocated
-   to the drivers with :func:`~aggregator.settlement.allocation.allocate`, pro rata to the sum of the
-   positive contributions of their sessions (a session that hurt does not reduce its driver's other
-   sessions: its effect is already in the pot); drivers who get nothing are listed with the reason; the
-   wear compensation line is split among the drivers by their discharged energy the same way. A pot
-   that nobody contributed to is left unallocated (the platform's). A negative net pot (penalties, or
-   wear, above what the event earned) is the platform's loss unless the terms say
-   ``drivers_share_losses``: it is booked as a negative unallocated pot (a debit to platform revenue),
-   no driver gets a share, and each driver's reason says why (:data:`LOSS_REASON`,
-   :data:`WEAR_LOSS_REASON`).
+   :class:`~aggregator.settlement.bookings.EventBooking`, in integer minor units, with every minor unit on a
+   named account (:func:`split_pot`): the net pot is allocated with
+   :func:`~aggregator.settlement.allocation.allocate` over the positive contributions: each driver's
+   (the sum of the positive contributions of their sessions: a session that hurt does not reduce its
+   driver's other sessions, its effect is already in the pot) and the unattributed remainder's
+   (delivery no vehicle of known state accounts for,
+   :attr:`~aggregator.settlement.attribution.Attribution.unattributed_kwh`), whose share is the
+   *residual*, booked to the platform with its reason (:func:`residual_reason`). Drivers who get
+   nothing are listed with the reason; the wear compensation line is split among the drivers by their
+   discharged energy the same way. A pot that nobody contributed to is all residual. A negative net pot
+   (penalties, or wear, above what the event earned) is the platform's loss unless the terms say
+   ``drivers_share_losses``: it is booked as the platform loss (a debit to platform revenue), no driver
+   gets a share, and each driver's reason says why (:data:`LOSS_REASON`, :data:`WEAR_LOSS_REASON`).
+   The run's inputs keep what was measured (:func:`measured`, :func:`vehicle_lines`): each site's
+   baseline as declared, each vehicle's delivery or why it does not count.
 3. :func:`settle_dispatch_event` books it through :func:`aggregator.settlement.runs.settle_event`: a
    re-run with unchanged data stores nothing; late meter data books a new version that reverses the
    previous one.
@@ -30,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +46,8 @@ from aggregator.programs.dispatch_events import latest_versions
 from aggregator.programs.kinds import MEASURED_KINDS
 from aggregator.programs.terms import EventRevenue, LineKind, PaymentTerms, event_revenue
 from aggregator.settlement.allocation import AllocationError, allocate
+from aggregator.settlement.attribution import Exclusion, ExclusionReason
+from aggregator.settlement.bookings import EventBooking
 from aggregator.settlement.event_inputs import (
     EventNotEndedError,
     EventSettlementInputs,
@@ -48,27 +56,32 @@ from aggregator.settlement.event_inputs import (
     UnknownEventError,
     settlement_inputs,
 )
-from aggregator.settlement.runs import EventBooking, RunOutcome, SessionFactory, settle_event
+from aggregator.settlement.runs import RunOutcome, SessionFactory, settle_event
 from market_adapters.dispatch import SignalStatus
 
 __all__ = [
     "LOSS_REASON",
+    "NOBODY_REASON",
     "WEAR_LOSS_REASON",
     "EventNotEndedError",
     "EventSettlement",
     "EventSettlementInputs",
     "NoTelemetryError",
     "PeriodSettlement",
+    "PotSplit",
     "SettlementInputError",
     "UnknownEventError",
     "event_booking",
     "event_revenue_of",
     "events_in_period",
+    "measured",
     "period_bounds",
     "settle_dispatch_event",
     "settle_event_from_db",
     "settle_period_events",
     "settlement_inputs",
+    "split_pot",
+    "vehicle_lines",
 ]
 
 PERIOD_PATTERN = re.compile(r"^(\d{4})-(\d{2})$")
@@ -98,7 +111,8 @@ def event_revenue_of(inputs: EventSettlementInputs, terms: PaymentTerms | None =
 
 
 def event_booking(inputs: EventSettlementInputs, terms: PaymentTerms | None = None) -> EventBooking:
-    """What the event books (module doc, step 2): integer minor units of the terms' currency, balancing.
+    """What the event books (module doc, step 2): integer minor units of the terms' currency, balancing,
+    with nothing unallocated.
 
     ``terms`` default to :attr:`EventSettlementInputs.terms`.
     """
@@ -113,10 +127,11 @@ def event_booking(inputs: EventSettlementInputs, terms: PaymentTerms | None = No
     revenue = event_revenue_of(inputs, terms)
     if revenue is None or inputs.attribution is None:
         return EventBooking(**base, gross_minor=0)
+    attribution = inputs.attribution
     weights: dict[int, float] = defaultdict(float)
     reasons: dict[int, list[str]] = defaultdict(list)
     for vehicle in inputs.vehicles:
-        contribution = inputs.attribution.vehicles[vehicle.session_id]
+        contribution = attribution.vehicles[vehicle.session_id]
         driver = vehicle.driver_id
         weights[driver] += max(contribution.weight_kwh, 0.0)
         if contribution.exclusion is not None:
@@ -127,24 +142,25 @@ def event_booking(inputs: EventSettlementInputs, terms: PaymentTerms | None = No
         elif contribution.delivered_kwh <= 0:
             reasons[driver].append(
                 f"session {vehicle.session_id}: delivered {contribution.delivered_kwh:.3f} kWh "
-                "against its counterfactual"
+                "against its baseline"
             )
-    pot = revenue.drivers_pot_minor
-    unallocated = -revenue.platform_loss_minor  # a loss the drivers do not share: the platform's
-    try:
-        shares = allocate(pot, dict(weights))
-    except AllocationError:
-        shares, unallocated = dict.fromkeys(weights, 0), unallocated + pot
+    split = split_pot(
+        revenue.drivers_pot_minor,
+        dict(weights),
+        attribution.unattributed_kwh,
+        residual_reason(inputs),
+    )
     wear_total = revenue.amount(LineKind.WEAR_COMPENSATION)
     wear = allocate(wear_total, inputs.discharged_kwh_by_driver()) if wear_total else {}
     if revenue.platform_loss_minor:
         loss = LOSS_REASON if revenue.drivers_total_minor < 0 else WEAR_LOSS_REASON
-        for driver in shares:
+        for driver in split.shares:
             reasons[driver].insert(0, loss)
+    pot = revenue.drivers_pot_minor
     zero_reasons = {
         driver: "; ".join(reasons[driver])
         or ("the event left nothing to share" if pot == 0 else "no contribution")
-        for driver, share in shares.items()
+        for driver, share in split.shares.items()
         if share == 0
     }
     return EventBooking(
@@ -153,11 +169,126 @@ def event_booking(inputs: EventSettlementInputs, terms: PaymentTerms | None = No
         threshold_reduction_minor=revenue.amount(LineKind.THRESHOLD_REDUCTION),
         penalty_minor=revenue.amount(LineKind.PENALTY),
         platform_fee_minor=revenue.amount(LineKind.PLATFORM_FEE),
-        driver_shares_minor={driver: share for driver, share in shares.items() if share},
+        driver_shares_minor={driver: share for driver, share in split.shares.items() if share},
         wear_minor_by_driver={driver: amount for driver, amount in wear.items() if amount},
-        unallocated_minor=unallocated,
+        residual_minor=split.residual_minor,
+        residual_reason=split.residual_reason,
+        platform_loss_minor=revenue.platform_loss_minor,
         zero_reasons=zero_reasons,
+        performance=measured(inputs),
+        vehicles=vehicle_lines(inputs),
     )
+
+
+@dataclass(frozen=True)
+class PotSplit:
+    """A pot split among drivers and the residual [minor units]: ``Σ shares + residual == pot``."""
+
+    shares: dict[int, int]
+    """Per driver (every driver given, ``0`` for one that gets nothing)."""
+    residual_minor: int
+    residual_reason: str
+
+
+RESIDUAL = "residual"
+"""The residual's key among the participants (after every driver's in a tie: see :func:`split_pot`)."""
+
+
+def split_pot(
+    pot_minor: int, driver_weights: Mapping[int, float], unattributed_kwh: float, reason: str
+) -> PotSplit:
+    """Allocate ``pot_minor`` over the positive contributions [kWh] (largest remainder,
+    :func:`~aggregator.settlement.allocation.allocate`): each driver's weight, and the unattributed
+    remainder as one more participant, the residual, whose share is booked with ``reason``. A
+    non-positive contribution gets nothing and changes nobody else's share. When nobody contributed,
+    the whole pot is the residual, saying so. Every minor unit lands on a driver or the residual."""
+    participants: dict[tuple[int, str, int], float] = {
+        (0, "driver", driver): weight for driver, weight in driver_weights.items()
+    }
+    if unattributed_kwh > UNATTRIBUTED_TOLERANCE_KWH:
+        participants[(1, RESIDUAL, 0)] = unattributed_kwh
+    try:
+        allocated = allocate(pot_minor, participants)
+    except AllocationError:
+        return PotSplit(dict.fromkeys(driver_weights, 0), pot_minor, NOBODY_REASON)
+    residual = allocated.get((1, RESIDUAL, 0), 0)
+    shares = {key[2]: share for key, share in allocated.items() if key[1] == "driver"}
+    return PotSplit(shares, residual, reason if residual else "")
+
+
+UNATTRIBUTED_TOLERANCE_KWH = 1e-6
+"""An unattributed remainder this small [kWh] is rounding, not delivery: it takes no share."""
+
+NOBODY_REASON = "nobody contributed: no vehicle and no other load of the site delivered anything"
+"""Why a whole pot is the residual."""
+
+
+def residual_reason(inputs: EventSettlementInputs) -> str:
+    """Why the unattributed remainder's share is nobody's: how much it is, and what it holds."""
+    attribution = inputs.attribution
+    if attribution is None:
+        return ""
+    unknown = sorted(
+        vehicle.session_id
+        for vehicle in inputs.vehicles
+        if vehicle.exclusion is not None and vehicle.exclusion.reason is ExclusionReason.UNKNOWN_STATE
+    )
+    parts = ["the site's other loads"]
+    if unknown:
+        listed = ", ".join(map(str, unknown[:8])) + (", ..." if len(unknown) > 8 else "")
+        parts.append(f"vehicles without a baseline of their own (sessions {listed})")
+    if any("no known vehicle" in note for note in inputs.notes):
+        parts.append("sessions without a known vehicle")
+    return (
+        f"{attribution.unattributed_kwh:.3f} of the {attribution.site_delivered_kwh:.3f} kWh the site "
+        f"delivered is attributed to no driver: {', '.join(parts)}"
+    )
+
+
+def measured(inputs: EventSettlementInputs) -> dict[str, Any] | None:
+    """What was measured at the event level, as JSON data for the run's inputs
+    (:attr:`~aggregator.settlement.bookings.EventBooking.performance`): the totals, each site's baseline
+    as declared, and the unattributed remainder; energies in kWh, rounded to the watt-hour."""
+    performance, attribution = inputs.performance, inputs.attribution
+    if performance is None or attribution is None:
+        return None
+    return {
+        "committed_kwh": _kwh(performance.committed_kwh),
+        "delivered_kwh": _kwh(performance.delivered_kwh),
+        "shortfall_kwh": _kwh(performance.shortfall_kwh),
+        "performance_factor": round(performance.performance_factor, 6),
+        "site_delivered_kwh": _kwh(attribution.site_delivered_kwh),
+        "unattributed_kwh": _kwh(attribution.unattributed_kwh),
+        "baselines": [
+            {"site_id": site.site_id, **site.declaration.public(), "plan_versions": list(site.plan_versions)}
+            for site in inputs.sites
+        ],
+    }
+
+
+def vehicle_lines(inputs: EventSettlementInputs) -> tuple[dict[str, Any], ...]:
+    """Each charging session's delivery [kWh], or why it does not count, as JSON data for the run's
+    inputs (:attr:`~aggregator.settlement.bookings.EventBooking.vehicles`)."""
+    attribution = inputs.attribution
+    if attribution is None:
+        return ()
+    return tuple(
+        {
+            "session_id": vehicle.session_id,
+            "driver_id": vehicle.driver_id,
+            "delivered_kwh": _kwh(attribution.vehicles[vehicle.session_id].delivered_kwh),
+            "excluded": _excluded(attribution.vehicles[vehicle.session_id].exclusion),
+        }
+        for vehicle in inputs.vehicles
+    )
+
+
+def _kwh(value: float) -> float:
+    return round(float(value), 3) + 0.0  # + 0.0: no "-0.0"
+
+
+def _excluded(exclusion: Exclusion | None) -> str | None:
+    return None if exclusion is None else f"{exclusion.reason.value} ({exclusion.detail})"
 
 
 # ---------------------------------------------------------------------------------------------- runs

@@ -2,10 +2,12 @@
 
 An account is ``(kind, owner_ref, currency)``: a program's receivable and penalties (owner
 ``program:<id>``), our platform revenue and wear compensation expense (owner ``platform``), a driver's
-payable (owner ``user:<id>``). A transaction is a set of postings that sums to zero in each currency;
-amounts are integers in the currency's minor unit (cents), positive for a debit and negative for a
-credit. So an account's balance is debit-positive: a receivable's balance is what is owed to us, a
-payable's or revenue's balance is negative.
+payable (owner ``user:<id>``); every minor unit a settlement books lands on one of them, nothing is
+left unallocated (a residual no driver can be credited with is platform revenue, its reason in the
+posting's memo: :mod:`aggregator.settlement.bookings`). A transaction is a set of postings that sums
+to zero in each currency; amounts are integers in the currency's minor unit (cents), positive for a
+debit and negative for a credit. So an account's balance is debit-positive: a receivable's balance
+is what is owed to us, a payable's or revenue's balance is negative.
 
 Nothing booked is ever changed or deleted (the models refuse it, and so does PostgreSQL, see migration
 0003): a correction is :func:`reverse_transaction`, a new transaction with every entry negated.

@@ -17,40 +17,16 @@ program's period):
   :attr:`RunStatus.CONCURRENT` (the winner booked other inputs; run again to supersede it);
 - a dry run computes the booking and what it would reverse, and stores nothing.
 
-The booking (:func:`booking_postings`), all amounts in minor units of the program's currency, laid
-out as :func:`aggregator.programs.terms.event_revenue` computes them (wear compensation is paid to
-the drivers who discharged, out of what the event earned for drivers):
-
-=====================================  ================  =================================
-account                                debit (+)         credit (−)
-=====================================  ================  =================================
-program receivable (``program:<id>``)  gross             threshold reduction
-penalties (``program:<id>``)                             penalty
-platform revenue (``platform``)        a loss the        platform fee, unallocated pot
-                                       drivers do not
-                                       share
-driver payable (``user:<id>``)                           share (a negative share debits),
-                                                         wear compensation
-=====================================  ================  =================================
-
-The program owes the receivable's balance less the penalties' (a contra account). A negative
-unallocated pot debits platform revenue: an event's loss the platform bears because the drivers do not
-share it (:attr:`aggregator.programs.terms.PaymentTerms.drivers_share_losses`), or a negative pot
-nobody contributed to. The booking balances because ``gross − threshold reduction − penalty −
-platform fee = Σ shares + Σ wear + unallocated`` (checked, :class:`BookingError` otherwise). With
-``wear_funded_by_platform`` the wear compensation is our expense on top instead (debit wear
-compensation expense, ``platform``) and left out of that sum.
+What is booked, and how it becomes ledger postings and canonical inputs, is
+:mod:`aggregator.settlement.bookings` (re-exported here).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-import hashlib
-import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -62,252 +38,30 @@ from aggregator.db.models import (
     SettlementRun,
     SettlementRunKind,
 )
+from aggregator.settlement.bookings import (
+    BOOKING_FORMAT,
+    PLATFORM_LOSS_MEMO,
+    RESIDUAL_MEMO,
+    AnyBooking,
+    Booking,
+    BookingError,
+    EventBooking,
+    PeriodBooking,
+    booking_postings,
+    canonical_inputs,
+    event_ref_for,
+    inputs_hash,
+    residual_memo,
+)
 from aggregator.settlement.ledger import (
-    PLATFORM,
     AccountKey,
-    LedgerAccountKind,
-    LedgerError,
     Posting,
-    driver_owner,
     entries_net,
     post_transaction,
-    program_owner,
     reverse_transaction,
 )
 
-BOOKING_FORMAT = 1
-"""Part of every canonical input: raise it when :func:`booking_postings` books differently, so that
-every scope's next run books anew."""
-
 SessionFactory = Callable[[], Session]
-
-
-class BookingError(ValueError):
-    """A booking that cannot be booked as given; the message names the field (and driver) at fault."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        self.field = field_name
-        super().__init__(f"{field_name}: {message}")
-
-
-# ------------------------------------------------------------------------------------------ bookings
-
-
-@dataclass(frozen=True, kw_only=True)
-class Booking:
-    """What one settlement books for one program, in integer minor units of ``currency``.
-
-    The program-level amounts are :class:`~aggregator.programs.terms.EventRevenue`'s lines (all
-    >= 0). ``driver_shares_minor`` is the allocation of the drivers' net pot by driver (user id;
-    negative when drivers share a loss), ``wear_minor_by_driver`` the wear compensation (>= 0) of the
-    drivers who discharged, ``unallocated_minor`` a pot nobody could be allocated or a loss the
-    drivers do not share (booked to platform revenue; negative for a loss), ``zero_reasons`` why a
-    driver with a zero share earned nothing (``"no V2G override"``), kept with the run's inputs for
-    statements.
-    """
-
-    program_id: str
-    currency: str
-    gross_minor: int
-    threshold_reduction_minor: int = 0
-    penalty_minor: int = 0
-    platform_fee_minor: int = 0
-    driver_shares_minor: Mapping[int, int] = field(default_factory=dict)
-    wear_minor_by_driver: Mapping[int, int] = field(default_factory=dict)
-    unallocated_minor: int = 0
-    zero_reasons: Mapping[int, str] = field(default_factory=dict)
-    wear_funded_by_platform: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.program_id:
-            raise BookingError("program_id", "is empty")
-        try:
-            AccountKey(LedgerAccountKind.PROGRAM_RECEIVABLE, program_owner(self.program_id), self.currency)
-        except LedgerError as error:
-            raise BookingError("program_id/currency", str(error)) from error
-        for name in ("gross_minor", "threshold_reduction_minor", "penalty_minor", "platform_fee_minor"):
-            _check_amount(name, getattr(self, name), non_negative=True)
-        _check_amount("unallocated_minor", self.unallocated_minor, non_negative=False)
-        for name, non_negative in (("driver_shares_minor", False), ("wear_minor_by_driver", True)):
-            for driver, amount in getattr(self, name).items():
-                _check_driver(name, driver)
-                _check_amount(f"{name}[{driver}]", amount, non_negative=non_negative)
-        for driver, reason in self.zero_reasons.items():
-            _check_driver("zero_reasons", driver)
-            if self.driver_shares_minor.get(driver, 0) != 0:
-                raise BookingError(
-                    f"zero_reasons[{driver}]",
-                    f"driver {driver} has a share of {self.driver_shares_minor[driver]}, not 0",
-                )
-            if not reason:
-                raise BookingError(f"zero_reasons[{driver}]", "is empty")
-        for_drivers = (
-            self.gross_minor - self.threshold_reduction_minor - self.penalty_minor - self.platform_fee_minor
-        )
-        paid = sum(self.driver_shares_minor.values()) + self.unallocated_minor
-        if not self.wear_funded_by_platform:
-            paid += sum(self.wear_minor_by_driver.values())
-        if paid != for_drivers:
-            wear = "" if self.wear_funded_by_platform else " + wear"
-            raise BookingError(
-                "driver_shares_minor",
-                f"shares{wear} + unallocated sum to {paid} but gross − threshold reduction − penalty − "
-                f"platform fee = {self.gross_minor} − {self.threshold_reduction_minor} − "
-                f"{self.penalty_minor} − {self.platform_fee_minor} = {for_drivers} "
-                f"({self.currency} minor units)",
-            )
-
-    def drivers(self) -> list[dict[str, Any]]:
-        """One line per driver with a share, wear or a reason, by driver id."""
-        ids = sorted(set(self.driver_shares_minor) | set(self.wear_minor_by_driver) | set(self.zero_reasons))
-        lines = []
-        for driver in ids:
-            share = self.driver_shares_minor.get(driver, 0)
-            wear = self.wear_minor_by_driver.get(driver, 0)
-            reason = self.zero_reasons.get(driver)
-            if share or wear or reason:
-                lines.append(
-                    {"driver_id": driver, "share_minor": share, "wear_minor": wear, "reason": reason}
-                )
-        return lines
-
-
-def _check_amount(name: str, value: object, *, non_negative: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BookingError(name, f"{value!r} is not an integer (amounts are integer minor units)")
-    if non_negative and value < 0:
-        raise BookingError(name, f"{value} is negative")
-
-
-def _check_driver(name: str, driver: object) -> None:
-    if isinstance(driver, bool) or not isinstance(driver, int):
-        raise BookingError(name, f"driver key {driver!r} is not a user id")
-
-
-def _utc(name: str, value: dt.datetime) -> dt.datetime:
-    if value.utcoffset() is None:
-        raise BookingError(name, f"{value.isoformat()} has no UTC offset")
-    return value.astimezone(dt.UTC)
-
-
-@dataclass(frozen=True, kw_only=True)
-class EventBooking(Booking):
-    """The booking of one dispatch event; ``event_ref`` names the event across its modifications
-    (:func:`event_ref_for`), ``occurred_at`` is when it happened (its window start)."""
-
-    event_ref: str
-    occurred_at: dt.datetime
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.event_ref or len(self.event_ref) > 290:
-            raise BookingError("event_ref", f"{self.event_ref!r} must be 1 to 290 characters")
-        _utc("occurred_at", self.occurred_at)
-
-    @property
-    def scope(self) -> str:
-        return f"event:{self.event_ref}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class PeriodBooking(Booking):
-    """The booking of a program's period ``[period_start, period_end)`` (capacity payments and the
-    like); its transactions occur at ``period_start``."""
-
-    period_start: dt.datetime
-    period_end: dt.datetime
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if _utc("period_end", self.period_end) <= _utc("period_start", self.period_start):
-            raise BookingError(
-                "period_end",
-                f"{self.period_end.isoformat()} is not after period_start {self.period_start.isoformat()}",
-            )
-
-    @property
-    def occurred_at(self) -> dt.datetime:
-        return self.period_start
-
-    @property
-    def scope(self) -> str:
-        start = self.period_start.astimezone(dt.UTC).isoformat()
-        end = self.period_end.astimezone(dt.UTC).isoformat()
-        return f"period:{self.program_id}:{start}/{end}"
-
-
-AnyBooking = EventBooking | PeriodBooking
-
-
-def event_ref_for(source: str, external_event_id: str) -> str:
-    """The ref of an event across its modifications (``DispatchEvent.source``/``external_event_id``)."""
-    return f"{source}/{external_event_id}"
-
-
-def booking_postings(booking: Booking) -> list[Posting]:
-    """The ledger postings of ``booking`` (see the module's table); zero amounts are left out."""
-    currency = booking.currency
-    program = program_owner(booking.program_id)
-    postings: list[Posting] = []
-
-    def post(kind: LedgerAccountKind, owner: str, amount: int, memo: str) -> None:
-        if amount:
-            postings.append(Posting(AccountKey(kind, owner, currency), amount, memo))
-
-    post(LedgerAccountKind.PROGRAM_RECEIVABLE, program, booking.gross_minor, "gross")
-    post(
-        LedgerAccountKind.PROGRAM_RECEIVABLE,
-        program,
-        -booking.threshold_reduction_minor,
-        "threshold reduction",
-    )
-    post(LedgerAccountKind.PENALTIES, program, -booking.penalty_minor, "penalty")
-    post(LedgerAccountKind.PLATFORM_REVENUE, PLATFORM, -booking.platform_fee_minor, "platform fee")
-    post(LedgerAccountKind.PLATFORM_REVENUE, PLATFORM, -booking.unallocated_minor, "unallocated pot")
-    if booking.wear_funded_by_platform:
-        wear_total = sum(booking.wear_minor_by_driver.values())
-        post(LedgerAccountKind.WEAR_COMPENSATION_EXPENSE, PLATFORM, wear_total, "wear compensation")
-    for line in booking.drivers():
-        owner = driver_owner(line["driver_id"])
-        post(LedgerAccountKind.DRIVER_PAYABLE, owner, -line["share_minor"], "share")
-        post(LedgerAccountKind.DRIVER_PAYABLE, owner, -line["wear_minor"], "wear compensation")
-    return postings
-
-
-def canonical_inputs(booking: AnyBooking) -> dict[str, Any]:
-    """``booking`` as plain JSON data, the same for equal bookings however their mappings were built."""
-    canonical: dict[str, Any] = {
-        "format": BOOKING_FORMAT,
-        "program_id": booking.program_id,
-        "currency": booking.currency,
-        "gross_minor": booking.gross_minor,
-        "penalty_minor": booking.penalty_minor,
-        "threshold_reduction_minor": booking.threshold_reduction_minor,
-        "platform_fee_minor": booking.platform_fee_minor,
-        "unallocated_minor": booking.unallocated_minor,
-        "wear_funded_by_platform": booking.wear_funded_by_platform,
-        "drivers": booking.drivers(),
-    }
-    if isinstance(booking, EventBooking):
-        canonical |= {
-            "kind": SettlementRunKind.EVENT.value,
-            "event_ref": booking.event_ref,
-            "occurred_at": booking.occurred_at.astimezone(dt.UTC).isoformat(),
-        }
-    else:
-        canonical |= {
-            "kind": SettlementRunKind.PERIOD.value,
-            "period_start": booking.period_start.astimezone(dt.UTC).isoformat(),
-            "period_end": booking.period_end.astimezone(dt.UTC).isoformat(),
-        }
-    return canonical
-
-
-def inputs_hash(canonical: Mapping[str, Any]) -> str:
-    """Hex SHA-256 of the canonical JSON (sorted keys, no spaces) of ``canonical``."""
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
-
 
 # ---------------------------------------------------------------------------------------------- runs
 
@@ -566,3 +320,30 @@ def scope_balances(session: Session, scope: str) -> dict[AccountKey, int]:
         .where(SettlementRun.scope == scope)
     )
     return dict(entries_net(entries))
+
+
+__all__ = [
+    "BOOKING_FORMAT",
+    "PLATFORM_LOSS_MEMO",
+    "RESIDUAL_MEMO",
+    "AnyBooking",
+    "Booking",
+    "BookingError",
+    "EventBooking",
+    "PeriodBooking",
+    "RunHook",
+    "RunOutcome",
+    "RunStage",
+    "RunStatus",
+    "SessionFactory",
+    "booking_postings",
+    "canonical_inputs",
+    "event_ref_for",
+    "inputs_hash",
+    "latest_run",
+    "residual_memo",
+    "run_history",
+    "scope_balances",
+    "settle_event",
+    "settle_period",
+]

@@ -66,6 +66,7 @@ class MeterReading(_Event):
     measured_at: datetime
     transaction_id: str | None = None
     energy_wh: float | None = None  # Energy.Active.Import.Register
+    export_energy_wh: float | None = None  # Energy.Active.Export.Register (bidirectional chargers)
     power_w: float | None = None  # import minus export: negative while discharging
     soc_pct: float | None = None
 

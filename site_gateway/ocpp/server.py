@@ -25,7 +25,7 @@ import logging
 import math
 import re
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from http import HTTPStatus
@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from site_gateway.clock import SYSTEM_CLOCK, Clock, wait_event
 from site_gateway.config import ChargerSection, GatewayConfig, OcppSection
 from site_gateway.ocpp.events import EventSink, TokenLookup, discard_events, no_tokens
 from site_gateway.ocpp.profiles import (
@@ -46,6 +47,7 @@ from site_gateway.ocpp.profiles import (
     composite_agrees,
     composite_request,
     read_composite,
+    tx_default_profile,
     tx_profile,
 )
 from site_gateway.ocpp.sessions import Session, SessionRegister
@@ -54,7 +56,6 @@ from site_gateway.ocpp.station import (
     OcppGatewayError,
     Station,
     StationContext,
-    utc_now,
 )
 from site_gateway.ocpp.v16 import StationV16
 from site_gateway.ocpp.v21 import StationV21
@@ -112,9 +113,11 @@ class OcppServer:
         ssl_context: ssl.SSLContext | None = None,
         response_timeout_s: float = 10.0,
         close_timeout_s: float = 5.0,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        """``passwords`` overrides the chargers' ``password_env`` lookup (charge point id -> password)."""
+        """``passwords`` overrides the chargers' ``password_env`` lookup (charge point id -> password).
+        ``response_timeout_s``: how long a call waits for a charger's answer, on ``clock`` (which also
+        stamps events); ``close_timeout_s``: the websocket closing handshake (network time)."""
         self.settings = ocpp
         self._chargers = {charger.id: charger for charger in chargers}
         self._passwords = (
@@ -144,7 +147,8 @@ class OcppServer:
 
     @classmethod
     def from_config(cls, config: GatewayConfig, **kwargs: object) -> OcppServer:
-        """Server for ``site.toml``: listener, chargers, default limit and TLS from the file."""
+        """Server for ``site.toml``: listener, chargers, default limit, response timeout and TLS from the
+        file."""
         ssl_context = None
         if config.ocpp.tls_cert is not None and config.ocpp.tls_key is not None:
             ssl_context = server_ssl_context(str(config.ocpp.tls_cert), str(config.ocpp.tls_key))
@@ -153,6 +157,7 @@ class OcppServer:
             config.chargers,
             default_limit_kw=config.control.default_limit_kw,
             ssl_context=ssl_context,
+            response_timeout_s=config.ocpp.response_timeout_s,
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -260,6 +265,45 @@ class OcppServer:
 
     # -- smart charging -------------------------------------------------------------------------------------
 
+    async def apply_default_limit(self, charge_point_id: str, limit_kw: float) -> ProfileOutcome:
+        """Replace the station-wide TxDefaultProfile (EVSE 0): the most a transaction that starts
+        there draws before it gets a TxProfile of its own [kW].
+
+        After a boot it waits for the boot profiles first, so they cannot overwrite it. Never raises
+        for a charger's answer (as :meth:`apply_setpoint`).
+        """
+        station = self._stations.get(charge_point_id)
+        if station is None:
+            return ProfileOutcome(
+                charge_point_id, 0, OutcomeStatus.FAILED, limit_kw, reason="charge point not connected"
+            )
+        try:
+            plan = tx_default_profile(station.version, station.charger, limit_kw=limit_kw)
+        except ProfileError as exc:
+            return ProfileOutcome(charge_point_id, 0, OutcomeStatus.FAILED, limit_kw, reason=str(exc))
+        booting = station.booted.is_set() and not station.boot_profiles_sent.is_set()
+        wait_s = 2 * self._response_timeout_s  # the boot's TxDefaultProfile and station maximum
+        if booting and not await wait_event(station.boot_profiles_sent, wait_s, self._clock):
+            why = "the boot profiles are still unanswered"
+            return ProfileOutcome(
+                charge_point_id, 0, OutcomeStatus.FAILED, limit_kw, plan.power_kw, reason=why
+            )
+        try:
+            answer = await station.request(plan.request)
+        except ChargerCallError as exc:
+            return ProfileOutcome(
+                charge_point_id, 0, OutcomeStatus.REJECTED, limit_kw, plan.power_kw, None, exc.code, str(exc)
+            )
+        except OcppGatewayError as exc:
+            return ProfileOutcome(
+                charge_point_id, 0, OutcomeStatus.FAILED, limit_kw, plan.power_kw, reason=str(exc)
+            )
+        status = OutcomeStatus.ACCEPTED if str(answer.status) == "Accepted" else OutcomeStatus.REJECTED
+        logger.info("default limit %s %.3f kW: %s", charge_point_id, limit_kw, status.value)
+        return ProfileOutcome(
+            charge_point_id, 0, status, limit_kw, plan.power_kw, plan.power_kw, str(answer.status)
+        )
+
     async def apply_setpoint(
         self, charge_point_id: str, evse_id: int, power_kw: float, valid_until: datetime
     ) -> ProfileOutcome:
@@ -291,7 +335,7 @@ class OcppServer:
             )
             return result
 
-        now = self._clock()
+        now = self._clock.now()
         if valid_until <= now:
             return outcome(OutcomeStatus.FAILED, reason=f"setpoint expired at {valid_until.isoformat()}")
         station = self._stations.get(charge_point_id)

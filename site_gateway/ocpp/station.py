@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from ocpp.v21.enums import Action as Action21
 from ocpp.v201.enums import Action as Action201
 from websockets.exceptions import ConnectionClosed
 
+from site_gateway.clock import SYSTEM_CLOCK, Clock, within
 from site_gateway.config import ChargerSection
 from site_gateway.ocpp.events import EventSink, OcppEvent, SessionStarted, TokenIdentity, TokenLookup
 from site_gateway.ocpp.profiles import OcppVersion, ProfilePlan, station_max_profile, tx_default_profile
@@ -73,10 +75,6 @@ class ChargerCallError(OcppGatewayError):
     """The charger answered a call with a CallError; ``code`` is its error code."""
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def parse_time(text: str | None) -> datetime | None:
     """An OCPP date-time as an aware datetime; None when missing or unreadable."""
     if not text:
@@ -99,12 +97,16 @@ class StationContext:
     heartbeat_interval_s: int = 300
     default_limit_kw: float = 7.4
     send_station_max: bool = False
-    clock: Callable[[], datetime] = utc_now
+    clock: Clock = SYSTEM_CLOCK
+    """Timestamps of events and answers, and the response timeout of calls to chargers."""
 
 
 @dataclass(slots=True)
 class MeterSample:
     energy_wh: float | None = None
+    """Energy.Active.Import.Register [Wh]."""
+    export_energy_wh: float | None = None
+    """Energy.Active.Export.Register [Wh], from chargers that can discharge."""
     power_w: float | None = None
     soc_pct: float | None = None
     measured_at: datetime | None = None
@@ -113,11 +115,13 @@ class MeterSample:
 _POWER_IMPORT = "Power.Active.Import"
 _POWER_EXPORT = "Power.Active.Export"
 _ENERGY_IMPORT = "Energy.Active.Import.Register"
+_ENERGY_EXPORT = "Energy.Active.Export.Register"
 _MULTIPLIER_UNITS = {"kWh": 1000.0, "kW": 1000.0, "Wh": 1.0, "W": 1.0}
 
 
 def read_meter_values(meter_values: Iterable[dict[str, Any]]) -> MeterSample:
-    """Latest total (phase-less) energy, net power and SoC from 1.6 or 2.x meterValue lists."""
+    """Latest total (phase-less) import and export registers, net power and SoC from 1.6 or 2.x
+    meterValue lists."""
     sample = MeterSample()
     import_w: float | None = None
     export_w: float | None = None
@@ -137,6 +141,8 @@ def read_meter_values(meter_values: Iterable[dict[str, Any]]) -> MeterSample:
             measurand = sampled.get("measurand", _ENERGY_IMPORT)
             if measurand == _ENERGY_IMPORT:
                 sample.energy_wh = value
+            elif measurand == _ENERGY_EXPORT:
+                sample.export_energy_wh = value
             elif measurand == _POWER_IMPORT:
                 import_w = value
             elif measurand == _POWER_EXPORT:
@@ -173,10 +179,16 @@ class Station(ChargePoint):
         context: StationContext,
         response_timeout_s: float = 10.0,
     ) -> None:
-        super().__init__(charge_point_id, connection, response_timeout=response_timeout_s)
+        # The library's own timeout runs on the event loop's time; ours (in request) on the clock.
+        super().__init__(charge_point_id, connection, response_timeout=math.inf)
+        self.response_timeout_s = response_timeout_s
+        """How long a call waits for the charger's answer [s on the context's clock]."""
         self.charger = charger
         self.context = context
         self.booted = asyncio.Event()
+        self.boot_profiles_sent = asyncio.Event()
+        """Set once the boot profiles have been answered (or failed): a default limit sent later is
+        not overwritten by them."""
         self.boot_profiles: list[tuple[ProfilePlan, str]] = []  # (plan, charger status or error code)
         self._deferred: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._task_group: asyncio.TaskGroup | None = None
@@ -260,15 +272,18 @@ class Station(ChargePoint):
     # -- calls to the charger -----------------------------------------------------------------------------
 
     async def request(self, payload: Any) -> Any:
-        """Send a call; CallErrors, timeouts and closed connections raise :class:`OcppGatewayError`."""
+        """Send a call; CallErrors, timeouts (``response_timeout_s`` on the context's clock) and closed
+        connections raise :class:`OcppGatewayError`."""
         action = type(payload).__name__
         try:
-            return await self.call(payload, suppress=False)
+            return await within(
+                self.call(payload, suppress=False), self.response_timeout_s, self.context.clock
+            )
         except OCPPError as exc:
             message = f"{self.id}: {action} answered {exc.code}: {exc.description}"
             raise ChargerCallError(message, charge_point_id=self.id, code=self._error_code(exc)) from exc
         except TimeoutError as exc:
-            message = f"{self.id}: no answer to {action} within {self._response_timeout} s"
+            message = f"{self.id}: no answer to {action} within {self.response_timeout_s} s"
             raise ChargePointUnavailable(message, charge_point_id=self.id) from exc
         except ConnectionClosed as exc:
             raise ChargePointUnavailable(f"{self.id}: connection lost", charge_point_id=self.id) from exc
@@ -279,18 +294,24 @@ class Station(ChargePoint):
         if self.context.send_station_max:
             plans.append(
                 station_max_profile(
-                    self.version, self.charger, limit_kw=self.charger.max_charge_kw, now=self.context.clock()
+                    self.version,
+                    self.charger,
+                    limit_kw=self.charger.max_charge_kw,
+                    now=self.context.clock.now(),
                 )
             )
-        for plan in plans:
-            try:
-                result = await self.request(plan.request)
-                status = str(result.status)
-            except ChargerCallError as exc:
-                status = exc.code
-            if status != "Accepted":
-                logger.warning("%s: %s refused at boot: %s", self.id, plan.purpose, status)
-            self.boot_profiles.append((plan, status))
+        try:
+            for plan in plans:
+                try:
+                    result = await self.request(plan.request)
+                    status = str(result.status)
+                except ChargerCallError as exc:
+                    status = exc.code
+                if status != "Accepted":
+                    logger.warning("%s: %s refused at boot: %s", self.id, plan.purpose, status)
+                self.boot_profiles.append((plan, status))
+        finally:
+            self.boot_profiles_sent.set()
 
     # -- shared handler helpers ---------------------------------------------------------------------------
 
@@ -348,7 +369,7 @@ class Station(ChargePoint):
     def started_event(self, session: Session, *, resumed: bool) -> SessionStarted:
         return SessionStarted(
             charge_point_id=self.id,
-            received_at=self.context.clock(),
+            received_at=self.context.clock.now(),
             evse_id=session.evse_id,
             transaction_id=session.transaction_id,
             started_at=session.started_at,

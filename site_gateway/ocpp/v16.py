@@ -20,7 +20,7 @@ from site_gateway.ocpp.station import Station, parse_time, read_meter_values
 
 
 def _iso(station: Station) -> str:
-    return station.context.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+    return station.context.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class StationV16(Station, ChargePoint16):
@@ -33,7 +33,7 @@ class StationV16(Station, ChargePoint16):
         await self.emit(
             StationBooted(
                 charge_point_id=self.id,
-                received_at=self.context.clock(),
+                received_at=self.context.clock.now(),
                 ocpp_version=self.version.value,
                 vendor=charge_point_vendor,
                 model=charge_point_model,
@@ -58,7 +58,7 @@ class StationV16(Station, ChargePoint16):
         await self.emit(
             ConnectorStatusChanged(
                 charge_point_id=self.id,
-                received_at=self.context.clock(),
+                received_at=self.context.clock.now(),
                 evse_id=connector_id,
                 connector_id=connector_id,
                 status=status,
@@ -81,7 +81,7 @@ class StationV16(Station, ChargePoint16):
         session = self.new_session(
             evse_id=connector_id,
             transaction_id=str(transaction_id),
-            started_at=parse_time(timestamp) or self.context.clock(),
+            started_at=parse_time(timestamp) or self.context.clock.now(),
             id_token=id_tag,
             identity=identity,
             meter_start_wh=float(meter_start),
@@ -100,10 +100,10 @@ class StationV16(Station, ChargePoint16):
         await self.emit(
             SessionStopped(
                 charge_point_id=self.id,
-                received_at=self.context.clock(),
+                received_at=self.context.clock.now(),
                 evse_id=session.evse_id if session else 0,
                 transaction_id=str(transaction_id),
-                stopped_at=parse_time(timestamp) or self.context.clock(),
+                stopped_at=parse_time(timestamp) or self.context.clock.now(),
                 meter_stop_wh=float(meter_stop),
                 energy_wh=None if start_wh is None else float(meter_stop) - start_wh,
                 reason=kwargs.get("reason"),
@@ -126,18 +126,19 @@ class StationV16(Station, ChargePoint16):
             session = self.context.sessions.get(self.id, tx_text)
             if session is None:  # known to the charger, not to us: resume it
                 session = self.new_session(
-                    evse_id=connector_id, transaction_id=tx_text, started_at=self.context.clock()
+                    evse_id=connector_id, transaction_id=tx_text, started_at=self.context.clock.now()
                 )
                 await self.emit(self.started_event(session, resumed=True))
             self.update_session(session, sample)
         await self.emit(
             MeterReading(
                 charge_point_id=self.id,
-                received_at=self.context.clock(),
+                received_at=self.context.clock.now(),
                 evse_id=connector_id,
-                measured_at=sample.measured_at or self.context.clock(),
+                measured_at=sample.measured_at or self.context.clock.now(),
                 transaction_id=tx_text,
                 energy_wh=sample.energy_wh,
+                export_energy_wh=sample.export_energy_wh,
                 power_w=sample.power_w,
                 soc_pct=sample.soc_pct,
             )

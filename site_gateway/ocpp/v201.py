@@ -27,14 +27,14 @@ class Station2x(Station):
     """Handlers common to OCPP 2.0.1 and 2.1 (actions are named by string: both enums spell them alike)."""
 
     def _now_text(self) -> str:
-        return self.context.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        return self.context.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
 
     @on("BootNotification")
     async def on_boot_notification(self, charging_station: dict[str, Any], reason: str, **kwargs: Any) -> Any:
         await self.emit(
             StationBooted(
                 charge_point_id=self.id,
-                received_at=self.context.clock(),
+                received_at=self.context.clock.now(),
                 ocpp_version=self.version.value,
                 vendor=charging_station.get("vendor_name", ""),
                 model=charging_station.get("model", ""),
@@ -59,7 +59,7 @@ class Station2x(Station):
         await self.emit(
             ConnectorStatusChanged(
                 charge_point_id=self.id,
-                received_at=self.context.clock(),
+                received_at=self.context.clock.now(),
                 evse_id=evse_id,
                 connector_id=connector_id,
                 status=connector_status,
@@ -79,7 +79,7 @@ class Station2x(Station):
         transaction_id = str(transaction_info["transaction_id"])
         evse = kwargs.get("evse") or {}
         token = (kwargs.get("id_token") or {}).get("id_token")
-        at = parse_time(timestamp) or self.context.clock()
+        at = parse_time(timestamp) or self.context.clock.now()
         sample = read_meter_values(kwargs.get("meter_value") or [])
         status, identity = await self.authorize(token)
 
@@ -115,7 +115,7 @@ class Station2x(Station):
         await self.emit(
             SessionStopped(
                 charge_point_id=self.id,
-                received_at=self.context.clock(),
+                received_at=self.context.clock.now(),
                 evse_id=session.evse_id,
                 transaction_id=session.transaction_id,
                 stopped_at=at,
@@ -129,11 +129,12 @@ class Station2x(Station):
         await self.emit(
             MeterReading(
                 charge_point_id=self.id,
-                received_at=self.context.clock(),
+                received_at=self.context.clock.now(),
                 evse_id=evse_id,
-                measured_at=sample.measured_at or self.context.clock(),
+                measured_at=sample.measured_at or self.context.clock.now(),
                 transaction_id=transaction_id,
                 energy_wh=sample.energy_wh,
+                export_energy_wh=sample.export_energy_wh,
                 power_w=sample.power_w,
                 soc_pct=sample.soc_pct,
             )
@@ -167,7 +168,7 @@ class Station2x(Station):
         await self.emit(
             ChargingNeedsReported(
                 charge_point_id=self.id,
-                received_at=self.context.clock(),
+                received_at=self.context.clock.now(),
                 evse_id=evse_id,
                 transaction_id=session.transaction_id if session else None,
                 requested_energy_transfer=str(charging_needs.get("requested_energy_transfer", "")),

@@ -8,7 +8,9 @@ event reads as its latest version (highest ``modification``). Events posted here
 404, as one that does not exist.
 
 Every new version asks the control loop to re-plan the event's target sites (reason
-``event:<id>``).
+``event:<id>``) and declares how the event is measured at each site that has no declaration yet
+(:mod:`aggregator.programs.baseline_declarations`): the program's method and parameters at
+notification, fixed.
 """
 
 from __future__ import annotations
@@ -42,13 +44,17 @@ from aggregator.api.schemas.operators import (
     EventVersion,
     IntervalPerformance,
     ProgramSummary,
+    SiteBaselinePublic,
     SitePerformance,
 )
 from aggregator.db.models import DispatchEvent, Program, Role, User
 from aggregator.ingestion.metering import DEFAULT_STEP, interval_index, site_import_intervals
+from aggregator.programs.baseline_declarations import declare_site_baselines, site_declaration
 from aggregator.programs.dispatch_events import EventChain, EventNotFoundError, event_chain, latest_versions
-from aggregator.settlement.event_measurement import committed_kw, expected_import_kw, site_committed_kw
+from aggregator.settlement.baselines import BaselineError
+from aggregator.settlement.event_measurement import committed_kw, plugged_sessions, site_committed_kw
 from aggregator.settlement.performance import EventPerformance, event_performance
+from aggregator.settlement.site_baselines import declared_site_baseline
 from market_adapters.dispatch import SignalStatus
 
 API_SOURCE = "api"
@@ -191,6 +197,8 @@ def _append(session: Session, chain: EventChain, row: DispatchEvent, replans: Re
     """Store ``row`` as the next version of ``chain`` and ask for its sites to be re-planned."""
     session.add(row)
     try:
+        session.flush()
+        declare_site_baselines(session, chain.id)
         session.commit()
     except IntegrityError as error:
         session.rollback()
@@ -259,6 +267,8 @@ def create_event(
         updated_at=now,
     )
     session.add(row)
+    session.flush()
+    declare_site_baselines(session, row.id)
     session.commit()
     for site_id in row.target_sites:
         replans.request(site_id, f"event:{row.id}")
@@ -428,10 +438,12 @@ def get_event_performance(
     Each target site is committed its share of the event's kW (for ``dr_cap``, of the cap): the share
     its plan in force recorded when the sites were planned together, else an equal share (see
     :func:`site_committed_kw`); the event-level figures are those of the sites' summed series.
-    Expected import is the plans' counterfactual with each vehicle at the baseline frozen when the
-    event was first planned with it (see :func:`expected_import_kw`), measured import
-    the metered mean (:func:`aggregator.ingestion.metering.site_import_intervals`); intervals not yet
-    metered or without a counterfactual show ``null`` and are left out of the totals.
+    Expected import is each site's baseline by the method declared when the event was notified
+    (:mod:`aggregator.settlement.site_baselines`), as settlement measures it; each site's ``baseline``
+    says which, with its parameters, so it can be recomputed from the meter (a ``counterfactual`` names
+    the plans it was fixed at). Measured import is the metered mean
+    (:func:`aggregator.ingestion.metering.site_import_intervals`); intervals not yet metered or without a
+    baseline show ``null`` and are left out of the totals.
     """
     chain = _own_event(session, user, event_id)
     event = chain.latest
@@ -446,18 +458,23 @@ def get_event_performance(
     if not site_ids and event.program is not None:  # an adapter's event for the whole program
         site_ids = [site.id for site in event.program.sites]
     shares = site_committed_kw(session, chain.id, site_ids, committed, end, step)
+    nothing = pd.Series(math.nan, index=index, dtype=float)
     sites: list[SitePerformance] = []
     expected, measured = [], []
     for site_id in site_ids:
-        site_expected = expected_import_kw(session, site_id, chain.id, index, end, step)
+        site_expected, baseline = _site_baseline(session, chain, site_id, index, step)
         site_measured = site_import_intervals(session, site_id, event.window_start, end, step).mean_kw
         performance = event_performance(event.kind, shares[site_id], site_expected, site_measured, step=step)
         sites.append(
-            SitePerformance(site_id=site_id, intervals=_intervals(performance, end), **_totals(performance))
+            SitePerformance(
+                site_id=site_id,
+                baseline=baseline,
+                intervals=_intervals(performance, end),
+                **_totals(performance),
+            )
         )
         expected.append(site_expected)
         measured.append(site_measured)
-    nothing = pd.Series(math.nan, index=index, dtype=float)
     total = event_performance(
         event.kind,
         committed,
@@ -474,3 +491,24 @@ def get_event_performance(
         sites=sites,
         **_totals(total),
     )
+
+
+def _site_baseline(
+    session: Session, chain: EventChain, site_id: str, index: pd.DatetimeIndex, step: dt.timedelta
+) -> tuple[pd.Series, SiteBaselinePublic | None]:
+    """A site's expected import [kW per interval] by its declared baseline, and the declaration; an
+    expected import that cannot be made yet (too little meter data) is ``NaN``, with the problem."""
+    event = chain.latest
+    declaration = site_declaration(session, chain.id, site_id)
+    nothing = pd.Series(math.nan, index=index, dtype=float)
+    if declaration is None:
+        return nothing, None
+    sessions = plugged_sessions(session, site_id, chain.id, index, event.window_end, step)
+    try:
+        declared = declared_site_baseline(
+            session, declaration, event.window_start, event.window_end, index, sessions, step
+        )
+    except (BaselineError, ValidationError) as error:
+        return nothing, SiteBaselinePublic(**declaration.public(), problem=str(error))
+    public = SiteBaselinePublic(**declaration.public(), plan_versions=list(declared.plan_versions))
+    return declared.baseline.baseline_kw, public

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -201,7 +201,7 @@ class IntervalPerformance(BaseModel):
     cap_kw: float | None = None
     """The cap on import (``dr_cap`` only)."""
     expected_kw: float | None
-    """The site's expected import without the event (the plan's counterfactual)."""
+    """The site's expected import without the event: its baseline by the declared method."""
     measured_kw: float | None
     """The metered mean net import (negative when exporting)."""
     delivered_kw: float | None
@@ -218,11 +218,34 @@ class PerformanceTotals(BaseModel):
     performance_factor: float
     """``delivered_kwh / committed_kwh`` in ``[0, 1]``, over the intervals that have data."""
     missing_intervals: int
-    """Intervals left out of the totals: not yet metered, or without a counterfactual."""
+    """Intervals left out of the totals: not yet metered, or without a baseline."""
+
+
+class SiteBaselinePublic(BaseModel):
+    """How the event is measured at a site, declared when it was notified: with the site's metered
+    import, enough to recompute the baseline (except ``counterfactual``, the aggregator's own plan)."""
+
+    method: str
+    """``x_of_y``, ``same_day``, ``meter_before_after`` or ``counterfactual``."""
+    parameters: dict[str, Any]
+    """The method with every parameter, defaults included."""
+    timezone: str
+    """The site's IANA zone: day matching compares local clock times."""
+    excluded_days: list[dt.date]
+    """Local days a day-matching baseline leaves out (earlier event days at the site)."""
+    declared_at: dt.datetime
+    declared_at_notification: bool
+    """``False`` for an event notified before declarations were kept: measured by the program's
+    current method."""
+    plan_versions: list[int] = Field(default_factory=list)
+    """For ``counterfactual``: the schedule versions it was fixed at."""
+    problem: str | None = None
+    """Why the baseline cannot be made yet (e.g. too little meter data); its intervals are ``null``."""
 
 
 class SitePerformance(PerformanceTotals):
     site_id: str
+    baseline: SiteBaselinePublic | None = None
     intervals: list[IntervalPerformance]
 
 

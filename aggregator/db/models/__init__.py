@@ -3,7 +3,8 @@
 - :mod:`~aggregator.db.models.base`: the declarative base, naming convention and shared column types;
 - :mod:`~aggregator.db.models.accounts`: people and credentials, vehicles and V2G consent;
 - :mod:`~aggregator.db.models.sites`: sites and chargers, charging sessions and drivers' overrides;
-- :mod:`~aggregator.db.models.programs`: programs, enrolled sites and dispatch events;
+- :mod:`~aggregator.db.models.programs`: programs, enrolled sites, dispatch events and how each event
+  is measured at each site;
 - :mod:`~aggregator.db.models.telemetry`: what the gateways report (telemetry, status);
 - :mod:`~aggregator.db.models.plans`: the schedules the control loop made and the commands it sent;
 - :mod:`~aggregator.db.models.settlement`: settlement runs, the ledger and disputes.
@@ -27,7 +28,7 @@ from __future__ import annotations
 from aggregator.db.models.accounts import ApiKey, Role, User, V2gConsent, Vehicle
 from aggregator.db.models.base import NAMING_CONVENTION, Base, BigId, ImmutableRowError, utcnow
 from aggregator.db.models.plans import CommandStatus, ScheduleStatus, ScheduleVersion, SetpointCommandRecord
-from aggregator.db.models.programs import DispatchEvent, Program, ProgramKind, ProgramSite
+from aggregator.db.models.programs import DispatchEvent, EventSiteBaseline, Program, ProgramKind, ProgramSite
 from aggregator.db.models.settlement import (
     Dispute,
     DisputeEvent,
@@ -54,6 +55,7 @@ __all__ = [
     "Dispute",
     "DisputeEvent",
     "DisputeEventKind",
+    "EventSiteBaseline",
     "EvseTelemetryRecord",
     "GatewayStatusRecord",
     "ImmutableRowError",

@@ -48,7 +48,9 @@ class ScheduleVersion(Base):
     {"site_ids", "events", "status", "message"}`` (see ``aggregator.control.groups``). A plan with
     dispatch events has ``"event_baselines": {public event id: [baseline import kW per step]}``, each
     vehicle at the power frozen when the event was first planned with it
-    (``aggregator.programs.event_baselines``)."""
+    (``aggregator.programs.event_baselines``). ``"assumed": {vehicle id in the scenario: ["soc",
+    "departure", "target", "vehicle"]}`` says what the plan assumed about a vehicle rather than knew: a
+    baseline frozen at such a plan is none (``aggregator.programs.event_baselines.Assumed``)."""
     result_summary: Mapped[dict[str, Any]]
     status: Mapped[ScheduleStatus] = mapped_column(value_enum(ScheduleStatus, "schedule_status"))
     plan: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,4 +1,5 @@
-"""Grid programs, the sites enrolled in them, and their dispatch events (every version kept)."""
+"""Grid programs, the sites enrolled in them, their dispatch events (every version kept) and how each
+event is measured at each site (declared at notification)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,19 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    String,
+    UniqueConstraint,
+    event,
+    inspect,
+)
+from sqlalchemy.orm import Mapped, Mapper, mapped_column, relationship
 
-from aggregator.db.models.base import Base, utcnow
+from aggregator.db.models.base import Base, ImmutableRowError, utcnow
 from aggregator.db.models.sites import Site
 from aggregator.db.types import value_enum
 from market_adapters.dispatch import GridSignal, SignalKind, SignalStatus
@@ -115,3 +125,48 @@ class DispatchEvent(Base):
             target_sites=list(signal.target_sites),
             received_at=signal.received_at,
         )
+
+
+class EventSiteBaseline(Base):
+    """How one dispatch event is measured at one site, declared when the event was notified; never
+    changed (an update raises :class:`~aggregator.db.models.base.ImmutableRowError`).
+
+    ``event_id`` is the event's public id (the row id of its first version). ``method`` and
+    ``parameters`` are the program's measurement at notification (``parameters`` validates as an
+    ``aggregator.settlement.baselines.BaselineMethod``), so changing a program's measurement does not
+    move an event already notified; ``timezone`` and ``excluded_days`` (local ISO dates: earlier event
+    days at the site) are what a day-matching method reads besides the meter, fixed then too. With them
+    and the site's metered import a grid operator can recompute the baseline; the ``counterfactual``
+    method is the aggregator's own plan without the event, fixed at the first plans that list it
+    (``aggregator.programs.event_baselines``).
+    """
+
+    __tablename__ = "event_site_baselines"
+    __table_args__ = (UniqueConstraint("event_id", "site_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("dispatch_events.id"))
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
+    method: Mapped[str] = mapped_column(String(40))
+    """The method's name: ``x_of_y``, ``same_day``, ``meter_before_after`` or ``counterfactual``."""
+    parameters: Mapped[dict[str, Any]]
+    """The whole method with its parameters, defaults written out (``{"method": "x_of_y", "x": 10, ...}``)."""
+    timezone: Mapped[str] = mapped_column(String(64))
+    """The site's IANA zone at notification: day matching compares local clock times."""
+    excluded_days: Mapped[list[Any]] = mapped_column(default=list)
+    """Local days (ISO dates) a day-matching baseline leaves out: earlier event days at the site."""
+    declared_at: Mapped[dt.datetime]
+    """When it was declared: when the event (or the version that first targeted the site) arrived."""
+
+
+def _refuse_declaration_update(mapper: Mapper[Any], connection: Any, target: EventSiteBaseline) -> None:
+    state = inspect(target)
+    changed = [prop.key for prop in mapper.column_attrs if state.attrs[prop.key].history.has_changes()]
+    if changed:
+        raise ImmutableRowError(
+            f"event_site_baselines row {target.id} (event {target.event_id}, site {target.site_id}) was "
+            f"declared at notification and cannot be changed ({', '.join(changed)})"
+        )
+
+
+event.listen(EventSiteBaseline, "before_update", _refuse_declaration_update)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from aggregator.db.models.base import Base, BigId
 from aggregator.db.types import value_enum
-from wire.contract import GatewayState
+from wire.contract import GatewayState, LimitReason
 
 
 class TelemetryRecord(Base):
@@ -61,7 +61,15 @@ class EvseTelemetryRecord(Base):
     power_kw: Mapped[float]
     """Positive charging, negative discharging [kW]."""
     energy_kwh: Mapped[float | None]
+    """Net energy into the vehicle since its transaction started [kWh] (import minus export)."""
     soc_percent: Mapped[float | None]
+    limit_kw: Mapped[float | None]
+    """The most power the gateway let this EVSE have [kW, ≥ 0] when a cap met what was asked
+    (:class:`wire.contract.EvseLimit`); ``None`` when only the setpoint limited it."""
+    limit_reason: Mapped[LimitReason | None] = mapped_column(value_enum(LimitReason, "limit_reason"))
+    """Why ``limit_kw``."""
+    limit_discharge: Mapped[bool | None]
+    """``limit_kw`` bounds discharging; else charging."""
 
     telemetry: Mapped[TelemetryRecord] = relationship(back_populates="evses")
 
