@@ -136,3 +136,33 @@ def test_where_burning_energy_pays_the_binaries_still_forbid_it() -> None:
         assert result.objective == pytest.approx(-0.10 * 5 / 0.9, abs=1e-6), interface
         assert (result.charge_kw * result.discharge_kw).max() <= 1e-9, interface
         assert not check_schedule(day, result)
+
+
+@pytest.mark.parametrize("interface", ["appsi", "contrib"])
+def test_a_solve_in_a_thread_leaves_the_process_streams_alone(
+    v2g_day: Scenario, interface: Interface
+) -> None:
+    # the service solves in worker threads while its other threads print and log; pyomo's interfaces
+    # used to swap sys.stdout/sys.stderr (and fds 1 and 2) for the whole process during every solve
+    import sys
+    import threading
+
+    problem = build_problem(v2g_day)
+    streams = (sys.stdout, sys.stderr)
+    swapped: list[object] = []
+    done = threading.Event()
+
+    def solve() -> None:
+        try:
+            for _ in range(3):
+                optimize(problem, SolverOptions(interface=interface))
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=solve)
+    worker.start()
+    while not done.is_set():
+        if (sys.stdout, sys.stderr) != streams:
+            swapped.append(sys.stdout)
+    worker.join()
+    assert not swapped, f"sys.stdout/sys.stderr replaced {len(swapped)} times while another thread solved"
