@@ -87,6 +87,15 @@ from wire.contract import (
 
 log = logging.getLogger(__name__)
 
+LIMITED_BY: dict[LimitReason, str] = {
+    LimitReason.SITE_LIMIT: "the site limit",
+    LimitReason.RESERVE: "the idle reserve",
+    LimitReason.FALLBACK: "the fallback rules",
+    LimitReason.CHARGER_MAX: "the charger's or vehicle's maximum",
+    LimitReason.ENERGY_REQUEST_MET: "the vehicle's energy request, met",
+}
+"""How an acknowledgement says what cut a setpoint short ("limited to 7.50 kW by the site limit")."""
+
 
 class Gateway:
     """Async context manager running one depot's gateway (see the module docstring)."""
@@ -490,10 +499,8 @@ class Gateway:
                     granted = allocation.power_kw.get(key, 0.0)
                     if abs(granted - requested) > CHANGE_THRESHOLD_KW:
                         cap = allocation.caps.get(key)
-                        why = cap.reason if cap is not None else LimitReason.SITE_LIMIT
-                        outcome = replace_detail(
-                            outcome, f"limited to {granted:.2f} kW by the {why.value.replace('_', ' ')}"
-                        )
+                        why = LIMITED_BY[cap.reason if cap is not None else LimitReason.SITE_LIMIT]
+                        outcome = replace_detail(outcome, f"limited to {granted:.2f} kW by {why}")
                 evses.append(outcome)
             rejected = [e for e in evses if e.status is not AckStatus.ACCEPTED]
             status = AckStatus.ACCEPTED if not rejected else AckStatus.REJECTED

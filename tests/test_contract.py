@@ -284,10 +284,10 @@ def test_payload_from_another_sites_topic_is_refused() -> None:
     assert err.value.field == "site_id"
 
 
-def test_telemetry_from_a_gateway_that_reports_no_limits_still_reads() -> None:
-    """``limit`` came within schema version 1: a payload without the key is a reading with no cap."""
+def test_a_limit_came_within_schema_version_1_and_is_left_out_when_unset() -> None:
+    """A reader from before ``limit`` (every field known, no other) still reads an uncapped reading;
+    and a payload without the key is a reading with no cap."""
     data = json.loads(encode(telemetry()))
-    for evse in data["evses"]:
-        del evse["limit"]
+    assert "limit" not in data["evses"][0] and data["evses"][1]["limit"]["reason"] == "site_limit"
     message = decode(Telemetry, json.dumps(data))
-    assert [e.limit for e in message.evses] == [None, None]
+    assert [e.limit for e in message.evses] == [None, telemetry().evses[1].limit]

@@ -317,10 +317,13 @@ def test_the_gateway_hands_back_the_idle_reserve_on_plug_in(tmp_path: Path, brok
                 await until(lambda: idle.connected.is_set() and "cp-1" in gateway.ocpp.connected)
                 reserve_kw = gateway.default_limit_kw  # 11 kW / 3 listed chargers
                 assert reserve_kw == pytest.approx(limit_kw / 3)
-                await centre.command({"cp-0": 11.0}, valid_s=3600)
+                command_id = await centre.command({"cp-0": 11.0}, valid_s=3600)
+                await until(lambda: centre.ack(command_id) is not None)
                 # The idle charger gives its reserve up (its default limit is lowered first) and cp-0
-                # takes the whole site: not 11 kW - one reserve.
+                # takes the whole site, not 11 kW less one reserve; two control intervals later still.
                 await until(lambda: sims[0].power_w > 1000 * limit_kw - 100)
+                await clock.sleep(60)
+                assert sims[0].power_w > 1000 * limit_kw - 100
                 assert gateway.idle_limit_kw("cp-1") == 0.0
                 assert gateway.idle_reserve_kw() == 0.0
 
@@ -372,6 +375,7 @@ def test_plugged_vehicles_are_not_held_to_one_reserve_each(tmp_path: Path, broke
                 await until(lambda: idle.connected.is_set() and "cp-2" in gateway.ocpp.connected)
                 assert gateway.default_limit_kw == pytest.approx(5.0)
                 command_id = await centre.command({"cp-0": 11.0, "cp-1": 11.0}, valid_s=3600)
+                await until(lambda: all(abs(sim.power_w - 7500) < 50 for sim in sims))
                 await until(lambda: centre.ack(command_id) is not None)
                 ack = centre.ack(command_id)
                 assert ack is not None
@@ -380,7 +384,6 @@ def test_plugged_vehicles_are_not_held_to_one_reserve_each(tmp_path: Path, broke
                     re.fullmatch(r"limited to \d+\.\d\d kW by the site limit", e.detail or "")
                     for e in ack.evses
                 )
-                await until(lambda: all(abs(sim.power_w - 7500) < 50 for sim in sims))
 
                 def capped() -> bool:
                     last = centre.telemetry[-1] if centre.telemetry else None
@@ -463,8 +466,8 @@ def test_a_discharged_vehicle_is_charged_to_its_target_by_net_energy(
                     for e in t.evses
                 )
 
-            await until(net_reported)
             await until(sim.finished.is_set, timeout=30)
+            await until(net_reported)
             assert vehicle.soc == pytest.approx(0.6, abs=0.005)
             assert sim.import_wh / 1000 == pytest.approx(1.0 + exported_kwh, abs=0.05)
             for task in tasks._tasks:  # type: ignore[attr-defined]

@@ -215,11 +215,11 @@ class EvseTelemetry(_Model):
     the export register's; negative after net discharge."""
     soc_percent: Annotated[float, Strict()] | None = Field(None, ge=0, le=100)
     """State of charge [%] when the EV reports it (OCPP 2.x, ISO 15118), else ``None``."""
-    limit: EvseLimit | None = None
+    limit: EvseLimit | None = Field(None, exclude_if=lambda limit: limit is None)
     """The cap the gateway applies now, when one meets what was asked of the EVSE (the centre's
     setpoint; without one, what the vehicle takes); ``None`` when only the setpoint limits it. Added
-    within schema version 1 as an optional field: a centre that reads it must run before gateways
-    that send it."""
+    within schema version 1, so left out of the JSON when ``None``: a centre that predates it still
+    reads readings without a cap."""
 
 
 class Telemetry(SiteMessage):
@@ -396,7 +396,9 @@ def topic_for(message: Payload) -> str:
 
 
 def encode(message: _Model) -> bytes:
-    """Compact UTF-8 JSON, every field present (``null`` when unset); timestamps ISO 8601 UTC (``Z``)."""
+    """Compact UTF-8 JSON, every field present (``null`` when unset) but those added within a schema
+    version, which are left out when unset (:attr:`EvseTelemetry.limit`); timestamps ISO 8601 UTC
+    (``Z``)."""
     return message.model_dump_json().encode()
 
 
