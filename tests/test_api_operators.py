@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from aggregator.api.routes.operators import current_time
+from aggregator.api.deps import current_time
 from aggregator.db.models import (
     DispatchEvent,
     EventSiteBaseline,

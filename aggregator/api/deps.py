@@ -7,6 +7,7 @@ role is 403.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -37,8 +38,16 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def current_time(request: Request) -> dt.datetime:
+    """Now, aware UTC, on the app's clock (``create_app(clock=...)``: the system's by default, virtual
+    in ``fleetgrid simulate``); tests may also move it with ``app.dependency_overrides``."""
+    clock: Callable[[], dt.datetime] = request.app.state.clock
+    return clock()
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
+Now = Annotated[dt.datetime, Depends(current_time)]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Administration: sites and their chargers, accounts of every role, machine API keys, and the grid
-operators' programs with the sites enrolled in them. Admins only.
+"""Administration: sites and their chargers, accounts of every role, machine API keys, the grid
+operators' programs with the sites enrolled in them, and the service's status (whether its outside
+peers answer). Admins only.
 
 A change to what a site's plan is made from (its limits, a charger's power) asks the control loop
 to re-plan that site.
@@ -7,9 +8,10 @@ to re-plan that site.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -27,9 +29,11 @@ from aggregator.api.schemas.admin import (
     ChargerCreate,
     ChargerPublic,
     ChargerUpdate,
+    DependencyPublic,
     ProgramCreate,
     ProgramPublic,
     ProgramUpdate,
+    ServiceStatus,
     SiteCreate,
     SitePublic,
     SiteUpdate,
@@ -54,6 +58,21 @@ def _site(session: Session, site_id: str) -> Site:
     if site is None:
         raise _not_found(f"site {site_id!r}")
     return site
+
+
+# ------------------------------------------------------------------------------------------- status
+
+
+@router.get("/status")
+async def service_status(request: Request) -> ServiceStatus:
+    """Whether the service's outside peers answer: each OpenADR VTN (``openadr:<n>``), InfluxDB and the
+    MQTT broker, with since when, the last error and the failed attempts since it was last up. The
+    service put them on ``app.state.dependencies``; an API run without it lists none. (Read on the event
+    loop, where the components update them, so one answer is one moment.)"""
+    entries: Iterable[object] = getattr(request.app.state, "dependencies", ())
+    dependencies = [DependencyPublic.model_validate(entry) for entry in entries]
+    degraded = any(entry.state == "down" for entry in dependencies)
+    return ServiceStatus(status="degraded" if degraded else "ok", dependencies=dependencies)
 
 
 # -------------------------------------------------------------------------------------------- sites

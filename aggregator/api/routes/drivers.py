@@ -20,7 +20,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from aggregator.api.deps import CurrentUser, ReplanDep, SessionDep, require_roles
+from aggregator.api.deps import CurrentUser, Now, ReplanDep, SessionDep, require_roles
 from aggregator.api.paging import PageParams, TimeRangeParams, paginate
 from aggregator.api.schemas import Page
 from aggregator.api.schemas.drivers import (
@@ -55,7 +55,6 @@ from aggregator.db.models import (
     Site,
     User,
     Vehicle,
-    utcnow,
 )
 
 router = APIRouter(prefix="/driver", tags=["drivers"], dependencies=[Depends(require_roles(Role.DRIVER))])
@@ -187,7 +186,7 @@ def read_consent(vehicle_id: int, user: CurrentUser, session: SessionDep) -> Con
 
 @router.put("/vehicles/{vehicle_id}/consent")
 def give_vehicle_consent(
-    vehicle_id: int, body: ConsentGive, user: CurrentUser, session: SessionDep, replans: ReplanDep
+    vehicle_id: int, body: ConsentGive, user: CurrentUser, session: SessionDep, replans: ReplanDep, now: Now
 ) -> ConsentPublic:
     """Give V2G consent, or change its reserve: appends a state, never changes one."""
     vehicle = _own_vehicle(session, user, vehicle_id)
@@ -205,7 +204,7 @@ def give_vehicle_consent(
             body.min_reserve_kwh,
         )
     try:
-        give_consent(session, vehicle_id, body.min_reserve_kwh, utcnow())
+        give_consent(session, vehicle_id, body.min_reserve_kwh, now)
     except ConsentError as error:
         raise _invalid(("body", "min_reserve_kwh"), str(error), body.min_reserve_kwh) from error
     session.commit()
@@ -215,12 +214,12 @@ def give_vehicle_consent(
 
 @router.delete("/vehicles/{vehicle_id}/consent")
 def withdraw_vehicle_consent(
-    vehicle_id: int, user: CurrentUser, session: SessionDep, replans: ReplanDep
+    vehicle_id: int, user: CurrentUser, session: SessionDep, replans: ReplanDep, now: Now
 ) -> ConsentPublic:
     """Withdraw the consent in force (409 if there is none): appends a withdrawn state."""
     _own_vehicle(session, user, vehicle_id)
     try:
-        withdraw_consent(session, vehicle_id, utcnow())
+        withdraw_consent(session, vehicle_id, now)
     except ConsentError as error:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from error
     session.commit()
@@ -352,7 +351,12 @@ def read_session(session_id: int, user: CurrentUser, session: SessionDep) -> Ses
 
 @router.post("/sessions/{session_id}/override", status_code=status.HTTP_201_CREATED)
 def create_override(
-    session_id: int, body: OverrideCreate, user: CurrentUser, session: SessionDep, replans: ReplanDep
+    session_id: int,
+    body: OverrideCreate,
+    user: CurrentUser,
+    session: SessionDep,
+    replans: ReplanDep,
+    now: Now,
 ) -> OverridePublic:
     """Append an override for a running session and ask for its site to be re-planned at once."""
     charging = _own_session(session, user, session_id)
@@ -361,7 +365,6 @@ def create_override(
         raise HTTPException(status.HTTP_409_CONFLICT, detail=detail)
     if body.departure_at is not None:
         departure = body.departure_at.astimezone(dt.UTC)
-        now = utcnow()
         if departure <= now:
             raise _invalid(
                 ("body", "departure_at"),
@@ -378,7 +381,7 @@ def create_override(
     values = body.model_dump()
     if body.departure_at is not None:
         values["departure_at"] = body.departure_at.astimezone(dt.UTC)
-    override = SessionOverride(session_id=session_id, created_by_id=user.id, **values)
+    override = SessionOverride(session_id=session_id, created_by_id=user.id, created_at=now, **values)
     session.add(override)
     session.commit()
     replans.request(charging.site_id, f"override:session {session_id}")

@@ -29,7 +29,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from aggregator.api.deps import Caller, ReplanDep, SessionDep, require_roles
+from aggregator.api.deps import Caller, Now, ReplanDep, SessionDep, require_roles
 from aggregator.api.paging import PageParams, TimeRangeParams
 from aggregator.api.schemas import Page
 from aggregator.api.schemas.operators import (
@@ -62,17 +62,11 @@ START_GRACE = dt.timedelta(minutes=1)
 """How far in the past an event's start may lie when it is posted (clocks and networks differ)."""
 
 
-def current_time() -> dt.datetime:
-    """Now, aware UTC; a dependency, so tests can move the clock (``app.dependency_overrides``)."""
-    return dt.datetime.now(dt.UTC)
-
-
 def operator(caller: Annotated[Caller, Depends(require_roles(Role.GRID_OPERATOR))]) -> User:
     """The calling grid operator's account."""
     return caller.user
 
 
-Now = Annotated[dt.datetime, Depends(current_time)]
 CurrentOperator = Annotated[User, Depends(operator)]
 
 router = APIRouter(

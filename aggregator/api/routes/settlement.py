@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from aggregator.api.deps import Caller, CurrentUser, SessionDep, require_roles
+from aggregator.api.deps import Caller, CurrentUser, Now, SessionDep, require_roles
 from aggregator.api.paging import PageParams, PageRequest, TimeRange, TimeRangeParams, paginate
 from aggregator.api.schemas import Page
 from aggregator.api.schemas.settlement import (
@@ -53,7 +53,6 @@ from aggregator.db.models import (
     Program,
     Role,
     SettlementRun,
-    utcnow,
 )
 from aggregator.settlement import disputes
 from aggregator.settlement.statement_documents import invoice_csv, invoice_pdf, statement_csv, statement_pdf
@@ -226,10 +225,10 @@ ReaderCaller = Annotated[Caller, Depends(require_roles(*PARTIES, Role.ADMIN))]
 
 
 @disputes_router.post("", status_code=status.HTTP_201_CREATED)
-def create_dispute(body: DisputeCreate, caller: PartyCaller, session: SessionDep) -> DisputeDetail:
+def create_dispute(body: DisputeCreate, caller: PartyCaller, session: SessionDep, now: Now) -> DisputeDetail:
     """Dispute one ledger entry of the caller's own account (a line of their statement or invoice)."""
     try:
-        dispute = disputes.open_dispute(session, caller.user, body.ledger_entry_id, body.reason, now=utcnow())
+        dispute = disputes.open_dispute(session, caller.user, body.ledger_entry_id, body.reason, now=now)
     except disputes.DisputeError as error:
         session.rollback()
         raise _dispute_http_error(error) from error
@@ -261,11 +260,11 @@ def read_dispute(dispute_id: int, caller: ReaderCaller, session: SessionDep) -> 
 
 @disputes_router.post("/{dispute_id}/comments", status_code=status.HTTP_201_CREATED)
 def comment_dispute(
-    dispute_id: int, body: DisputeComment, caller: ReaderCaller, session: SessionDep
+    dispute_id: int, body: DisputeComment, caller: ReaderCaller, session: SessionDep, now: Now
 ) -> DisputeDetail:
     """Append a comment to an open dispute the caller is party to (or any, for an admin)."""
     try:
-        disputes.add_comment(session, caller.user, dispute_id, body.note, now=utcnow())
+        disputes.add_comment(session, caller.user, dispute_id, body.note, now=now)
     except disputes.DisputeError as error:
         session.rollback()
         raise _dispute_http_error(error) from error
@@ -375,6 +374,7 @@ def resolve_dispute(
     body: DisputeResolve,
     caller: Annotated[Caller, Depends(require_roles(Role.ADMIN))],
     session: SessionDep,
+    now: Now,
 ) -> DisputeDetail:
     """Resolve an open dispute: ``adjusted`` books a balanced adjusting transaction in the disputing
     party's favour, ``rejected`` changes nothing; 409 if it was resolved already."""
@@ -383,7 +383,7 @@ def resolve_dispute(
         assert body.amount_minor is not None and body.counter_account is not None  # the model checks
         adjustment = disputes.Adjustment(body.amount_minor, body.counter_account)
     try:
-        disputes.resolve(session, caller.user, dispute_id, body.note, adjustment=adjustment, now=utcnow())
+        disputes.resolve(session, caller.user, dispute_id, body.note, adjustment=adjustment, now=now)
         session.commit()
     except disputes.DisputeError as error:
         session.rollback()

@@ -1,4 +1,5 @@
-"""What the admin API accepts and returns: sites, chargers, accounts, API keys, programs.
+"""What the admin API accepts and returns: sites, chargers, accounts, API keys, programs, the service's
+status.
 
 ``<Resource>Create`` is a request body, ``<Resource>Update`` a ``PATCH`` body (fields left out stay as
 they are), ``<Resource>Public`` what a response shows.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -226,3 +227,33 @@ class ProgramPublic(ProgramFields):
                 "site_ids": [site.id for site in data.sites],
             }
         return data
+
+
+class DependencyPublic(BaseModel):
+    """One outside peer of the service (an OpenADR VTN, InfluxDB, the MQTT broker) and whether it answers
+    (read from :class:`aggregator.runtime.dependencies.Dependency`)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    """``openadr:<n>`` (the n-th ``[[openadr]]`` entry), ``influxdb`` or ``mqtt``."""
+    kind: Literal["openadr-vtn", "influxdb", "mqtt-broker"]
+    target: str
+    """URL or ``host:port``."""
+    state: Literal["unknown", "up", "down"]
+    """``unknown`` until the first exchange; ``down`` while it is retried with backoff."""
+    since: dt.datetime | None
+    """When it entered ``state``."""
+    last_error: str | None
+    """Why the last failed exchange failed (kept once it is up again)."""
+    failures: int
+    """Failed exchanges since it was last up."""
+    changes: int
+    """Changes between up and down since the service started."""
+
+
+class ServiceStatus(BaseModel):
+    """``degraded`` while any dependency is down; the service runs on either way."""
+
+    status: Literal["ok", "degraded"]
+    dependencies: list[DependencyPublic]
