@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 console = Console()
 app = typer.Typer(no_args_is_help=True, help="Bootstrap users, sites, chargers, programs and API keys.")
 
-_state: dict[str, str | None] = {"url": None}
+_state: dict[str, str | None] = {"url": None, "config": None}
 
 
 class AdminError(Exception):
@@ -50,6 +50,7 @@ def _database(
     if config is not None:
         from aggregator.runtime.config import CentralConfig, CentralConfigError
 
+        _state["config"] = str(config)
         try:
             _state["url"] = CentralConfig.load(config).database.url
         except CentralConfigError as error:
@@ -330,3 +331,35 @@ def issue_key(
         session.add(ApiKey(key_hash=hash_api_key(key), owner_id=account.id, site_id=site_id, name=name))
         _commit(session, "API key")
         console.print(key, highlight=False)
+
+
+@app.command("create-broker-sessions")
+def create_broker_sessions() -> None:
+    """Create the centre's MQTT sessions on the broker of --config, so that it queues for the centre
+    what gateways publish before the centre first runs (run once, before the first gateway)."""
+    import asyncio
+
+    import aiomqtt
+
+    from aggregator.ingestion.pipeline import IngestionSettings, create_sessions
+    from aggregator.runtime.config import CentralConfig
+
+    if _state["config"] is None:
+        _fail("create-broker-sessions needs --config central.toml: its [mqtt] names the broker")
+    assert _state["config"] is not None
+    mqtt = CentralConfig.load(Path(_state["config"])).mqtt
+    if mqtt.embedded:
+        _fail("[mqtt] url is 'embedded': that broker keeps no sessions; name Mosquitto (mqtt://host:1883)")
+    settings = IngestionSettings(  # the ingestion's own client ids (aggregator/runtime/service.py)
+        mqtt.host,
+        mqtt.port,
+        mqtt.username,
+        mqtt.password(),
+        tls_context=mqtt.tls_context(),
+        client_id=f"{mqtt.client_id}-ingestion",
+    )
+    try:
+        created = asyncio.run(create_sessions(settings))
+    except (aiomqtt.MqttError, PermissionError, OSError) as error:
+        _fail(f"broker {mqtt.url}: {error}")
+    console.print(f"broker {mqtt.url} keeps sessions for {', '.join(created)}", highlight=False)

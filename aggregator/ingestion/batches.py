@@ -31,14 +31,25 @@ are in :mod:`aggregator.ingestion.pipeline`'s docstring, and the settings named 
   in arrival order is the one kept. On SQLite, which takes one writing transaction at a time, one
   batch is stored at a time whatever ``telemetry_writers`` says, and the writer is free once it has
   committed.
+- Each message from the broker comes with a :class:`Receipt`, settled once the writer is done with
+  it: ``stored`` once the transaction holding it has committed (or it was rejected, see below), and
+  only then may the MQTT side acknowledge it (:mod:`aggregator.ingestion.pipeline`: store before
+  acknowledge). A message the database could not take because it could not be reached
+  (:func:`unreachable`: a lost connection, a locked SQLite file, a pool time-out) is settled *not*
+  stored and counted as ``retried``: it is not acknowledged, and the broker sends it again. Such a
+  batch is not retried message by message (the database is away, not refusing one of them).
 - Nothing that one message does stops the loop: a payload that breaks the contract, a message for a
   site not in ``sites``, a session event for a charger the centre does not know, an ack for a command
-  the site was not sent, or a database error is logged (naming the topic, and the field for a contract
-  error), counted in :attr:`IngestionStats`, and dropped. If a batch's transaction fails, the batch is
-  stored again message by message, each in its own transaction, so that only the message the database
-  refuses is lost (a batch of one is not tried twice). ``received`` moves as a message arrives,
-  ``rejected`` for a contract breach once the writer has decoded it, and the other counters only once
-  a transaction has committed, so they are exact.
+  the site was not sent, or a database error that is not :func:`unreachable` is logged (naming the
+  topic, and the field for a contract error), counted in :attr:`IngestionStats`, acknowledged and
+  dropped (sending it again would fail again and hold every later message back). If a batch's
+  transaction fails so, the batch is stored again message by message, each in its own transaction,
+  so that only the message the database refuses is lost (a batch of one is not tried twice).
+  ``received`` moves as a message arrives, ``rejected`` for a contract breach once the writer has
+  decoded it, and the other counters only once a transaction has committed, so they are exact.
+- Each valid message's ``seq`` is observed in arrival order by
+  :class:`~aggregator.ingestion.gaps.SequenceGaps` (:attr:`IngestionStats.gaps`), which starts from
+  the highest numbers stored per site and reports every number that never arrived.
 """
 
 from __future__ import annotations
@@ -51,11 +62,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from aggregator.control.replanning import ReplanRequests
 from aggregator.db.models import utcnow
+from aggregator.ingestion.gaps import SequenceGaps
 from aggregator.ingestion.store import (
     AwaitingSoc,
     BatchResult,
@@ -64,6 +77,7 @@ from aggregator.ingestion.store import (
     RejectedMessage,
     independent,
     load_awaiting_soc,
+    load_last_seqs,
     store_batch,
 )
 from wire.contract import ContractError, Payload, Telemetry, TopicKind, decode_message, parse_topic
@@ -76,6 +90,20 @@ INGESTED_KINDS: tuple[TopicKind, ...] = (
     TopicKind.STATUS,
     TopicKind.ACK,
 )
+
+
+ORDERED_KINDS = frozenset({TopicKind.TELEMETRY, TopicKind.SESSION, TopicKind.ACK})
+"""Kinds that leave the gateway's outbox in ``seq`` order (statuses bypass it), see
+:mod:`aggregator.ingestion.gaps`."""
+
+
+class Receipt(Protocol):
+    """What the MQTT side hands over with a message: told once whether the message is stored."""
+
+    def settle(self, stored: bool) -> None:
+        """``stored``: committed (or rejected for good), so it may be acknowledged; otherwise it must
+        not be, so that the broker sends it again."""
+        ...
 
 
 class TelemetrySink(Protocol):
@@ -96,7 +124,9 @@ class Counters:
     rejected: int = 0
     """Broke the contract, or named a site, charger or command the centre does not know."""
     failed: int = 0
-    """The database refused or failed; the message is lost."""
+    """The database refused it (or a handler failed on it); the message is lost."""
+    retried: int = 0
+    """The database could not be reached: not acknowledged, so the broker sends it again."""
 
 
 @dataclass
@@ -108,6 +138,8 @@ class IngestionStats:
     """Transactions that committed a batch (a fallback's one-message transactions included)."""
     fallbacks: int = 0
     """Batches whose transaction failed and that were stored again message by message."""
+    gaps: SequenceGaps = field(default_factory=SequenceGaps)
+    """Sequence numbers that never arrived, per site (:mod:`aggregator.ingestion.gaps`)."""
 
     def __getitem__(self, kind: TopicKind) -> Counters:
         return self.kinds[kind]
@@ -125,6 +157,8 @@ class Arrived:
     kind: TopicKind | None
     payload: object
     received_at: dt.datetime
+    receipt: Receipt | None = None
+    """``None`` for a message that no broker waits on (:meth:`BatchWriter.handle_batch`)."""
 
 
 @dataclass(slots=True)
@@ -216,6 +250,7 @@ class BatchWriter:
         self._storing: set[asyncio.Task[None]] = set()
         """Independent batches being stored."""
         self._closing = False
+        self._seqs_loaded = False
 
     @property
     def pending(self) -> int:
@@ -242,13 +277,14 @@ class BatchWriter:
         self._closing = True
         self._arrived.set()
 
-    def accept(self, topic_name: str, payload: object) -> None:
-        """Count one message as received and queue it for the writer."""
+    def accept(self, topic_name: str, payload: object, receipt: Receipt | None = None) -> None:
+        """Count one message as received and queue it for the writer; ``receipt`` is settled once the
+        writer is done with it."""
         kind = kind_of(topic_name)
         self.stats.counters(kind).received += 1
         if not self._pending:
-            self._pending_since = time.monotonic()
-        self._pending.append(Arrived(topic_name, kind, payload, self._clock()))
+            self._pending_since = _loop_time()
+        self._pending.append(Arrived(topic_name, kind, payload, self._clock(), receipt))
         self._arrived.set()
 
     async def handle_batch(self, messages: Iterable[tuple[str, object]]) -> None:
@@ -275,7 +311,7 @@ class BatchWriter:
                     self._arrived.clear()
                     await self._arrived.wait()
                     continue
-                wait = self._pending_since + linger - time.monotonic()
+                wait = self._pending_since + linger - _loop_time()
                 if wait > 0 and len(self._pending) < limit and not self._closing:
                     await asyncio.sleep(min(wait, linger))
                     continue
@@ -284,7 +320,7 @@ class BatchWriter:
                     await asyncio.wait(list(self._storing), return_when=asyncio.FIRST_COMPLETED)
                     continue
                 batch, self._pending = self._pending[:limit], self._pending[limit:]
-                self._pending_since = time.monotonic()
+                self._pending_since = _loop_time()
                 if len(self._pending) < self._max_pending // 2:
                     self._room.set()
                 await self._write(batch)
@@ -297,19 +333,43 @@ class BatchWriter:
         batch. Returns once the batch is stored or, when independent, once its store has started."""
         async with self._write_lock:
             decoded = await asyncio.to_thread(self._decode, batch)
-            self._count_undecodable(decoded.messages)
+            self._count_undecodable(decoded.messages, batch)
             valid = decoded.valid
             if not valid:
                 return
+            receipts = [
+                a.receipt for a, m in zip(batch, decoded.messages, strict=True) if isinstance(m, Received)
+            ]
+            await self._observe_seqs(valid)
             if decoded.independent and self._concurrent_stores is not None:
                 while len(self._storing) >= self._concurrent_stores:  # handle_batch does not wait above
                     await asyncio.wait(list(self._storing), return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.create_task(self._store_batch(valid), name="ingestion-store")
+                task = asyncio.create_task(self._store_batch(valid, receipts), name="ingestion-store")
                 self._storing.add(task)
                 task.add_done_callback(self._storing.discard)
             else:
                 await self._settle()
-                await self._store_batch(valid)
+                await self._store_batch(valid, receipts)
+
+    async def _observe_seqs(self, valid: list[Received]) -> None:
+        """Hand the batch's numbers, in arrival order, to :attr:`IngestionStats.gaps`; the first time,
+        after loading the highest numbers stored (if the database cannot be reached, this batch's
+        numbers wait for the broker to send it again, as its messages will be)."""
+        gaps = self.stats.gaps
+        if not self._seqs_loaded:
+            try:
+                gaps.start_from(await asyncio.to_thread(self._load_last_seqs))
+            except Exception as err:
+                log.warning("ingestion: could not read the last stored seq per site (%s)", err)
+                return
+            self._seqs_loaded = True
+        gaps.observe_all(
+            ((r.message.site_id, _seq(r.message), r.kind in ORDERED_KINDS) for r in valid), self._clock()
+        )
+
+    def _load_last_seqs(self) -> dict[str, int]:
+        with self._sessions() as session:
+            return load_last_seqs(session)
 
     async def _settle(self) -> None:
         """Wait until every batch being stored has committed (or failed) and been counted."""
@@ -322,44 +382,69 @@ class BatchWriter:
         valid = [m for m in messages if isinstance(m, Received)]
         return Decoded(messages, independent(valid, self._awaiting_soc))
 
-    async def _store_batch(self, valid: list[Received]) -> None:
-        """Store ``valid`` in one transaction, or message by message if that fails; count; act on it.
-        Never raises."""
+    async def _store_batch(self, valid: list[Received], receipts: list[Receipt | None]) -> None:
+        """Store ``valid`` in one transaction, or message by message if that fails (unless the database
+        is :func:`unreachable`); count; act on it; settle each message's receipt. Never raises."""
         try:
             result = await asyncio.to_thread(self._store, valid)
         except Exception as err:
-            if len(valid) == 1:
-                self._count_failure(valid[0], err)
+            if len(valid) == 1 or unreachable(err):
+                if len(valid) > 1:
+                    log.warning(
+                        "ingestion: the database is unreachable for a batch of %d: %s", len(valid), err
+                    )
+                for received, receipt in zip(valid, receipts, strict=True):
+                    self._count_failure(received, receipt, err)
                 return
             self.stats.fallbacks += 1
             log.warning(
                 "ingestion: a batch of %d messages failed (%s); storing them one by one", len(valid), err
             )
-            for received in valid:
+            for received, receipt in zip(valid, receipts, strict=True):
                 try:
-                    self._committed([received], await asyncio.to_thread(self._store, [received]))
+                    one = await asyncio.to_thread(self._store, [received])
                 except Exception as one_err:
-                    self._count_failure(received, one_err)
+                    self._count_failure(received, receipt, one_err)
+                else:
+                    self._committed([received], one, [receipt])
             return
-        self._committed(valid, result)
+        self._committed(valid, result, receipts)
 
-    def _count_undecodable(self, messages: list[Received | Undecodable]) -> None:
-        for message in messages:
+    def _count_undecodable(self, messages: list[Received | Undecodable], batch: list[Arrived]) -> None:
+        for message, arrived in zip(messages, batch, strict=True):
             if isinstance(message, Undecodable):
                 self.stats.counters(message.kind).rejected += 1
                 log.warning(
                     "ingestion: rejected %s: field %r: %s", message.topic, message.error.field, message.error
                 )
+                if arrived.receipt is not None:  # sending it again would not mend it
+                    arrived.receipt.settle(True)
 
-    def _count_failure(self, received: Received, err: Exception) -> None:
-        self.stats.counters(received.kind).failed += 1
+    def _count_failure(self, received: Received, receipt: Receipt | None, err: Exception) -> None:
         seq = _seq(received.message)
+        if receipt is not None and unreachable(err):
+            self.stats.counters(received.kind).retried += 1
+            log.warning(
+                "ingestion: database unreachable for %s seq %d (%s); not acknowledged, the broker sends it"
+                " again",
+                received.topic,
+                seq,
+                err,
+            )
+            receipt.settle(False)
+            return
+        self.stats.counters(received.kind).failed += 1
+        if receipt is not None:
+            receipt.settle(True)  # lost: refused for good, and sending it again would hold back the rest
         if isinstance(err, SQLAlchemyError):
             log.error("ingestion: database error on %s seq %d: %s", received.topic, seq, err)
         else:  # a bug in one handler must not end ingestion for every site
             log.error("ingestion: failed on %s seq %d", received.topic, seq, exc_info=err)
 
-    def _committed(self, batch: list[Received], result: BatchResult) -> None:
+    def _committed(self, batch: list[Received], result: BatchResult, receipts: list[Receipt | None]) -> None:
+        for receipt in receipts:
+            if receipt is not None:
+                receipt.settle(True)
         self.stats.batches += 1
         self._awaiting_soc = result.awaiting_soc
         for received, outcome in zip(batch, result.outcomes, strict=True):
@@ -390,5 +475,22 @@ class BatchWriter:
             return store_batch(session, batch, self._awaiting_soc, self._known_sites)
 
 
+def unreachable(err: BaseException) -> bool:
+    """Whether ``err`` says the database could not be reached (so the message may be stored if sent
+    again), rather than that it refused the message."""
+    if isinstance(err, DBAPIError) and err.connection_invalidated:
+        return True
+    return isinstance(err, OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError)
+
+
 def _seq(message: Payload) -> int:
     return getattr(message, "seq", 0)
+
+
+def _loop_time() -> float:
+    """The running event loop's time [s]: the linger is a duration on the loop that sleeps it (virtual
+    on a :class:`~wire.virtual_time.VirtualTimeEventLoop`), not on the system's clock."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:  # accept() from outside a loop (tests of the queue alone)
+        return time.monotonic()

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from aggregator.db.models import (
@@ -31,6 +31,7 @@ from aggregator.db.models import (
     GatewayStatusRecord,
     SetpointCommandRecord,
     Site,
+    TelemetryRecord,
     Vehicle,
 )
 from aggregator.db.telemetry import insert_telemetry_many
@@ -262,7 +263,7 @@ class BatchWriter:
             SessionEventKind.STARTED,
             SessionEventKind.EV_CHARGING_NEEDS,
             SessionEventKind.STOPPED,
-        ):
+        ) and not (event.kind is SessionEventKind.AUTHORIZED and event.transaction_id and event.id_token):
             log.debug(
                 "ingestion: site %s: %s on %s/%d (not stored)",
                 event.site_id,
@@ -298,6 +299,15 @@ class BatchWriter:
             if not _update(row, {k: v for k, v in needs.items() if v is not None}):
                 return Outcome.DUPLICATE
             self._replan(event.site_id, f"needs:{evse}")
+            return Outcome.STORED
+        if event.kind is SessionEventKind.AUTHORIZED:  # a token presented after the session started
+            if row is None:
+                raise RejectedMessage(f"token for {evse} without a session ({event.transaction_id!r})")
+            if not _update(row, {"id_token": event.id_token}):
+                return Outcome.DUPLICATE
+            if row.vehicle_id is None:
+                row.vehicle_id = session.scalar(select(Vehicle.id).where(Vehicle.id_token == row.id_token))
+            self._replan(event.site_id, f"token:{evse}")
             return Outcome.STORED
         created = row is None
         if row is None:
@@ -407,6 +417,26 @@ def load_awaiting_soc(session: Session) -> dict[EvseKey, AwaitingSoc]:
         .order_by(ChargingSession.started_at)
     )
     return {(site_id, cp, evse): AwaitingSoc(id_, started) for site_id, cp, evse, id_, started in rows}
+
+
+def load_last_seqs(session: Session) -> dict[str, int]:
+    """The highest ``seq`` stored per site: of its telemetry (one index lookup per site, on
+    ``UNIQUE (site_id, seq)``) or of its last status, whichever is higher; sites with neither are left
+    out."""
+    last_telemetry = (
+        select(func.max(TelemetryRecord.seq)).where(TelemetryRecord.site_id == Site.id).scalar_subquery()
+    )
+    rows = session.execute(
+        select(Site.id, last_telemetry, GatewayStatusRecord.last_seq).outerjoin(
+            GatewayStatusRecord, GatewayStatusRecord.site_id == Site.id
+        )
+    )
+    last: dict[str, int] = {}
+    for site_id, telemetry_seq, status_seq in rows:
+        seqs = [s for s in (telemetry_seq, status_seq) if s is not None]
+        if seqs:
+            last[site_id] = int(max(seqs))
+    return last
 
 
 def _is_last_will(status: GatewayStatus) -> bool:

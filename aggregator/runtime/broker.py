@@ -1,4 +1,4 @@
-"""An MQTT broker inside our own process, for the demo and for development without Mosquitto.
+"""An MQTT broker inside our own process, for ``make demo`` (and trials) only: never for a depot.
 
 ::
 
@@ -12,7 +12,10 @@ session (``clean_session=False``) the QoS 1 messages published while it was disc
 so the at-least-once path across a centre restart needs Mosquitto; with the embedded broker the broker
 lives and dies with the centre, and the gateways keep unacknowledged messages in their outboxes.
 
-``fleetgrid aggregator`` starts one when its config says ``[mqtt] url = "embedded"``.
+It queues nothing for a disconnected session and takes a new port on every start, so the broker of
+a real deployment is Mosquitto with ``examples/mosquitto/mosquitto.conf`` (persistence, queues sized
+to sites x outage, logins and ACLs; ``docs/mosquitto-acl.md``). ``fleetgrid aggregator`` starts one
+when its config says ``[mqtt] url = "embedded"``.
 """
 
 from __future__ import annotations
