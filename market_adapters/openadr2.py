@@ -8,7 +8,8 @@ requests are answered with a TELEMETRY_USAGE report (real power, kW) of what the
 The work is split as the adapters' convention asks:
 
 - fetch: openleadr's ``OpenADRClient`` does the HTTP and XML (registration, ``oadrPoll``, replies),
-  driven by :class:`Ven` here;
+  driven by :class:`Ven` here, through :class:`~market_adapters.openadr2_client.VtnClient`, which makes
+  a VTN that does not answer an exception instead of two ERROR lines per request;
 - read, parse and decide: :mod:`market_adapters.openadr2_events` (:func:`read_event`,
   :func:`parse_event`, :func:`decide`), with the outside names mapped to ours in its tables and the
   sign rules of LOAD_DISPATCH written at its top. Its settings models are importable from here too.
@@ -18,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
-import warnings
-from collections.abc import Callable
+import random as _random
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -51,7 +53,9 @@ __all__ = [
     "ProgramMapping",
     "RawEvent",
     "Ven",
+    "VtnUnreachableError",
     "decide",
+    "jittered_backoff",
     "parse_event",
     "read_event",
 ]
@@ -66,6 +70,17 @@ class Openadr2Error(AdapterError):
     """The VEN could not do what it was asked to (registration refused, VTN unreachable)."""
 
 
+class VtnUnreachableError(Openadr2Error):
+    """No answer from the VTN (connection refused or lost, timeout), or an HTTP status other than 200."""
+
+
+def jittered_backoff(attempt: int, random: Callable[[], float]) -> float:
+    """Seconds to wait before retry ``attempt`` (0, 1, ...): between half and all of
+    ``min(30, 0.5 * 2**attempt)``. The VEN's default; the service passes ``wire.reconnect.Backoff``'s,
+    the same rule with its settings (this package may not import ``wire``)."""
+    return min(30.0, 0.5 * 2.0 ** min(attempt, 16)) * (0.5 + 0.5 * random())
+
+
 # --------------------------------------------------------------------------------------------------
 # The VEN
 # --------------------------------------------------------------------------------------------------
@@ -78,9 +93,19 @@ def _utc_now() -> dt.datetime:
 class Ven:
     """An OpenADR 2.0b VEN, alive inside ``async with``.
 
-    On entry it registers (raising :class:`Openadr2Error` when the VTN refuses or does not answer),
-    offers its TELEMETRY_USAGE report and syncs events; then a named task polls the VTN and another
-    sends queued reports until exit.
+    Entry returns at once, whether or not the VTN answers, after starting two named tasks: one
+    registers (``oadrQueryRegistration``, ``oadrCreatePartyRegistration``, offers its TELEMETRY_USAGE
+    report, syncs events) and then polls the VTN; the other sends queued reports. :meth:`wait_registered`
+    waits for the registration.
+
+    A VTN that does not answer, or refuses to register us, is retried with jittered exponential backoff
+    (``retry_delay(attempt)`` seconds, ``attempt`` counting from 0 since the VTN last answered, waited with
+    ``sleep``), for ever, until exit: the service around the VEN runs on. Every exchange's outcome goes
+    to ``on_link`` (``None``: it went through; else why not), and each change between answering and not
+    is logged once (WARNING when it stops answering, INFO when it answers), with
+    ``extra={"dependency": settings.source, "state": "down" | "up"}``; the retries in between log only
+    at DEBUG. A report that cannot be sent is dropped (as openleadr does) and counted in
+    :attr:`reports_dropped`.
     """
 
     def __init__(
@@ -90,15 +115,32 @@ class Ven:
         oracle: FlexibilityOracle,
         *,
         clock: Callable[[], dt.datetime] = _utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        random: Callable[[], float] = _random.random,
+        retry_delay: Callable[[int], float] | None = None,
+        on_link: Callable[[str | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self._sink = sink
         self._oracle = oracle
         self._clock = clock
+        self._sleep = sleep
+        self._retry_delay = retry_delay or functools.partial(jittered_backoff, random=random)
+        self._on_link = on_link
         self._client: Any = None
         self._group: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._registered = asyncio.Event()
         self._committed: dict[str, GridSignal] = {}  # event id → the version we opted in to
+        self.answering: bool | None = None
+        """Whether the VTN answered the last exchange (``None`` before the first)."""
+        self.last_error: str | None = None
+        """Why the last failed exchange failed."""
+        self.failures = 0
+        """Failed exchanges since the VTN last answered."""
+        self._down_since: dt.datetime | None = None
+        self.reports_dropped = 0
+        """Reports that could not be sent (the VTN did not answer)."""
 
     @property
     def ven_id(self) -> str | None:
@@ -108,23 +150,22 @@ class Ven:
     def registration_id(self) -> str | None:
         return self._client.registration_id if self._client else None
 
+    @property
+    def registered(self) -> bool:
+        return self._registered.is_set()
+
     # -- life ------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         # openleadr (and its XML signing stack) is imported here, when a VEN starts, not with the
         # settings models: `fleetgrid admin --config central.toml` reads those and would wait ~0.5 s.
-        with warnings.catch_warnings():
-            # openleadr imports signxml, whose signer names cryptography's DSA key type in an
-            # annotation; cryptography >= 51 deprecates DSA with a warning at that lookup. We never
-            # sign with DSA.
-            warnings.filterwarnings("ignore", message="DSA is deprecated", module="signxml")
-            from openleadr import OpenADRClient, objects
+        from market_adapters.openadr2_client import VtnClient, objects
 
         s = self.settings
         secure = not s.insecure_test_mode
         if not secure:
             logger.warning("OpenADR 2.0b VEN %r in insecure test mode (unsigned, unchecked)", s.ven_name)
-        client = OpenADRClient(
+        client = VtnClient(
             ven_name=s.ven_name,
             vtn_url=s.vtn_url,
             ven_id=s.ven_id,
@@ -153,14 +194,13 @@ class Ven:
         )
         self._client = client
         try:
-            await self._register()
             group = asyncio.TaskGroup()
             await group.__aenter__()
             self._group = group
             client.scheduler.start()
             self._tasks = [
-                group.create_task(self._poll_loop(), name=f"openadr2-poll:{s.ven_name}"),
-                group.create_task(client._report_queue_worker(), name=f"openadr2-reports:{s.ven_name}"),
+                group.create_task(self._session(), name=f"openadr2-session:{s.ven_name}"),
+                group.create_task(self._report_loop(), name=f"openadr2-reports:{s.ven_name}"),
             ]
         except BaseException:
             await self._close_client()
@@ -176,7 +216,7 @@ class Ven:
                 for task in self._tasks:
                     task.cancel()
                 self._tasks = []
-                await group.__aexit__(exc_type, exc, tb)
+                await group.__aexit__(None, None, None)  # the block's own exception goes on unwrapped
         finally:
             await self._close_client()
 
@@ -189,12 +229,24 @@ class Ven:
         if client.client_session is not None:
             await client.client_session.close()
 
+    async def wait_registered(self, timeout: float) -> None:
+        """Until the VTN has registered us; :class:`Openadr2Error` naming the last failure after
+        ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._registered.wait()
+        except TimeoutError as err:
+            raise Openadr2Error(
+                f"{self.settings.source}: VEN {self.settings.ven_name!r} not registered within {timeout} s"
+                f" ({self.failures} failed attempts; last: {self.last_error})"
+            ) from err
+
     async def _request(self, what: str, call: Any) -> Any:
         try:
             async with asyncio.timeout(self.settings.request_timeout.total_seconds()):
                 return await call
         except TimeoutError as err:
-            raise Openadr2Error(
+            raise VtnUnreachableError(
                 f"{self.settings.source}: no answer to {what} within {self.settings.request_timeout}"
             ) from err
 
@@ -210,7 +262,7 @@ class Ven:
         if not client.registration_id:
             raise Openadr2Error(
                 f"{self.settings.source}: VTN did not register VEN {self.settings.ven_name!r} "
-                "(refused or unreachable; see the openleadr log)"
+                "(it answered without a registration; see the openleadr log)"
             )
         if self.settings.poll_interval is not None:
             client.poll_frequency = self.settings.poll_interval
@@ -224,18 +276,81 @@ class Ven:
         await self._request("oadrRegisterReport", client.register_reports(client.reports))
         await self._request("oadrRequestEvent", client.sync_events())
 
-    async def _poll_loop(self) -> None:
+    async def _session(self) -> None:
+        """Register, then poll every poll period; a failure waits the backoff delay and tries again."""
+        client = self._client
+        attempt = 0
+        while True:
+            try:
+                if not self._registered.is_set():
+                    await self._register()
+                    self._registered.set()
+                else:
+                    await self._request("oadrPoll", client._poll())
+                    await client._event_cleanup()  # forget cancelled and completed events
+            except Openadr2Error as err:
+                self._link(str(err))
+            except Exception as err:  # openleadr or a handler failed: logged, never the end of the VEN
+                self._link(f"{type(err).__name__}: {err}", unexpected=True)
+            else:
+                self._link(None)
+                attempt = 0
+                period = min(client.poll_frequency or dt.timedelta(seconds=10), dt.timedelta(hours=24))
+                await self._sleep(period.total_seconds())
+                continue
+            delay = self._retry_delay(attempt)
+            attempt += 1
+            logger.debug("%s: retry %d in %.2f s (%s)", self.settings.source, attempt, delay, self.last_error)
+            await self._sleep(delay)
+
+    def _link(self, error: str | None, *, unexpected: bool = False) -> None:
+        """Record one exchange's outcome, tell ``on_link``, and log a change of state once."""
+        before = self.answering
+        self.answering = error is None
+        if error is not None:
+            self.failures += 1
+            self.last_error = error
+        if self._on_link is not None:
+            self._on_link(error)
+        source = self.settings.source
+        if error is not None and before is not False:
+            self._down_since = self._clock()
+            logger.warning(
+                "%s: VTN not answering or refusing VEN %r (%s); retrying with backoff",
+                source,
+                self.settings.ven_name,
+                error,
+                exc_info=unexpected,
+                extra={"dependency": source, "state": "down"},
+            )
+        elif error is None and before is not True:
+            extra = {"dependency": source, "state": "up"}
+            if self._down_since is None:
+                logger.info("%s: VTN answers", source, extra=extra)
+            else:
+                logger.info(
+                    "%s: VTN answers again after %.1f s (%d failed attempts)",
+                    source,
+                    (self._clock() - self._down_since).total_seconds(),
+                    self.failures,
+                    extra=extra,
+                )
+            self._down_since = None
+        elif error is not None and unexpected:
+            logger.debug("%s: %s", source, error, exc_info=True)
+        if error is None:
+            self.failures = 0
+
+    async def _report_loop(self) -> None:
+        """Send the reports openleadr's scheduler queues, one at a time; one that fails is dropped."""
         client = self._client
         while True:
-            period = min(client.poll_frequency or dt.timedelta(seconds=10), dt.timedelta(hours=24))
-            await asyncio.sleep(period.total_seconds())
+            report = await client.pending_reports.get()
             try:
-                await self._request("oadrPoll", client._poll())
+                await self._request("oadrUpdateReport", client.send_report(report))
             except Openadr2Error as err:
-                logger.warning("%s", err)
-            except Exception:
-                logger.exception("%s: poll failed; will poll again", self.settings.source)
-            await client._event_cleanup()  # forget cancelled and completed events
+                self.reports_dropped += 1
+                logger.debug("%s: report dropped: %s", self.settings.source, err)
 
     # -- events ----------------------------------------------------------------------------------
 

@@ -12,6 +12,12 @@ status ``cancelled``; a changed event (its ``modificationDateTime`` or content) 
 ``units: KW``), asked from :class:`~market_adapters.dispatch.FlexibilityOracle`. HTTP errors are RFC 7807
 problems turned into :class:`OpenAdr3HttpError`; timeouts, connection errors and 5xx are retried with
 jittered exponential backoff.
+
+A VTN that stays away never stops the client: a poll that fails is tried again after the poll interval
+or the backoff delay, whichever is longer, for ever. Every poll's outcome goes to ``on_link`` (``None``:
+it went through; else why not); each change between answering and not is logged once (WARNING when it
+stops, INFO when it answers again) with ``extra={"dependency": source, "state": "down" | "up"}``, and the
+retries in between only at DEBUG.
 """
 
 from __future__ import annotations
@@ -123,6 +129,7 @@ class OpenAdr3Client:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_link: Callable[[str | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
@@ -140,6 +147,12 @@ class OpenAdr3Client:
         self._seen: dict[str, _Seen] = {}
         self._stack: AsyncExitStack | None = None
         self.last_errors: list[AdapterError] = []
+        self._on_link = on_link
+        self.answering: bool | None = None
+        """Whether the last poll went through (``None`` before the first)."""
+        self.failures = 0
+        """Failed polls since the last one that went through."""
+        self._down_since: dt.datetime | None = None
 
     async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
@@ -201,9 +214,7 @@ class OpenAdr3Client:
                     raise _problem(method, response)
                 raise OpenAdr3UnavailableError(f"{method} {url}: {problem} after {attempts} attempts")
             delay = self._backoff(attempt - 1)
-            logger.warning(
-                "%s: %s; retry %d/%d in %.2f s", self.source, problem, attempt, attempts - 1, delay
-            )
+            logger.debug("%s: %s; retry %d/%d in %.2f s", self.source, problem, attempt, attempts - 1, delay)
             await self.sleep(delay)
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -462,14 +473,49 @@ class OpenAdr3Client:
             try:
                 await self.poll_once()
                 await self._report_due()
-                failures = 0
-                delay = self.settings.poll_interval_s
             except AdapterError as exc:
-                logger.error("%s: poll failed: %s", self.source, exc)
                 self.last_errors = [exc]
+                self._link(str(exc))
                 delay = max(self.settings.poll_interval_s, self._backoff(failures))
                 failures += 1
+                logger.debug("%s: poll failed (%s); next in %.2f s", self.source, exc, delay)
+            else:
+                self._link(None)
+                failures = 0
+                delay = self.settings.poll_interval_s
             await self.sleep(delay)
+
+    def _link(self, error: str | None) -> None:
+        """Record one poll's outcome, tell ``on_link``, and log a change of state once."""
+        before = self.answering
+        self.answering = error is None
+        if self._on_link is not None:
+            self._on_link(error)
+        if error is not None:
+            self.failures += 1
+            if before is not False:
+                self._down_since = self.clock()
+                logger.warning(
+                    "%s: VTN not answering (%s); polling again with backoff",
+                    self.source,
+                    error,
+                    extra={"dependency": self.source, "state": "down"},
+                )
+            return
+        if before is not True:
+            extra = {"dependency": self.source, "state": "up"}
+            if self._down_since is None:
+                logger.info("%s: VTN answers", self.source, extra=extra)
+            else:
+                logger.info(
+                    "%s: VTN answers again after %.1f s (%d failed polls)",
+                    self.source,
+                    (self.clock() - self._down_since).total_seconds(),
+                    self.failures,
+                    extra=extra,
+                )
+        self._down_since = None
+        self.failures = 0
 
 
 def _problem(method: str, response: httpx.Response) -> OpenAdr3HttpError:

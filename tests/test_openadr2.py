@@ -137,6 +137,7 @@ async def peers(oracle: FixedOracle, *, accept: bool = True) -> AsyncIterator[Pe
     signals: asyncio.Queue[GridSignal] = asyncio.Queue()
     try:
         async with Ven(settings(port), signals.put, oracle) as ven:
+            await ven.wait_registered(WAIT)  # entry does not wait: a VTN away must not stop the service
             yield Peers(vtn, ven, signals, asyncio.Queue(), reports)
     finally:
         await vtn.stop()

@@ -21,7 +21,12 @@ How it behaves:
 - A write that fails for a reason that may pass (connection refused or lost, timeout, HTTP 429 or
   5xx) is retried up to ``max_attempts`` times with jittered exponential backoff (at least the
   server's ``Retry-After``); a batch still failing then, or refused for good (another 4xx: a bad
-  token, a missing bucket), is logged, counted in :attr:`MirrorStats.failed_points` and dropped.
+  token, a missing bucket), is counted in :attr:`MirrorStats.failed_points` and dropped.
+- InfluxDB away (at start-up or later) never stops the mirror, ingestion or the service. Every write
+  attempt's outcome goes to ``on_link`` (``None``: written; else why not), and each change between
+  accepting writes and not is logged once, WARNING when it stops, INFO when it accepts again (with the
+  points dropped meanwhile), with ``extra={"dependency": "influxdb:<url>", "state": "down" | "up"}``;
+  the retries and dropped batches in between only at DEBUG.
 - On exit the writer writes what is queued, for up to ``close_timeout_s``.
 
 Points (times are the gateway's ``sent_at``; tags are the ids, fields the readings, units in the
@@ -111,6 +116,7 @@ class TelemetryMirror:
         *,
         random: Callable[[], float] = _random.random,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_link: Callable[[str | None], None] | None = None,
     ) -> None:
         if settings.queue_size < 1 or settings.batch_messages < 1 or settings.max_attempts < 1:
             raise ValueError(
@@ -121,6 +127,12 @@ class TelemetryMirror:
         self.stats = MirrorStats()
         self._random = random
         self._sleep = sleep
+        self._on_link = on_link
+        self.source = f"influxdb:{settings.url}"
+        self.accepting: bool | None = None
+        """Whether InfluxDB took the last write attempt (``None`` before the first)."""
+        self._down_since: float | None = None
+        self._points_at_down = 0
         self._queue: collections.deque[Telemetry] = collections.deque(maxlen=settings.queue_size)
         self._queued = asyncio.Event()
         self._closing = False
@@ -200,24 +212,23 @@ class TelemetryMirror:
             try:
                 await write_api.write(bucket=s.bucket, org=s.org, record=body)  # precision: ns
             except ApiException as err:
+                problem, retry_after = f"HTTP {err.status} {err.reason}", _retry_after(err)
                 if not _may_pass(err.status):
-                    log.error(
-                        "telemetry mirror: %s refused %d points (HTTP %s %s); dropped",
-                        s.url,
-                        len(lines),
-                        err.status,
-                        err.reason,
+                    self._link(f"{problem} (refused for good)")
+                    log.debug(
+                        "telemetry mirror: %s refused %d points (%s); dropped", s.url, len(lines), problem
                     )
                     break
-                problem, retry_after = f"HTTP {err.status} {err.reason}", _retry_after(err)
             except (aiohttp.ClientError, TimeoutError, OSError) as err:
                 problem, retry_after = f"{type(err).__name__}: {err}", 0.0
             else:
+                self._link(None)
                 self.stats.writes += 1
                 self.stats.points += len(lines)
                 return True
+            self._link(problem)
             if attempt + 1 == s.max_attempts:
-                log.error(
+                log.debug(
                     "telemetry mirror: %d points not written to %s after %d attempts (%s); dropped",
                     len(lines),
                     s.url,
@@ -227,7 +238,7 @@ class TelemetryMirror:
                 break
             delay = max(s.backoff.delay(attempt, self._random), min(retry_after, s.backoff.max_s))
             self.stats.retries += 1
-            log.warning(
+            log.debug(
                 "telemetry mirror: write to %s failed (%s); retry %d in %.1f s",
                 s.url,
                 problem,
@@ -237,6 +248,40 @@ class TelemetryMirror:
             await self._sleep(delay)
         self.stats.failed_points += len(lines)
         return False
+
+    def _link(self, error: str | None) -> None:
+        """Record one write attempt's outcome, tell ``on_link``, and log a change of state once."""
+        before = self.accepting
+        self.accepting = error is None
+        if self._on_link is not None:
+            self._on_link(error)
+        if self.accepting is before:
+            return
+        extra = {"dependency": self.source, "state": "up" if error is None else "down"}
+        url = self.settings.url
+        if error is not None:
+            self._down_since = asyncio.get_running_loop().time()
+            self._points_at_down = self.stats.failed_points
+            log.warning(
+                "telemetry mirror: InfluxDB at %s does not take writes (%s); each batch is tried %d times"
+                " with backoff, then dropped (counted)",
+                url,
+                error,
+                self.settings.max_attempts,
+                extra=extra,
+            )
+        elif self._down_since is None:
+            log.info("telemetry mirror: writing to InfluxDB at %s", url, extra=extra)
+        else:
+            log.info(
+                "telemetry mirror: InfluxDB at %s takes writes again after %.1f s; %d points dropped"
+                " meanwhile",
+                url,
+                asyncio.get_running_loop().time() - self._down_since,
+                self.stats.failed_points - self._points_at_down,
+                extra=extra,
+            )
+            self._down_since = None
 
 
 def _may_pass(status: int | None) -> bool:

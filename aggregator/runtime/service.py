@@ -16,6 +16,13 @@ or a vehicle arriving through MQTT re-plans its site at once. Each ``[[openadr]]
 apply to)
 and its optIn/optOut and reports answered by a :class:`~aggregator.control.grid_signals.PortfolioFlexibility`
 over the sites enrolled in its mapped programs. Exit stops them in reverse order.
+
+Degrade, don't die: no outside peer stops the service from starting or running. A VTN, InfluxDB or MQTT
+broker that is away at start-up or later is retried with jittered exponential backoff by the component
+that talks to it (:class:`~wire.reconnect.Backoff`; randomness from ``rng``, waits on ``clock``), each
+component logs once when its peer goes down and once when it is back, and
+:attr:`AggregatorService.dependencies` (:mod:`aggregator.runtime.dependencies`) holds each peer's state,
+since when, last error and failed attempts, shown by ``GET /admin/status``.
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import uvicorn
 
@@ -42,17 +50,41 @@ from aggregator.ingestion.pipeline import Ingestion, IngestionSettings
 from aggregator.ingestion.telemetry_mirror import MirrorSettings, TelemetryMirror
 from aggregator.runtime.broker import EmbeddedBroker
 from aggregator.runtime.config import CentralConfig, Openadr2Section, OpenadrSection
+from aggregator.runtime.dependencies import Dependencies, DependencyKind, watch_broker
 from market_adapters.openadr2 import Ven
 from market_adapters.openadr3 import OpenAdr3Client
+from wire.clock import SYSTEM_CLOCK, Clock
+from wire.reconnect import Backoff
 
 log = logging.getLogger(__name__)
 
+BROKER_GRACE_S = 2.0
+"""Seconds after start-up before MQTT clients still connecting make the broker count as down."""
+
 
 class AggregatorService:
-    """Async context manager running the whole central service (see the module docstring)."""
+    """Async context manager running the whole central service (see the module docstring).
 
-    def __init__(self, config: CentralConfig, settings: Settings) -> None:
+    ``clock`` times the retries and the dependencies' states; ``rng`` is the backoff's jitter (seed it for
+    a reproducible run); ``backoff`` is the VENs' retry rule (the MQTT clients and the InfluxDB mirror
+    keep their own settings' backoff).
+    """
+
+    def __init__(
+        self,
+        config: CentralConfig,
+        settings: Settings,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.config = config
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.backoff = backoff or Backoff()
+        self.dependencies = Dependencies(clock.now)
+        """Each outside peer's state (``openadr:<n>``, ``influxdb``, ``mqtt``), for ``GET /admin/status``."""
         self.control_settings = config.control_settings()
         self.settings = settings.model_copy(update={"database_url": config.database.url})
         self.replans = ReplanRequests()
@@ -82,11 +114,22 @@ class AggregatorService:
             else:
                 host, port, username, password = mqtt.host, mqtt.port, mqtt.username, mqtt.password()
             self.broker_address = (host, port)
+            broker_entry = self.dependencies.add(
+                "mqtt",
+                DependencyKind.MQTT_BROKER,
+                f"{host}:{port}" + (" (embedded)" if mqtt.embedded else ""),
+            )
             mirror = None
             if self.config.influxdb is not None:
                 influx = self.config.influxdb
+                entry = self.dependencies.add("influxdb", DependencyKind.INFLUXDB, influx.url)
                 mirror = await stack.enter_async_context(
-                    TelemetryMirror(MirrorSettings(influx.url, influx.org, influx.bucket, influx.token()))
+                    TelemetryMirror(
+                        MirrorSettings(influx.url, influx.org, influx.bucket, influx.token()),
+                        random=self.rng.random,
+                        sleep=self.clock.sleep,
+                        on_link=entry.report,
+                    )
                 )
             ingestion_settings = IngestionSettings(
                 host, port, username, password, tls_context=tls, client_id=f"{mqtt.client_id}-ingestion"
@@ -106,6 +149,25 @@ class AggregatorService:
                     )
                 )
             )
+            ingestion = self.ingestion
+
+            def broker_problem() -> str | None:
+                away = [
+                    who
+                    for who, connected in (
+                        ("ingestion", ingestion.subscribed.is_set()),
+                        ("setpoint publisher", publisher.connected.is_set()),
+                    )
+                    if not connected
+                ]
+                return f"{' and '.join(away)} not connected" if away else None
+
+            await stack.enter_async_context(
+                self._task(
+                    "broker-watch",
+                    watch_broker(broker_entry, broker_problem, clock=self.clock, grace_s=BROKER_GRACE_S),
+                )
+            )
             self.control = await stack.enter_async_context(
                 ControlLoop(self.sessions, publisher, self.replans, self.control_settings)
             )
@@ -116,19 +178,49 @@ class AggregatorService:
         return self
 
     def _openadr(self, number: int, section: OpenadrSection) -> Ven | OpenAdr3Client:
-        """The adapter of the ``number``-th ``[[openadr]]`` entry, with its sink and oracle."""
+        """The adapter of the ``number``-th ``[[openadr]]`` entry, with its sink, oracle and dependency
+        entry ``openadr:<number>``; its VTN is retried with backoff and never stops the service."""
         store = GridSignalStore(self.sessions, self.replans, program_map=section.program_map)
         oracle = PortfolioFlexibility(self.sessions, programs=set(section.program_map.values()) or None)
         self.grid_signals.append(store)
+        entry = self.dependencies.add(f"openadr:{number}", DependencyKind.OPENADR_VTN, section.vtn_url)
         where = f"[[openadr]] {number}"
         log.info("OpenADR %s VEN %r for %s", section.kind, section.ven_name, section.vtn_url)
         if isinstance(section, Openadr2Section):
-            return Ven(section.adapter_settings(where), store, oracle)
-        return OpenAdr3Client(section.adapter_settings(where), sink=store, oracle=oracle)
+            return Ven(
+                section.adapter_settings(where),
+                store,
+                oracle,
+                clock=self.clock.now,
+                sleep=self.clock.sleep,
+                retry_delay=lambda attempt: self.backoff.delay(attempt, self.rng.random),
+                on_link=entry.report,
+            )
+        return OpenAdr3Client(
+            section.adapter_settings(where),
+            sink=store,
+            oracle=oracle,
+            clock=self.clock.now,
+            sleep=self.clock.sleep,
+            rng=self.rng,
+            on_link=entry.report,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _task(self, name: str, work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+        """Run ``work`` as the named task ``name`` until exit, then cancel it."""
+        task = asyncio.create_task(work, name=name)
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @contextlib.asynccontextmanager
     async def _api(self) -> AsyncIterator[None]:
         app = create_app(self.settings, self.sessions, replans=self.replans)
+        app.state.dependencies = self.dependencies  # GET /admin/status
         api = self.config.api
         server = uvicorn.Server(
             uvicorn.Config(app, host=api.host, port=api.port, log_level="info", lifespan="off")
