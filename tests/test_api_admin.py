@@ -393,6 +393,7 @@ def _email() -> str:
 
 
 ENDPOINTS = [
+    Endpoint("GET", "/admin/status", ADMIN, 200),
     Endpoint("GET", "/admin/sites", ADMIN, 200),
     Endpoint(
         "POST",
