@@ -169,7 +169,9 @@ def evaluate(problem: Problem, charge_kw: np.ndarray, discharge_kw: np.ndarray) 
         flows = import_kw[event.steps]
         shortfall = np.maximum(flows - event.target_import_kw, 0.0)
         baseline = event.target_import_kw + event.committed_kw
-        delivered = np.clip(baseline - flows, 0.0, event.committed_kw)
+        delivered = np.minimum(baseline - flows, event.committed_kw)
+        if not event.net_delivery:  # clipped: a step above the baseline delivers nothing
+            delivered = np.maximum(delivered, 0.0)
         dr_delivered.append(float(delivered.sum() * dt))
         dr_short.append(float(shortfall.sum() * dt))
         dr_payment += event.payment_per_kwh * dr_delivered[-1]

@@ -29,7 +29,9 @@ Notation (all per step ``t`` of length ``Δt`` hours, per vehicle ``v`` while pl
   its remaining steps: ``(E + Δt Σ import) / (h + n Δt)`` (:mod:`optimizer.demand`);
 - ``dr_event_shortfall``: ``dr_shortfall_kw >= import - target``; ``dr_delivered_kw <= baseline - import``
   where paid, lifted by a binary ``dr_is_delivering`` where import may exceed the baseline (delivery is
-  ``clip(baseline - import, 0, committed)``, which is not concave);
+  ``clip(baseline - import, 0, committed)``, which is not concave); an event with ``delivery="net"``
+  delivers ``min(committed, baseline - import)``, negative above the baseline as a settlement that nets
+  the window measures it, and needs no binary;
 - ``v2g_dispatch_delivery``: ``v2g_delivered_kw <= Σ discharge - Σ charge`` where paid, lifted by a binary
   ``v2g_is_delivering`` where vehicles may charge (delivery is ``clip(net export, 0, request)``);
 - ``ev_departure_target``: ``departure_shortfall_kwh[v] >= terminal target - energy at the last step``,
@@ -356,23 +358,31 @@ def add_dr_events(m: pyo.ConcreteModel, problem: Problem) -> None:
     index = [(e, k) for e, event in enumerate(events) for k in range(len(event.steps))]
     m.dr_event_steps = pyo.Set(initialize=index, dimen=2, ordered=True)
     m.dr_shortfall_kw = pyo.Var(m.dr_event_steps, domain=pyo.NonNegativeReals)
-    m.dr_delivered_kw = pyo.Var(
-        m.dr_event_steps, domain=pyo.NonNegativeReals, bounds=lambda _, e, k: (0.0, events[e].committed_kw[k])
-    )
+
+    def baseline(e: int, k: int) -> float:
+        return float(events[e].target_import_kw[k] + events[e].committed_kw[k])
+
+    def delivered_bounds(_: object, e: int, k: int) -> tuple[float, float]:
+        committed = float(events[e].committed_kw[k])
+        if events[e].net_delivery:  # as low as the baseline less the import limit
+            return (min(0.0, baseline(e, k) - problem.import_limit_kw), committed)
+        return (0.0, committed)
+
+    m.dr_delivered_kw = pyo.Var(m.dr_event_steps, domain=pyo.Reals, bounds=delivered_bounds)
 
     def shortfall(m: pyo.ConcreteModel, e: int, k: int) -> object:
         t = int(events[e].steps[k])
         return m.dr_shortfall_kw[e, k] >= m.site_import_kw[t] - float(events[e].target_import_kw[k])
 
-    def baseline(e: int, k: int) -> float:
-        return float(events[e].target_import_kw[k] + events[e].committed_kw[k])
-
-    # Delivery only matters where it is paid. Import above the baseline delivers nothing (it is not
-    # negative delivery), so where import may exceed the baseline a binary switches the bound off.
+    # Delivery only matters where it is paid. Clipped: import above the baseline delivers nothing (it
+    # is not negative delivery), so where import may exceed the baseline a binary switches the bound
+    # off. Net: delivery is min(committed, baseline - import), concave, so the bound alone is exact.
     paid = [(e, k) for e, k in index if events[e].committed_kw[k] > 0 and events[e].payment_per_kwh > 0]
     m.dr_delivery_steps = pyo.Set(initialize=paid, dimen=2, ordered=True)
     m.dr_overload_steps = pyo.Set(
-        initialize=[(e, k) for e, k in paid if problem.import_limit_kw > baseline(e, k)],
+        initialize=[
+            (e, k) for e, k in paid if problem.import_limit_kw > baseline(e, k) and not events[e].net_delivery
+        ],
         dimen=2,
         ordered=True,
     )

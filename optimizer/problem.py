@@ -145,6 +145,8 @@ class DrEventSpec:
     """Reduction committed per event step (baseline minus target; 0 where there is no baseline)."""
     payment_per_kwh: float
     penalty_per_kwh: float
+    net_delivery: bool = False
+    """A step above the baseline delivers negative energy (:attr:`optimizer.scenario.DrEvent.delivery`)."""
 
 
 @dataclass(frozen=True)
@@ -390,4 +392,5 @@ def _dr_event(scenario: Scenario, event: DrEvent) -> DrEventSpec:
         committed_kw=committed,
         payment_per_kwh=event.payment_per_kwh,
         penalty_per_kwh=event.penalty_per_kwh,
+        net_delivery=event.delivery == "net",
     )

@@ -213,6 +213,14 @@ class DrEvent(_Model):
     cap_kw: NonNegative | None = Field(None, description="Cap on site import during the event [kW]")
     payment_per_kwh: NonNegative = Field(0.0, description="Paid per kWh delivered [currency/kWh]")
     penalty_per_kwh: NonNegative = Field(0.0, description="Charged per kWh short [currency/kWh]")
+    delivery: Literal["clipped", "net"] = Field(
+        "clipped",
+        description=(
+            "How a step whose import exceeds the baseline counts: 'clipped' delivers nothing there; "
+            "'net' delivers negative energy (baseline - import), as a settlement that nets the "
+            "event's steps measures it, so energy moved within the window earns nothing"
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> DrEvent:

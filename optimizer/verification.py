@@ -237,7 +237,8 @@ class _Checker:
                 self.fail("reported_cost", f"cost {name!r}", f"reported {got}, recomputed {expected}")
 
     def dr_event(self, event: DrEvent) -> tuple[float, float]:
-        """Delivered kWh (below baseline, up to the commitment) and shortfall kWh (above the target)."""
+        """Delivered kWh (below baseline, up to the commitment; negative above it where the event nets)
+        and shortfall kWh (above the target)."""
         flows = self.import_kw[self.window(event.start, event.end)]
         baseline = None if event.baseline_kw is None else np.broadcast_to(event.baseline_kw, flows.shape)
         if event.cap_kw is not None:
@@ -248,7 +249,10 @@ class _Checker:
         if baseline is None:
             delivered = 0.0
         else:
-            delivered = float(np.clip(baseline - flows, 0.0, np.maximum(baseline - target, 0.0)).sum())
+            steps = np.minimum(baseline - flows, np.maximum(baseline - target, 0.0))
+            if event.delivery == "clipped":  # a step above the baseline delivers nothing
+                steps = np.maximum(steps, 0.0)
+            delivered = float(steps.sum())
         return delivered * self.hours, float(np.maximum(flows - target, 0.0).sum()) * self.hours
 
     def delivery(self, rule: str, subject: str, reported: dict[str, float], kwh: float, short: float) -> None:

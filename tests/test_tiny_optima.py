@@ -269,6 +269,41 @@ def test_dr_event_with_base_load_above_the_baseline_still_schedules() -> None:
     assert_costs(result, 39.60, energy_cost=10.60, dr_payment=5.00, dr_penalty=34.00)
 
 
+def test_a_net_dr_event_counts_import_above_the_baseline_as_negative_delivery() -> None:
+    # The scenario above with delivery="net", as settlement measures it: step 1 delivers
+    # 15 - (18 + b1) < 0 and step 2 min(10, 15 - (3 + b2)). With b1 + b2 = 6 the net delivery is
+    # -3 - b1 + min(10, 12 - b2): 3 kWh for any b2 >= 2 (moving ev-b's energy between the event's steps
+    # earns nothing), less below. dr_payment = 0.50 * 3 = 1.50; shortfall 13 + b1 + max(0, b2 - 2) =
+    # 17 kWh -> dr_penalty 34.00; energy_cost 10.60; objective = 10.60 + 34.00 - 1.50 = 43.10.
+    # (The clipped event above reports 10 kWh delivered for the same import.)
+    s = scenario(
+        [
+            vehicle("a", "00:00", "04:00", max_charge_kw=10, target_energy_kwh=20),
+            vehicle("b", "01:00", "03:00", max_charge_kw=7, target_energy_kwh=6),
+        ],
+        site={"id": "depot", "import_limit_kw": 100.0, "base_load_kw": [3.0, 18.0, 3.0, 3.0]},
+        dr_events=[
+            {
+                "id": "dr-1",
+                "start": at("01:00"),
+                "end": at("03:00"),
+                "baseline_kw": 15.0,
+                "reduction_kw": 10.0,
+                "payment_per_kwh": 0.50,
+                "penalty_per_kwh": 2.00,
+                "delivery": "net",
+            }
+        ],
+    )
+    result = solve(s)
+    b = power(result, "b")
+    assert sum(b) == pytest.approx(6.0, abs=1e-6) and b[2] >= 2.0 - 1e-6
+    assert result.summary()["dr_events"]["dr-1"] == pytest.approx(
+        {"delivered_kwh": 3.0, "shortfall_kwh": 17.0}, abs=1e-6
+    )
+    assert_costs(result, 43.10, energy_cost=10.60, dr_payment=1.50, dr_penalty=34.00)
+
+
 def test_v2g_dispatch_discharges_the_consenting_vehicle() -> None:
     # flat 0.20 import, 0 export (limit 20 kW); wear 0.05 per kWh discharged. V2G dispatch 02:00-03:00
     # (step 2) asks for 12 kW, pays 0.60 per kWh delivered and 1.00 per kWh short.

@@ -161,6 +161,7 @@ def _reduction_event(window: PlannedWindow, baseline_kw: list[float] | None) -> 
         reduction_kw=window.value_kw,
         payment_per_kwh=window.price_per_kwh,
         penalty_per_kwh=window.penalty_per_kwh,
+        delivery="net",  # settlement nets the window's intervals: moving load within it earns nothing
     )
 
 
@@ -174,6 +175,7 @@ def _cap_event(window: PlannedWindow, baseline_kw: list[float] | None) -> DrEven
         cap_kw=window.value_kw,
         payment_per_kwh=window.price_per_kwh if baseline_kw is not None else 0.0,
         penalty_per_kwh=window.penalty_per_kwh,
+        delivery="net",
     )
 
 
