@@ -3,9 +3,10 @@
 The recipe a depot's edge box follows, in four uv calls:
 
 1. ``uv export --frozen --no-dev --extra gateway --no-emit-project``: the gateway's pins (with hashes)
-   from ``uv.lock``;
+   from ``uv.lock``, the file an edge box without uv installs with ``pip install --require-hashes``;
 2. ``uv venv``: a fresh venv on this interpreter;
-3. ``uv pip install --no-deps --require-hashes -r pins``: exactly those wheels, checked against the lock;
+3. ``uv sync --frozen --no-dev --extra gateway --no-install-project`` into that venv: exactly those
+   wheels, by the lock's URLs and hashes (so uv's cache needs the wheels, not the index's pages);
 4. ``uv pip install --no-deps <copy of the project>``: fleetgrid itself (its packages and the
   ``fleetgrid`` console script), built from a copy so the build leaves nothing in the checkout.
 
@@ -40,8 +41,8 @@ def find_uv() -> Path | None:
     return Path(found) if found else None
 
 
-def _uv(uv: Path, *args: str | Path, cwd: Path = ROOT) -> str:
-    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+def _uv(uv: Path, *args: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None) -> str:
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", **(env or {})}
     env.pop("VIRTUAL_ENV", None)  # uv would prefer it over --python
     result = subprocess.run(
         [str(uv), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
@@ -60,14 +61,16 @@ def build_gateway_venv(uv: Path, directory: Path) -> Path:
     source = directory / "src"
     shutil.rmtree(source, ignore_errors=True)
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "uv.lock"):
         shutil.copy2(ROOT / name, source / name)
     for package in PACKAGES:
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     venv = directory / "venv"
     _uv(uv, "venv", "--offline", "-q", "--python", sys.executable, venv)
     python = venv / "bin" / "python"
-    install = ("pip", "install", "--offline", "--no-deps", "-q", "--python", python)
-    _uv(uv, *install, "--require-hashes", "-r", pins)
-    _uv(uv, *install, source)
+    # The pinned packages by the lock's own URLs and hashes (as `make` installs them), so uv needs no
+    # index pages in its cache, only the wheels; then our packages, built from the copy.
+    sync = ("sync", "--frozen", "--offline", "--no-dev", "--extra", "gateway", "--no-install-project", "-q")
+    _uv(uv, *sync, "--project", source, "--python", python, env={"UV_PROJECT_ENVIRONMENT": str(venv)})
+    _uv(uv, "pip", "install", "--offline", "--no-deps", "-q", "--python", python, source)
     return venv
