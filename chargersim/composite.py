@@ -387,11 +387,18 @@ class ProfileStore:
 
     ``max_power_w`` is the EVSE's hardware rating: the composite never exceeds it and never goes
     below ``-max_discharge_w``.
+
+    What the station's smart charging can do, as real ones differ: ``rate_units`` are the charging-rate
+    units its profiles may use (many AC chargers take amperes only: ``("A",)``; a profile in another
+    unit is rejected), and ``reports_composite`` false makes it a station that does not implement
+    GetCompositeSchedule (answered with a NotImplemented CallError).
     """
 
     max_power_w: float = math.inf
     max_discharge_w: float = 0.0
     voltage_v: float = DEFAULT_VOLTAGE_V
+    rate_units: tuple[str, ...] = ("W", "A")
+    reports_composite: bool = True
     profiles: dict[tuple[int, int], ChargingProfile] = field(default_factory=dict)
     """(evse id, profile id) -> profile."""
 
@@ -414,6 +421,14 @@ class ProfileStore:
     def install_payload(
         self, payload: Mapping[str, Any], evse_id: int, installed_at: dt.datetime
     ) -> ChargingProfile:
+        schedules = payload.get("charging_schedule")
+        first = schedules[0] if isinstance(schedules, list) and schedules else schedules
+        unit = first.get("charging_rate_unit") if isinstance(first, Mapping) else None
+        if unit is not None and unit not in self.rate_units:
+            allowed = " or ".join(self.rate_units)
+            raise ProfileError(
+                f"charging rate unit {unit!r}: this station takes {allowed}", "charging_rate_unit"
+            )
         profile = parse_profile(payload, evse_id=evse_id, voltage_v=self.voltage_v, installed_at=installed_at)
         self.install(profile)
         return profile

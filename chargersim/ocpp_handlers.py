@@ -4,12 +4,18 @@
 names and 2.x names) to the :class:`~chargersim.stations.SimulatedCharger` that does the work, and
 wraps its answer in the version's own result type; :func:`station_class` gives the ``ocpp`` library's
 ChargePoint of a protocol with these handlers, which the station's link runs on its websocket.
+
+The charging-rate units its profiles may use (``sim.store.rate_units``) are readable as a real station
+has them: 1.6 ``GetConfiguration`` key ``ChargingScheduleAllowedChargingRateUnit`` ("Current",
+"Power"), 2.x ``GetVariables`` ``SmartChargingCtrlr.RateUnit`` ("A", "W"). A station built with
+``sim.store.reports_composite = False`` answers GetCompositeSchedule with a NotImplemented CallError.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as ChargePoint16
 from ocpp.v16 import call_result as result16
@@ -20,6 +26,9 @@ from ocpp.v201 import call_result as result201
 
 if TYPE_CHECKING:
     from chargersim.stations import Protocol, SimulatedCharger
+
+RATE_UNIT_KEY_16 = "ChargingScheduleAllowedChargingRateUnit"
+_UNIT_WORDS_16 = {"A": "Current", "W": "Power"}
 
 
 class StationHandlers:
@@ -59,8 +68,36 @@ class StationHandlers:
         )
         return self._results.ClearChargingProfile(status=status)
 
+    @on("GetConfiguration")
+    def on_get_configuration(self, key: list[str] | None = None, **kwargs: Any) -> Any:
+        """1.6 only (2.x routes no such action): the rate units; other keys are unknown here."""
+        value = ",".join(_UNIT_WORDS_16[unit] for unit in self.sim.store.rate_units)
+        entry = {"key": RATE_UNIT_KEY_16, "readonly": True, "value": value}
+        unknown = [k for k in key or [] if k != RATE_UNIT_KEY_16]
+        known = [entry] if key is None or RATE_UNIT_KEY_16 in key else []
+        return result16.GetConfiguration(configuration_key=known, unknown_key=unknown or None)
+
+    @on("GetVariables")
+    def on_get_variables(self, get_variable_data: list[dict[str, Any]], **kwargs: Any) -> Any:
+        """2.x: ``SmartChargingCtrlr.RateUnit``; any other variable is unknown here."""
+        results = []
+        for wanted in get_variable_data:
+            component, variable = wanted["component"], wanted["variable"]
+            known = (component.get("name"), variable.get("name")) == ("SmartChargingCtrlr", "RateUnit")
+            result: dict[str, Any] = {
+                "attribute_status": "Accepted" if known else "UnknownVariable",
+                "component": component,
+                "variable": variable,
+            }
+            if known:
+                result["attribute_value"] = ",".join(self.sim.store.rate_units)
+            results.append(result)
+        return self._results.GetVariables(get_variable_result=results)
+
     @on("GetCompositeSchedule")
     def on_get_composite_schedule(self, **kwargs: Any) -> Any:
+        if not self.sim.store.reports_composite:
+            raise OcppNotImplemented(details={"cause": "this station does not compute composite schedules"})
         if self.sim.protocol == "1.6":
             connector = kwargs["connector_id"]
             schedule = self.sim.composite_payload(

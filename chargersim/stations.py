@@ -10,7 +10,10 @@ Each :class:`SimulatedCharger` is one single-EVSE station (EVSE/connector 1) wit
   offline, as a real charger does;
 - the *link* holds the websocket: BootNotification once, then sends the plant's messages in order,
   keeping them while offline and sending them (flagged ``offline`` in 2.x) on reconnection, so the
-  transaction resumes with the same id.
+  transaction resumes with the same id;
+- :meth:`SimulatedCharger.reboot` power-cycles it with its vehicle plugged in: the charging profiles
+  persist, as OCPP requires of a real station (or not, ``keeps_profiles=False``), the transaction ends
+  and a new one starts after the BootNotification (on 2.x, optionally under the old id).
 
 Meter values are MeterValues in 1.6 and TransactionEvent(Updated, MeterValuePeriodic) in 2.x, as
 each version prescribes: energy register [Wh], power [W] and SoC [%].
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -94,7 +98,15 @@ class SimulatedCharger:
     tick_s: float = 10.0
     """Simulated seconds between plant steps."""
     id_token: str = "SIMTOKEN"
+    token_at_plug_in: bool = True
+    """2.x: the card is read as the cable goes in; else the transaction starts without a token and
+    :meth:`tap_card` presents it later (TransactionEvent Updated, trigger Authorized)."""
+    reports_soc: bool = True
+    """Whether meter values carry the vehicle's SoC (ISO 15118 on 2.x); an AC 1.6 charger never knows it."""
     response_timeout_s: float = 10.0
+    keeps_profiles: bool = True
+    """Whether the charging profiles survive a reboot, as OCPP requires (``False``: a station that
+    forgets them and draws its hardware maximum until it is sent new ones)."""
     rng: random.Random = field(default_factory=random.Random)
     on_profile: Callable[[int, dict[str, Any]], None] | None = None
     """Called with the EVSE id and payload of every SetChargingProfile as it arrives, before it is
@@ -111,6 +123,7 @@ class SimulatedCharger:
     connected: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     finished: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     """Set when the vehicle's transaction has ended."""
+    reboots: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.store = ProfileStore(max_power_w=self.max_power_w, max_discharge_w=self.max_discharge_w)
@@ -122,6 +135,8 @@ class SimulatedCharger:
         self._seq_no = 0
         self._plugged = False
         self._tx_id_16: int | None = None
+        self._stepped_at = self.clock.now()
+        self._reuse_id: str | None = None
 
     # ------------------------------------------------------------------------------------ control
 
@@ -134,6 +149,41 @@ class SimulatedCharger:
     def reconnect(self) -> None:
         """Go back online; the open transaction resumes with its id."""
         self._online_wanted.set()
+
+    async def reboot(self, *, reuse_transaction_id: bool = False) -> None:
+        """Power-cycle the station with its vehicle still plugged in: the connection drops, the running
+        transaction ends with the power (its TxProfiles with it; the end is reported after the boot),
+        and once booted again the station starts a new transaction for the vehicle. The charging
+        profiles persist (OCPP requires it; see :attr:`keeps_profiles`), so until the CSMS sends new
+        ones the vehicle draws what the TxDefaultProfile allows.
+
+        ``reuse_transaction_id`` (2.x): the new transaction takes the old one's id and the old one's
+        end is never reported, as some stations do after a power loss.
+        """
+        if reuse_transaction_id and self.protocol == "1.6":
+            raise ValueError(f"{self.station_id}: on OCPP 1.6 the CSMS assigns transaction ids")
+        now = self.clock.now()
+        old = self.transaction
+        if old is not None:
+            self.store.clear_transaction(old.id)
+            if reuse_transaction_id:
+                self._reuse_id = old.id
+            elif self.protocol == "1.6":
+                tx16, meter_stop = self._tx_id_16 or 0, round(self.import_wh)
+                self._send(lambda: call16.StopTransaction(meter_stop, iso(now), tx16, reason="PowerLoss"))
+            else:
+                self._send(
+                    self._tx_event_builder("Ended", "AbnormalCondition", None, stopped_reason="PowerLoss")
+                )
+            self.transaction, self._tx_id_16 = None, None
+        self.power_w = 0.0
+        self._plugged = False  # the vehicle, still there, starts a new transaction once booted
+        if not self.keeps_profiles:
+            self.store = dataclasses.replace(self.store, profiles={})
+        self.booted.clear()
+        self.reboots += 1
+        if self._ws is not None:
+            await self._ws.close()
 
     async def run(self) -> None:
         """Run plant and link until cancelled."""
@@ -149,7 +199,7 @@ class SimulatedCharger:
         while True:
             now = self.clock.now()
             seconds = (now - last).total_seconds()
-            last = now
+            last = self._stepped_at = now
             vehicle = self.vehicle
             if self.transaction is not None and vehicle is not None:
                 vehicle.advance(self.power_w / 1000, seconds)
@@ -181,6 +231,14 @@ class SimulatedCharger:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_s / self.clock.speed)
 
+    def registers_at(self, now: dt.datetime) -> tuple[float, float]:
+        """The import and export registers [Wh] at ``now`` (not before the last plant step): those of
+        the last step plus the power held since, as a meter at the EVSE would read them."""
+        held_wh = self.power_w * max((now - self._stepped_at).total_seconds(), 0.0) / 3600
+        if self.transaction is None:
+            held_wh = 0.0
+        return self.import_wh + max(held_wh, 0.0), self.export_wh + max(-held_wh, 0.0)
+
     def _sample(self, now: dt.datetime) -> None:
         soc = 100 * self.vehicle.soc if self.vehicle else 0.0
         sample = MeterSample(now, self.import_wh, self.export_wh, self.power_w, soc)
@@ -192,7 +250,8 @@ class SimulatedCharger:
 
     def _start(self, now: dt.datetime, vehicle: Vehicle) -> None:
         self._plugged = True
-        tx_id = f"{self.station_id}-{self.rng.getrandbits(32):08x}"
+        tx_id = self._reuse_id or f"{self.station_id}-{self.rng.getrandbits(32):08x}"
+        self._reuse_id = None
         self.transaction = Transaction(id=tx_id, start=now)
         if self.protocol == "1.6":
             self._send(
@@ -208,10 +267,24 @@ class SimulatedCharger:
             )
         else:
             self._send(lambda: self._status_2x(now, "Occupied"))
-            token = {"id_token": self.id_token, "type": "ISO14443"}
-            self._send(lambda: self._call.Authorize(token))
+            token = {"id_token": self.id_token, "type": "ISO14443"} if self.token_at_plug_in else None
+            if token is not None:
+                self._send(lambda: self._call.Authorize(token))
             self._send(self._tx_event_builder("Started", "CablePluggedIn", None, id_token=token))
             self._send(lambda: self._charging_needs(vehicle))
+
+    def plug_in(self, vehicle: Vehicle) -> None:
+        """Another vehicle plugs in (after the last one's transaction ended): a new transaction."""
+        if self.transaction is not None:
+            raise RuntimeError(f"{self.station_id}: a transaction is still running")
+        self.vehicle, self._plugged = vehicle, False
+        self._wake.set()
+
+    def tap_card(self) -> None:
+        """2.x: the driver presents ``id_token`` during the running transaction."""
+        token = {"id_token": self.id_token, "type": "ISO14443"}
+        self._send(lambda: self._call.Authorize(token))
+        self._send(self._tx_event_builder("Updated", "Authorized", None, id_token=token))
 
     def _stop(self, now: dt.datetime, reason: str) -> None:
         assert self.transaction is not None
@@ -253,8 +326,9 @@ class SimulatedCharger:
         values = [
             ("Energy.Active.Import.Register", sample.import_wh, "Wh"),
             ("Power.Active.Import", max(sample.power_w, 0.0), "W"),
-            ("SoC", sample.soc_percent, "Percent"),
         ]
+        if self.reports_soc:
+            values.append(("SoC", sample.soc_percent, "Percent"))
         if self.max_discharge_w > 0:
             values += [
                 ("Energy.Active.Export.Register", sample.export_wh, "Wh"),
@@ -317,7 +391,7 @@ class SimulatedCharger:
     def _charging_needs(self, vehicle: Vehicle) -> Any:
         needs: dict[str, Any] = {
             "requested_energy_transfer": "AC_BPT"
-            if self.protocol == "2.1" and self.max_discharge_w
+            if self.protocol == "2.1" and self.max_discharge_w and vehicle.max_discharge_kw > 0
             else "AC_three_phase",
             "ac_charging_parameters": {
                 "energy_amount": round(vehicle.energy_needed_kwh * 1000),
@@ -326,8 +400,9 @@ class SimulatedCharger:
                 "ev_max_voltage": 400,
             },
         }
-        if vehicle.departure is not None:
-            needs["departure_time"] = iso(vehicle.departure)
+        announced = vehicle.announced_departure or vehicle.departure
+        if announced is not None:
+            needs["departure_time"] = iso(announced)
         return self._call.NotifyEVChargingNeeds(charging_needs=needs, evse_id=EVSE_ID)
 
     def _send(self, build: Callable[[], Any], on_result: Callable[[Any], None] | None = None) -> None:

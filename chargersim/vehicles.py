@@ -28,6 +28,9 @@ class Vehicle:
     efficiency: float = 0.92
     taper_soc: float = 0.8
     min_taper_fraction: float = 0.05
+    announced_departure: dt.datetime | None = None
+    """The departure the EV tells the charger (ISO 15118), when it differs from when the driver in fact
+    leaves (``departure``): drivers leave early and late."""
 
     def acceptance_kw(self) -> float:
         """The most the vehicle draws now [kW], tapered above ``taper_soc``; 0 at the target."""

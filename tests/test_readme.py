@@ -71,7 +71,8 @@ START_TIMEOUT_S = 90.0
 """How long a background service may take to answer its probe (imports and migrations on a busy box)."""
 
 NOT_RUN: list[tuple[str, str]] = [
-    (r"make demo\b", "creates the venv this test runs in; the depot day itself is tests/test_demo.py"),
+    (r"make demo\b", "creates the venv this test runs in; the depot day itself is tests/test_simulation.py"),
+    (r"fleetgrid simulate\b", "a whole simulated day; tests/test_simulation.py runs it (shorter) twice"),
     (r"make test\b", "runs ruff, mypy and this very test suite"),
     (r"python bench/", "a benchmark: minutes of solving that print figures for BENCHMARKS.md"),
     (

@@ -3,7 +3,9 @@
 - ``fleetgrid schedule SCENARIO --out DIR [--policy P] [--compare]``: plan a scenario file;
 - ``fleetgrid schedule --acn FILE --tariff FILE --out DIR [--online]``: plan real ACN-Data sessions;
 - ``fleetgrid scenario generate|schema``: make a depot day, print the scenario file schema;
-- ``fleetgrid demo``: a whole depot day end to end (``--offline``: the MILP against the baselines);
+- ``fleetgrid simulate --seed N --out DIR``: a depot day through the real loop in virtual time;
+- ``fleetgrid demo``: ``simulate``'s preset with a progress bar (``--offline``: the MILP against the
+  baselines);
 - ``fleetgrid sim-chargers --gateway ws://... --count N --protocol 1.6|2.0.1|2.1``: simulated chargers;
 - ``fleetgrid gateway --config site.toml``: the depot's site gateway;
 - ``fleetgrid aggregator --config central.toml``: the central service (API, ingestion, control loop);
@@ -70,8 +72,13 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "aggregator.cli.scenarios:app", "Generate scenario files and print their schema.", "central"
     ),
     "demo": Subcommand(
-        "aggregator.cli.demo:demo_command",
+        "aggregator.cli.simulate:demo_command",
         "Run a whole depot day end to end (broker, aggregator, gateway, simulated chargers).",
+        "central",
+    ),
+    "simulate": Subcommand(
+        "aggregator.cli.simulate:simulate_command",
+        "Replay a depot day through the real loop in virtual time; write summary.json.",
         "central",
     ),
     "aggregator": Subcommand(
