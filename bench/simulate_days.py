@@ -33,8 +33,8 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     header = (
         f"{'seed':>4} {'veh':>4} {'cost':>9} {'uncontr.':>9} {'peak kW':>8} {'uncontr.':>8} "
-        f"{'targets':>8} {'uncontr.':>8} {'DR req':>7} {'DR del':>7} {'DR %':>5} {'offer kW':>8} "
-        f"{'unalloc':>7} {'same':>5} {'real s':>7}"
+        f"{'targets':>8} {'uncontr.':>8} {'DR req':>7} {'planned':>7} {'DR del':>7} {'DR %':>5} "
+        f"{'offer kW':>8} {'unalloc':>7} {'same':>5} {'real s':>7}"
     )
     print(header)
     totals = {"dr_ok": 0, "targets_ok": 0, "cheaper": 0, "runs": 0}
@@ -58,7 +58,8 @@ def main() -> None:
         print(
             f"{seed:>4} {s.targets_total:>4} {s.cost_total:>9.2f} {u.cost_total:>9.2f} "
             f"{s.billed_demand_kw:>8.1f} {u.billed_demand_kw:>8.1f} {s.targets_met:>8} {u.targets_met:>8} "
-            f"{event.requested_kwh if event else 0:>7.1f} {event.delivered_kwh if event else 0:>7.1f} "
+            f"{event.requested_kwh if event else 0:>7.1f} {event.planned_kwh if event else 0:>7.1f} "
+            f"{event.delivered_kwh if event else 0:>7.1f} "
             f"{100 * share:>5.0f} {event.offered_kw if event else 0:>8.1f} {unallocated:>7} {same:>5} "
             f"{seconds:>7.1f}",
             flush=True,

@@ -74,7 +74,8 @@ def print_result(result: SimulationResult, workdir: Path) -> None:
     for event in s.dr_events:
         table.add_row(
             f"DR delivered / requested ({event.baseline} baseline)",
-            f"{event.delivered_kwh:.1f} kWh ({100 * event.performance_factor:.0f} %)",
+            f"{event.delivered_kwh:.1f} kWh ({100 * event.performance_factor:.0f} %; "
+            f"planned {event.planned_kwh:.1f})",
             f"{event.requested_kwh:.1f} kWh ({event.requested_kw:.1f} kW; "
             f"site offered {event.offered_kw:.1f} kW)",
         )

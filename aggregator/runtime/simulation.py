@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from sqlalchemy import select
 
 from aggregator.api.app import create_app
 from aggregator.api.config import Settings
@@ -48,6 +49,7 @@ from aggregator.control.loop import ControlLoop, ControlSettings
 from aggregator.control.replanning import ReplanRequests
 from aggregator.control.setpoints import MqttPublisherSettings, MqttSetpointPublisher
 from aggregator.db.migrate import upgrade
+from aggregator.db.models import ScheduleVersion
 from aggregator.db.session import make_engine, make_sessionmaker
 from aggregator.ingestion.pipeline import Ingestion, IngestionSettings
 from aggregator.runtime import depot_world as world
@@ -344,7 +346,7 @@ async def run_day(
                 for task in background:
                     task.cancel()
             plans = control.stats.plans
-            if posted is not None:
+            if posted is not None and event is not None:
                 with _holding():
                     performance = await world.event_performance(client, posted["id"])
                 settlement = settle_event_from_db(sessions, posted["id"], now=clock.now())
@@ -354,6 +356,7 @@ async def run_day(
                     DrEventOutcome(
                         event_id=posted["id"],
                         offered_kw=round(offered_kw or 0.0, 4),
+                        planned_kwh=round(_planned_delivery(sessions, posted["id"], event.start), 4),
                         requested_kw=float(posted["requested_kw"]),
                         requested_kwh=round(performance["committed_kwh"], 4),
                         delivered_kwh=round(performance["delivered_kwh"], 4),
@@ -410,6 +413,24 @@ async def run_day(
         vehicle_days=vehicle_days,
     )
     return SimulationResult(summary, statement, notes)
+
+
+def _planned_delivery(sessions: Any, event_id: int, start: dt.datetime) -> float:
+    """What the site's last plan before the event's start promised to deliver [kWh]: the sum over
+    the event's intervals (``dispatch-{id}-{n}``) of its summary's ``delivered_kwh``."""
+    with sessions() as session:
+        version = session.scalars(
+            select(ScheduleVersion)
+            .where(
+                ScheduleVersion.site_id == world.SITE_ID,
+                ScheduleVersion.created_at < start.astimezone(dt.UTC),
+            )
+            .order_by(ScheduleVersion.created_at.desc(), ScheduleVersion.id.desc())
+            .limit(1)
+        ).first()
+        events = (version.result_summary or {}).get("dr_events", {}) if version is not None else {}
+    prefix = f"dispatch-{event_id}-"
+    return sum(float(v.get("delivered_kwh", 0.0)) for k, v in events.items() if k.startswith(prefix))
 
 
 async def _drivers_tell_the_app(

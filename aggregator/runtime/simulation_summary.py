@@ -53,6 +53,9 @@ class DrEventOutcome(_Summary):
     """What the site's plan could hold in every step of the window at notification (the portfolio
     flexibility an OpenADR VEN opts in with)."""
     requested_kw: float
+    planned_kwh: float
+    """What the site's last plan before the event's start promised to deliver: the controller is
+    measured against its own promise as well as against the request."""
     requested_kwh: float
     delivered_kwh: float
     """Delivered against the declared baseline, capped per interval at what was requested."""
