@@ -23,7 +23,8 @@ One plan of one site (:meth:`ControlLoop.plan_site`):
    version), the version is an empty ``heuristic`` plan and no command is sent: the gateway's own
    earliest-deadline-first fallback keeps the site within its limits;
 4. turn the plan into a :class:`~wire.contract.SetpointCommand`
-   (:func:`aggregator.control.setpoints.setpoint_command`), record it as a pending
+   (:func:`aggregator.control.setpoints.setpoint_command`; each setpoint names its session's
+   transaction, and a session stopped since step 1 gets none), record it as a pending
    :class:`~aggregator.db.models.SetpointCommandRecord` and publish it. A site whose gateway is
    offline is planned and published all the same: QoS 1 keeps the command at the broker.
 
@@ -85,7 +86,7 @@ from aggregator.control.schedules import (
     plan_of,
     shifted_plan_document,
 )
-from aggregator.control.setpoints import SetpointPublisher, setpoint_command
+from aggregator.control.setpoints import SetpointPublisher, open_transactions, setpoint_command
 from aggregator.db.models import (
     CommandStatus,
     GatewayStatusRecord,
@@ -115,6 +116,9 @@ class ControlSettings:
     solver_time_limit_s: float = 10.0
     """Wall-clock limit of each solve [s]; on time-out the best schedule found is used."""
     mip_gap: float = 0.005
+    solver_threads: int | None = None
+    """HiGHS threads (``None``: its default). A simulation sets 1 and a time limit no solve reaches, so
+    that every solve, and so every run of a seed, comes out the same."""
     setpoint_validity: dt.timedelta = dt.timedelta(hours=1)
     """How long a published command holds; the gateway falls back to local rules after it."""
     urgency_weight: float = DEFAULT_URGENCY_WEIGHT
@@ -145,7 +149,9 @@ class ControlSettings:
         return self.planning.horizon
 
     def solver_options(self) -> SolverOptions:
-        return SolverOptions(time_limit=self.solver_time_limit_s, mip_gap=self.mip_gap)
+        return SolverOptions(
+            time_limit=self.solver_time_limit_s, mip_gap=self.mip_gap, threads=self.solver_threads
+        )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ControlSettings:
@@ -384,7 +390,7 @@ class ControlLoop:
             previous = _latest_version(session, site_id)
             outcome = self._outcome(solution, previous, self.settings.planning)
             version = self._add_version(session, solution, outcome, previous, trigger, now)
-            command = self._command(version, solution.inputs, now)
+            command = self._command(session, version, solution.inputs, now)
             if command is not None:
                 _add_command_record(session, command, version.id)
             version_id = version.id
@@ -452,11 +458,19 @@ class ControlLoop:
         return version
 
     def _command(
-        self, version: ScheduleVersion, inputs: PlanInputs, now: dt.datetime
+        self, session: Session, version: ScheduleVersion, inputs: PlanInputs, now: dt.datetime
     ) -> SetpointCommand | None:
-        """The command of ``version``'s plan as stored (``None`` if it plans no EVSE)."""
+        """The command of ``version``'s plan as stored (``None`` if it plans no EVSE): each setpoint
+        names its session's transaction, and sessions stopped since the inputs were read get none."""
+        plan = plan_of(version)
+        sessions = [v.session_id for v in plan.vehicles if v.session_id is not None]
+        transactions = open_transactions(session, sessions)
         return setpoint_command(
-            plan_of(version), inputs.evses, now=now, validity=self.settings.setpoint_validity
+            plan,
+            inputs.evses,
+            now=now,
+            validity=self.settings.setpoint_validity,
+            transactions=transactions,
         )
 
     def _count(self, solution: SiteSolution, status: ScheduleStatus) -> None:

@@ -254,7 +254,10 @@ async def run_day(
     app = create_app(Settings(database_url=url), sessions, replans=replans, clock=clock.now)
     control_settings = ControlSettings(
         cadence=STEP,
-        solver_time_limit_s=10.0,
+        # Deterministic solves: one thread, and a wall-clock limit no solve of a depot day reaches
+        # (a limit hit under load would change the plan with the machine's speed).
+        solver_time_limit_s=600.0,
+        solver_threads=1,
         setpoint_validity=dt.timedelta(hours=3),
         poll_s=60.0,  # virtual seconds; a re-plan request still wakes the loop at once
         planning=PlanningSettings(
