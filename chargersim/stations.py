@@ -422,11 +422,11 @@ class SimulatedCharger:
                     open_timeout=self.response_timeout_s,
                 ) as ws:
                     self._ws = ws
+                    backoff = 0.5  # connected: the next loss starts the backoff afresh
                     station: Any = station_class(self.protocol)(self.station_id, ws, self)
                     async with asyncio.TaskGroup() as tasks:
                         receiver = tasks.create_task(station.start(), name=f"{self.station_id}-receive")
                         tasks.create_task(self._drain(station, receiver), name=f"{self.station_id}-send")
-                backoff = 0.5
             except* (ConnectionClosed, OSError, TimeoutError) as errors:
                 log.info("%s: connection lost (%s)", self.station_id, errors.exceptions[0])
             finally:

@@ -23,6 +23,10 @@ Example::
     password_env = "FLEETGRID_MQTT_PASSWORD"   # read the secret from the environment
     outbox = "/var/lib/fleetgrid/outbox.sqlite"
 
+    [metrics]                         # Prometheus /metrics, /healthz, /readyz; off without this table
+    host = "127.0.0.1"                # the default: scraped from this machine (a local agent or tunnel)
+    port = 9464                       # never the OCPP port
+
     [control]
     schedule_stale_after_s = 900      # no fresh setpoints for this long: local fallback
     default_limit_kw = 7.4            # TxDefaultProfile sent at boot; the gateway lowers it so that
@@ -32,8 +36,10 @@ Example::
     id = "CP-01"
     password_env = "FLEETGRID_CP01_PASSWORD"   # HTTP basic auth (security profile 1); omit for none
     max_charge_kw = 11
-    max_discharge_kw = 11             # only used on OCPP 2.1 or a 2.0.1 charger marked below
-    limit_unit = "W"                  # "A" for 1.6 chargers that take current limits
+    max_discharge_kw = 11             # only used on OCPP 2.1 or a 2.0.1 charger marked below; on 2.1
+                                      # a vehicle that reports its needs must have negotiated BPT
+    limit_unit = "W"                  # "A" for current limits (W x V x phases); a charger that says
+                                      # it takes only the other unit gets that one
     phases = 3
     discharge_on_201 = false
 
@@ -147,6 +153,15 @@ class MqttSection(MqttBrokerSection):
     keepalive_s: int = Field(30, gt=0)
 
 
+class MetricsSection(_Section):
+    """Where the gateway serves ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``
+    (:mod:`site_gateway.metrics`). Bound to the loopback by default: an operator who wants it
+    scraped from elsewhere names the address."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535, description="0 picks a free port (tests)")
+
+
 class ControlSection(_Section):
     schedule_stale_after_s: float = Field(900.0, gt=0)
     charger_response_s: float = Field(
@@ -186,6 +201,8 @@ class GatewayConfig(_Section):
     ocpp: OcppSection = OcppSection()
     mqtt: MqttSection = MqttSection()
     control: ControlSection = ControlSection()
+    metrics: MetricsSection | None = None
+    """The metrics and health listener; ``None`` (no ``[metrics]`` table): not served."""
     chargers: list[ChargerSection] = Field(default_factory=list)
     tokens: list[TokenSection] = Field(default_factory=list)
     """Local authorization list: tokens mapped to enrolled drivers and vehicles."""
@@ -203,6 +220,15 @@ class GatewayConfig(_Section):
                 if ident in seen:
                     raise ValueError(f"{what} {ident!r} is listed twice")
                 seen.add(ident)
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_port(self) -> GatewayConfig:
+        metrics = self.metrics
+        if metrics is not None and metrics.port != 0 and metrics.port == self.ocpp.port:
+            raise ValueError(
+                f"metrics.port {metrics.port} is the OCPP port: the chargers' listener is not the metrics one"
+            )
         return self
 
     def charger(self, charge_point_id: str) -> ChargerSection | None:

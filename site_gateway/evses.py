@@ -19,6 +19,12 @@ CHANGE_THRESHOLD_KW = 0.1
 DEFAULT_DWELL = dt.timedelta(hours=8)
 """Assumed stay of a vehicle that never said when it leaves (for earliest-deadline-first only)."""
 
+ROUND_TRIP_EFFICIENCY = 0.8
+"""What a vehicle gets back of the energy it discharged, when the gateway counts a V2G session's
+energy against its request: a kWh exported is put back with ``1 / 0.8`` kWh from the grid. Lower than
+a typical charger-battery round trip (0.85) on purpose: too little leaves the vehicle short of its
+target, too much is stopped by the vehicle itself at its target."""
+
 
 @dataclass
 class EvseView:
@@ -77,6 +83,11 @@ class EvseView:
             return 0.0
         return (self.export_wh - self.export_start_wh) / 1000
 
+    def export_losses_kwh(self) -> float:
+        """Grid energy beyond the exported energy it takes to put it back in the battery [kWh]: each
+        kWh discharged costs ``1 / ROUND_TRIP_EFFICIENCY`` kWh to restore."""
+        return self.exported_kwh * (1 / ROUND_TRIP_EFFICIENCY - 1)
+
     @property
     def delivered_kwh(self) -> float | None:
         """Net energy into the vehicle since the transaction started [kWh]: the import register's
@@ -102,7 +113,8 @@ class EvseView:
         needed = float("inf") if self.energy_request_kwh is None else self.energy_request_kwh
         if self.energy_request_kwh is not None and self.delivered_kwh is not None:
             since_request = self.delivered_kwh - self.delivered_at_request_kwh  # net
-            needed = max(self.energy_request_kwh - since_request, 0.0)
+            # a kWh given back costs more than a kWh to put back: count the export's losses
+            needed = max(self.energy_request_kwh - since_request + self.export_losses_kwh(), 0.0)
         departure = self.departure
         if departure is None and self.started_at is not None:
             departure = self.started_at + DEFAULT_DWELL

@@ -13,7 +13,9 @@ What flows where:
   :class:`~wire.contract.Telemetry`;
 - centre → gateway: a :class:`~wire.contract.SetpointCommand` replaces the setpoints of the
   EVSEs it names and triggers a control step; the gateway answers with a
-  :class:`~wire.contract.CommandAck` carrying each EVSE's profile outcome;
+  :class:`~wire.contract.CommandAck` carrying each EVSE's profile outcome. A setpoint belongs to a
+  session and ends with it (:mod:`site_gateway.setpoints`); a session discharges only what its
+  vehicle and charger can (:mod:`site_gateway.ocpp.capabilities`), else the ack says who refused;
 - the control step (on every command, on session changes and every ``control_interval_s``) runs
   :class:`~site_gateway.safety.SafetyController`: the site limits hold whatever the centre asked, and
   with no fresh setpoint it falls back to earliest-deadline-first charging. The allowed power goes to
@@ -29,6 +31,12 @@ The idle reserve, room kept for vehicles that may plug in at idle chargers, is r
 plugged vehicles want it and handed back on plug-in: :mod:`site_gateway.reserve` says how it is sized
 and when it moves.
 
+The site limits hold at the meter, not in the gateway's belief: what each charger was last given is
+on disk (:mod:`site_gateway.installed`), EVSEs it cannot steer count at what they may draw, a boot
+makes a charger's TxProfiles "state unknown", and increases wait for the reductions actually taken.
+A lost gateway is bounded: no EVSE draws more than it was counted at, then each runs on its
+TxDefaultProfile, which all listed chargers together fit (:mod:`site_gateway.rollout`).
+
 Every wait (the control and telemetry intervals, ``charger_response_s``, a charger's answer) is a
 duration on the injected :class:`~site_gateway.clock.Clock`, and every timestamp is its ``now``.
 """
@@ -36,6 +44,7 @@ duration on the injected :class:`~site_gateway.clock.Clock`, and every timestamp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 from contextlib import AsyncExitStack
@@ -45,12 +54,17 @@ from typing import Self
 
 from site_gateway.clock import SYSTEM_CLOCK, Clock, wait_event
 from site_gateway.config import GatewayConfig
-from site_gateway.evses import CHANGE_THRESHOLD_KW, EvseView, profile_cap
+from site_gateway.evses import CHANGE_THRESHOLD_KW, EvseView
+from site_gateway.installed import InstalledLimits
+from site_gateway.installed import installed_path as _installed_path
+from site_gateway.metrics import GatewayMetrics
+from site_gateway.ocpp.capabilities import DischargeCapability, DischargeRefusal
 from site_gateway.ocpp.events import (
     ChargingNeedsReported,
     ConnectorStatusChanged,
     MeterReading,
     OcppEvent,
+    SessionAuthorized,
     SessionStarted,
     SessionStopped,
     StationBooted,
@@ -58,6 +72,7 @@ from site_gateway.ocpp.events import (
 )
 from site_gateway.ocpp.server import OcppServer
 from site_gateway.reserve import IdleReserve
+from site_gateway.rollout import Exposure, Rollout, exposure, unsteered_outcomes
 from site_gateway.safety import (
     Allocation,
     Cap,
@@ -68,13 +83,13 @@ from site_gateway.safety import (
     SiteLimits,
     allocate,
 )
+from site_gateway.setpoints import SetpointBook
 from site_gateway.uplink import Uplink, UplinkSettings
 from wire.contract import (
     AckStatus,
     CommandAck,
     EvseLimit,
     EvseOutcome,
-    EvseSetpoint,
     EvseTelemetry,
     GatewayState,
     LimitReason,
@@ -93,6 +108,7 @@ LIMITED_BY: dict[LimitReason, str] = {
     LimitReason.FALLBACK: "the fallback rules",
     LimitReason.CHARGER_MAX: "the charger's or vehicle's maximum",
     LimitReason.ENERGY_REQUEST_MET: "the vehicle's energy request, met",
+    LimitReason.VEHICLE_NOT_BIDIRECTIONAL: "the vehicle, which did not negotiate bidirectional transfer",
 }
 """How an acknowledgement says what cut a setpoint short ("limited to 7.50 kW by the site limit")."""
 
@@ -107,11 +123,14 @@ class Gateway:
         mqtt_password: str | None = None,
         charger_passwords: dict[str, str] | None = None,
         outbox_path: Path | None = None,
+        installed_path: Path | None = None,
         control_interval_s: float = 5.0,
         base_load_kw: float = 0.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        """``control_interval_s``: the longest time between control steps [s on ``clock``]."""
+        """``control_interval_s``: the longest time between control steps [s on ``clock``].
+        ``installed_path``: what each charger was last given (:mod:`site_gateway.installed`); by
+        default beside the outbox."""
         self.config = config
         self.site_id = config.site.id
         self._clock = clock
@@ -119,8 +138,10 @@ class Gateway:
         self.base_load_kw = base_load_kw
         """Site load other than the chargers [kW]; a site meter updates it when there is one."""
         self.evses: dict[str, EvseView] = {}
-        self.setpoints: dict[str, tuple[EvseSetpoint, dt.datetime, dt.datetime]] = {}
-        """EVSE key -> (the centre's setpoint, valid from, valid until)."""
+        self.setpoints = SetpointBook()
+        """The centre's setpoints, each bound to its session (:mod:`site_gateway.setpoints`)."""
+        self.discharge: dict[str, DischargeCapability] = {}
+        """EVSE key -> what its session may discharge (:mod:`site_gateway.ocpp.capabilities`)."""
         self.safety = SafetyController(
             SiteLimits(config.site.import_limit_kw, config.site.export_limit_kw), clock=clock.now
         )
@@ -157,21 +178,40 @@ class Gateway:
             on_command=self._on_command,
             clock=clock.now,
         )
-        self.reserve = IdleReserve(self.default_limit_kw, self.ocpp, self.evses, self.site_id)
+        self.installed = InstalledLimits(
+            installed_path or _installed_path(outbox_path or mqtt.outbox), clock=clock.now
+        )
+        """What each charger was last given, on disk (:mod:`site_gateway.installed`)."""
+        self.reserve = IdleReserve(self.default_limit_kw, self.ocpp, self.evses, self.site_id, self.installed)
+        self.ocpp.set_boot_limit(self.reserve.limit_kw)  # a reboot keeps a charger at what it is counted at
         self._wake = asyncio.Event()
         self._metered = asyncio.Event()
         """Set on every meter reading (the reductions' wait watches it)."""
+        self.rollout = Rollout(
+            ocpp=self.ocpp,
+            installed=self.installed,
+            default_kw=self.reserve.limit_kw,
+            limits=self.safety.limits,
+            validity_s=config.control.schedule_stale_after_s,
+            charger_response_s=config.control.charger_response_s,
+            metered=self._metered,
+            clock=clock,
+            site_id=self.site_id,
+        )
         self._pending_acks: list[SetpointCommand] = []
         self._stack: AsyncExitStack | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._loops: list[asyncio.Task[None]] = []
+        self.metrics = GatewayMetrics(self, clock)  # served on ``[metrics]`` (:mod:`site_gateway.metrics`)
 
     # ------------------------------------------------------------------------------------- life cycle
 
     async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
+            stack.enter_context(self.installed)  # before any charger is heard
             await stack.enter_async_context(self.uplink)
             await stack.enter_async_context(self.ocpp)
+            await stack.enter_async_context(self.metrics)  # ready once the OCPP server listens
             self._tasks = await stack.enter_async_context(asyncio.TaskGroup())
             self._loops = [
                 self._tasks.create_task(self._control_loop(), name=f"gateway-control[{self.site_id}]"),
@@ -216,19 +256,35 @@ class Gateway:
         """Update the EVSE view and forward session events. Only queues work: never blocks a charger."""
         match event:
             case StationBooted():  # it gets the boot default again (the OCPP server sends it)
-                self.reserve.booted(event.charge_point_id)
-                self._wake.set()
+                self._booted(event.charge_point_id)
             case ConnectorStatusChanged() if event.evse_id > 0:  # the EVSEs a charger has
                 self._view(event.charge_point_id, event.evse_id)
+                if event.status == "Available":  # no transaction there: no TxProfile either
+                    self.installed.tx_ended(event.charge_point_id, event.evse_id)
             case SessionStarted():
                 view = self._view(event.charge_point_id, event.evse_id)
+                key = evse_key(view.charger_id, view.evse_id)
+                self.installed.tx_started(view.charger_id, view.evse_id, event.transaction_id)
+                if view.transaction_id != event.transaction_id:  # a new session: nothing of the last
+                    self.setpoints.end_session(key)
                 view.transaction_id, view.started_at = event.transaction_id, event.started_at
                 view.meter_start_wh = event.meter_start_wh
                 view.allowed_kw, view.renew_at = None, None
+                self._may_discharge(view, event.discharge)
                 self._session_event(SessionEventKind.STARTED, view, id_token=event.id_token)
                 self._wake.set()
+            case SessionAuthorized():  # a card tapped after plug-in: the centre's session gets its driver
+                view = self._view(event.charge_point_id, event.evse_id)
+                self._session_event(
+                    SessionEventKind.AUTHORIZED,
+                    view,
+                    transaction_id=event.transaction_id,
+                    id_token=event.id_token,
+                )
             case SessionStopped():
                 view = self._view(event.charge_point_id, event.evse_id)
+                key = evse_key(view.charger_id, view.evse_id)
+                self.installed.tx_ended(view.charger_id, view.evse_id, event.transaction_id)
                 energy = view.delivered_kwh  # net: the charger's figure counts the import register only
                 if event.energy_wh is not None:
                     energy = event.energy_wh / 1000 - view.exported_kwh
@@ -236,14 +292,19 @@ class Gateway:
                     SessionEventKind.STOPPED,
                     view,
                     transaction_id=event.transaction_id,
+                    id_token=event.id_token,
                     energy_kwh=energy,
                     reason=event.reason,
                 )
-                self.evses[evse_key(view.charger_id, view.evse_id)] = EvseView(
+                # The setpoint and what the vehicle could do end with the session.
+                self.setpoints.end_session(key, event.transaction_id)
+                self.discharge.pop(key, None)
+                charger = self.config.charger(view.charger_id)
+                self.evses[key] = EvseView(
                     view.charger_id,
                     view.evse_id,
-                    max_charge_kw=view.max_charge_kw,
-                    max_discharge_kw=view.max_discharge_kw,
+                    max_charge_kw=charger.max_charge_kw if charger else view.max_charge_kw,
+                    max_discharge_kw=0.0,
                     default_limit_kw=view.default_limit_kw,
                 )
                 self._wake.set()
@@ -270,8 +331,8 @@ class Gateway:
                     view.delivered_at_request_kwh = view.delivered_kwh or 0.0
                 if event.max_charge_power_w is not None:
                     view.max_charge_kw = min(view.max_charge_kw, event.max_charge_power_w / 1000)
-                if event.max_discharge_power_w is not None:
-                    view.max_discharge_kw = min(view.max_discharge_kw, event.max_discharge_power_w / 1000)
+                if event.discharge is not None:  # what the vehicle negotiated (its maximum included)
+                    self._may_discharge(view, event.discharge)
                 self._session_event(
                     SessionEventKind.EV_CHARGING_NEEDS,
                     view,
@@ -282,6 +343,17 @@ class Gateway:
             case _:
                 pass
 
+    def _booted(self, charger_id: str) -> None:
+        """``charger_id`` booted: it is getting the boot default again, and whether it kept its
+        TxProfiles (a transaction resumed, or one begun again under the same id) is unknown. Each is
+        counted at the higher of it and the default, and installed again at the next step."""
+        self.reserve.booted(charger_id)
+        self.installed.state_unknown(charger_id)
+        for view in self.evses.values():
+            if view.charger_id == charger_id:
+                view.allowed_kw, view.renew_at = None, None
+        self._wake.set()
+
     async def _lookup_token(self, id_token: str) -> TokenIdentity | None:
         """The driver and vehicle of an idToken from the local authorization list."""
         return self._tokens.get(id_token)
@@ -290,29 +362,30 @@ class Gateway:
         fields.setdefault("transaction_id", view.transaction_id)
         self.uplink.send(SessionEvent, kind=kind, charger_id=view.charger_id, evse_id=view.evse_id, **fields)
 
+    def _may_discharge(self, view: EvseView, discharge: DischargeCapability) -> None:
+        """The session at ``view`` may discharge no more than ``discharge`` allows."""
+        view.max_discharge_kw = discharge.max_kw
+        self.discharge[evse_key(view.charger_id, view.evse_id)] = discharge
+
     # ---------------------------------------------------------------------------------------- centre side
 
     def _on_command(self, command: SetpointCommand) -> None:
+        """Bind each setpoint to its EVSE's session (:mod:`site_gateway.setpoints`); those refused are
+        acknowledged as such with the next step's outcomes."""
         for setpoint in command.setpoints:
-            key = evse_key(setpoint.charger_id, setpoint.evse_id)
-            self.setpoints[key] = (setpoint, command.issued_at, command.valid_until)
             self._view(setpoint.charger_id, setpoint.evse_id)
+        ids = {"site_id": self.site_id, "command_id": command.command_id}  # extra= of its log lines
+        for key, why in self.setpoints.accept(command, self._running_transaction).items():
+            log.info("gateway %s: command %s, %s: %s", self.site_id, command.command_id, key, why, extra=ids)
         self._pending_acks.append(command)
         self._wake.set()
 
+    def _running_transaction(self, key: str) -> str | None:
+        view = self.evses.get(key)
+        return None if view is None else view.transaction_id
+
     def _current_setpoints(self, now: dt.datetime) -> dict[str, Setpoint]:
-        current = {}
-        for key, (setpoint, valid_from, valid_until) in self.setpoints.items():
-            if setpoint.power_kw is not None:
-                current[key] = Setpoint(key, setpoint.power_kw, valid_from, valid_until)
-                continue
-            assert setpoint.schedule is not None
-            started = [p for p in setpoint.schedule if p.start <= now]
-            if started:
-                period = started[-1]
-                following = [p.start for p in setpoint.schedule if p.start > now]
-                current[key] = Setpoint(key, period.power_kw, period.start, min([valid_until, *following]))
-        return current
+        return self.setpoints.current(now, self._running_transaction)
 
     # ------------------------------------------------------------------------------------------- control
 
@@ -326,14 +399,24 @@ class Gateway:
                 log.exception("gateway %s: control step failed", self.site_id)
 
     async def control_step(self) -> None:
-        """Allocate power within the site limits, send what changed, acknowledge waiting commands."""
+        """Allocate power within the site limits, send what changed, acknowledge waiting commands.
+
+        The limits hold at the meter: EVSEs the step cannot steer (their charger not connected, a
+        vehicle not heard of yet) count at what they may draw (:mod:`site_gateway.rollout`)."""
         now = self._clock.now()
         commands, self._pending_acks = self._pending_acks, []  # later ones wait for the next step
-        evses = [view.safety_state() for view in self.evses.values()]
+        fixed = self._exposure(now)
+        steered = {k: v for k, v in self.evses.items() if v.transaction_id and v.charger_id in fixed.online}
+        # Idle EVSEs get 0; sessions at chargers not connected are in ``fixed``.
+        evses = [
+            v.safety_state()
+            for v in self.evses.values()
+            if not v.transaction_id or v.charger_id in fixed.online
+        ]
         setpoints = self._current_setpoints(now)
         # The idle reserve (module docstring): chargers whose share falls are lowered before anything
         # is raised, so the room the step hands to plugged vehicles is free when they take it.
-        shares = self._idle_shares(now, evses, setpoints)
+        shares = self._idle_shares(now, evses, setpoints, fixed)
         await self.reserve.lower(shares)
         reserve = self.reserve.held_kw(shares)
         allocation, change = self.safety.step(
@@ -342,6 +425,8 @@ class Gateway:
             setpoints,
             idle_reserve_kw=reserve,
             arrival_reserve_kw=self.reserve.full_kw,
+            fixed_import_kw=fixed.import_kw,
+            fixed_export_kw=fixed.export_kw,
         )
         if change is not None:
             log.warning(
@@ -349,65 +434,53 @@ class Gateway:
             )
             state = GatewayState.ONLINE if change.mode is Mode.NORMAL else GatewayState.FALLBACK
             self.uplink.set_state(state, change.reason[:200])
-        base = self.base_load_kw + reserve
-        valid_until = now + dt.timedelta(seconds=self.config.control.schedule_stale_after_s)
-        changed = [
-            (self.evses[key], power)
-            for key, power in allocation.power_kw.items()
-            if self.evses[key].needs_limit(power, now)
-        ]
-        # Reductions first, then increases: while chargers move from the old allocation to the new one
-        # their sum never passes the site limit. Within each wave all at once: each push is two round
-        # trips (SetChargingProfile, GetCompositeSchedule), and one charger after the other, a command
-        # for 50 chargers waited for 100 of them.
-        lower = [(view, power) for view, power in changed if power < view.current_limit_kw()]
-        higher = [(view, power) for view, power in changed if power >= view.current_limit_kw()]
-        if self._transient_kw(allocation.power_kw, base) <= self.config.site.import_limit_kw:
-            lower, higher = [], changed  # no order can pass the limit: all at once
-        applying = []
-        for wave in (lower, higher):
-            if wave is higher and lower:
-                await self._reductions_taken_effect(lower, since=now)
-            async with asyncio.TaskGroup() as pushes:
-                applying += [
-                    (
-                        view,
-                        power,
-                        pushes.create_task(
-                            self.ocpp.apply_setpoint(view.charger_id, view.evse_id, power, valid_until),
-                            name=f"gateway-setpoint[{view.charger_id}/{view.evse_id}]",
-                        ),
-                    )
-                    for view, power in wave
-                ]
+        # Reductions first, then increases within what the chargers may draw (:mod:`~.rollout`).
+        pushes, clipped = await self.rollout.apply(
+            allocation.power_kw, steered, now, base_kw=self.base_load_kw, fixed=fixed, reserve_kw=reserve
+        )
+        self.metrics.stepped(pushes, commands)
         # The reserve given back to idle chargers goes with the increases (it was counted above).
         await self.reserve.raise_to(shares)
+        if clipped:
+            allocation = dataclasses.replace(allocation, power_kw=allocation.power_kw | clipped)
         outcomes: dict[str, EvseOutcome] = {}
-        for view, power, task in applying:
-            key, outcome = evse_key(view.charger_id, view.evse_id), task.result()
-            if outcome.is_ok:
-                view.allowed_kw, view.renew_at = power, now + (valid_until - now) / 2
-            view.profile_cap = profile_cap(power, outcome)
-            status = AckStatus.ACCEPTED if outcome.is_ok else AckStatus.REJECTED
+        for push in pushes:
+            view, outcome = push.view, push.outcome
             detail = (
                 None
                 if outcome.is_ok
                 else f"{outcome.status.value}: {outcome.reason or outcome.charger_status}"
             )
-            outcomes[key] = EvseOutcome(
-                charger_id=view.charger_id, evse_id=view.evse_id, status=status, detail=detail
+            outcomes[evse_key(view.charger_id, view.evse_id)] = EvseOutcome(
+                charger_id=view.charger_id,
+                evse_id=view.evse_id,
+                status=AckStatus.ACCEPTED if outcome.is_ok else AckStatus.REJECTED,
+                detail=detail,
             )
+        outcomes |= unsteered_outcomes(fixed, self.evses, steered)
         for key, view in self.evses.items():
-            view.cap = allocation.caps.get(key)
+            view.cap = self._named_refusal(key, allocation.caps.get(key))
         self._acknowledge(commands, outcomes, allocation)
+
+    def _exposure(self, now: dt.datetime) -> Exposure:
+        """What the EVSEs no allocation steers may draw (:func:`~site_gateway.rollout.exposure`)."""
+        return exposure(
+            now,
+            chargers=[c.id for c in self.config.chargers],
+            connected=self.ocpp.connected,
+            evses=self.evses,
+            installed=self.installed,
+            default_kw=self.reserve.limit_kw,
+        )
 
     # --------------------------------------------------------------------------------- the idle reserve
 
     def _idle_shares(
-        self, now: dt.datetime, evses: list[EvseState], setpoints: dict[str, Setpoint]
+        self, now: dt.datetime, evses: list[EvseState], setpoints: dict[str, Setpoint], fixed: Exposure
     ) -> dict[str, float]:
         """Idle charger id -> the TxDefaultProfile limit it should hold [kW], from the room the plugged
-        vehicles leave when no reserve is held (:meth:`IdleReserve.shares`)."""
+        vehicles (and the EVSEs not steered, ``fixed``) leave when no reserve is held
+        (:meth:`IdleReserve.shares`)."""
         if not self.reserve.idle_evses():
             return {}
         demand = allocate(
@@ -418,9 +491,12 @@ class Gateway:
             setpoints,
             ramp_margin_kw=self.safety.ramp_margin_kw,
             arrival_reserve_kw=self.reserve.full_kw,
+            fixed_import_kw=fixed.import_kw,
+            fixed_export_kw=fixed.export_kw,
         )
         used = sum(p for p in demand.power_kw.values() if p > 0)
-        return self.reserve.shares(self.config.site.import_limit_kw - self.base_load_kw - used)
+        room = self.config.site.import_limit_kw - self.base_load_kw - fixed.import_kw - used
+        return self.reserve.shares(room)
 
     def idle_limit_kw(self, charger_id: str) -> float:
         """The TxDefaultProfile limit ``charger_id`` holds [kW]."""
@@ -430,56 +506,23 @@ class Gateway:
         """Room kept for connected EVSEs without a session [kW] (:meth:`IdleReserve.held_kw`)."""
         return self.reserve.held_kw()
 
-    # ------------------------------------------------------------------------------------- waves
-
-    def _transient_kw(self, allowed: dict[str, float], base_kw: float) -> float:
-        """Site import if every charger briefly kept the higher of its old and new limit."""
-        charging = (
-            max(view.current_limit_kw(), allowed.get(key, 0.0), 0.0)
-            for key, view in self.evses.items()
-            if view.transaction_id is not None
-        )
-        return base_kw + sum(charging)
-
-    async def _reductions_taken_effect(
-        self, lowered: list[tuple[EvseView, float]], since: dt.datetime
-    ) -> None:
-        """Wait until the lowered chargers' meters show their new limits, at most ``charger_response_s``
-        on the gateway's clock.
-
-        A charger applies a new profile with some delay; raising others before the reductions show
-        would let the site pass its limit in between.
-        """
-        deadline = self._clock.now() + dt.timedelta(seconds=self.config.control.charger_response_s)
-        while True:
-            self._metered.clear()
-            if all(
-                view.power_at is not None
-                and view.power_at >= since
-                and view.power_kw is not None
-                and view.power_kw <= power + CHANGE_THRESHOLD_KW
-                for view, power in lowered
-            ):  # a reading taken after the reductions went out shows each of them
-                return
-            left_s = (deadline - self._clock.now()).total_seconds()
-            if left_s <= 0:
-                break
-            await wait_event(self._metered, left_s, self._clock)
-        log.info(
-            "gateway %s: reductions not yet metered after %.1f s; raising anyway",
-            self.site_id,
-            self.config.control.charger_response_s,
-        )
-
     def _acknowledge(
         self, commands: list[SetpointCommand], outcomes: dict[str, EvseOutcome], allocation: Allocation
     ) -> None:
         for command in commands:
             evses = []
+            refused = self.setpoints.refused(command.command_id)
             for setpoint in command.setpoints:
                 key = evse_key(setpoint.charger_id, setpoint.evse_id)
                 outcome = outcomes.get(key)
-                if outcome is None:
+                if key in refused:  # not taken: never this session's, whatever the step did
+                    outcome = EvseOutcome(
+                        charger_id=setpoint.charger_id,
+                        evse_id=setpoint.evse_id,
+                        status=AckStatus.REJECTED,
+                        detail=refused[key],
+                    )
+                elif outcome is None:
                     view = self.evses.get(key)
                     if view is None or view.transaction_id is None:
                         outcome = EvseOutcome(
@@ -498,16 +541,34 @@ class Gateway:
                 if outcome.status is AckStatus.ACCEPTED and requested is not None:
                     granted = allocation.power_kw.get(key, 0.0)
                     if abs(granted - requested) > CHANGE_THRESHOLD_KW:
-                        cap = allocation.caps.get(key)
-                        why = LIMITED_BY[cap.reason if cap is not None else LimitReason.SITE_LIMIT]
-                        outcome = replace_detail(outcome, f"limited to {granted:.2f} kW by {why}")
+                        why = self._limited_by(key, allocation.caps.get(key))
+                        detail = f"limited to {granted:.2f} kW by {why}"
+                        outcome = outcome.model_copy(update={"detail": detail})
                 evses.append(outcome)
             rejected = [e for e in evses if e.status is not AckStatus.ACCEPTED]
             status = AckStatus.ACCEPTED if not rejected else AckStatus.REJECTED
             error = None if not rejected else f"{len(rejected)} of {len(evses)} EVSEs not applied"
+            ids = {"site_id": self.site_id, "command_id": command.command_id, "status": status.value}
+            log.info("gateway %s: command %s %s", self.site_id, command.command_id, status.value, extra=ids)
             self.uplink.send(
                 CommandAck, command_id=command.command_id, status=status, evses=tuple(evses), error=error
             )
+
+    def _named_refusal(self, key: str, cap: Cap | None) -> Cap | None:
+        """``cap``, named for the vehicle when it is the discharge bound of a vehicle that did not
+        negotiate bidirectional transfer (the allocation calls a session's bound ``charger_max``)."""
+        refusal = self.discharge.get(key)
+        if cap is None or not cap.discharge or cap.reason is not LimitReason.CHARGER_MAX:
+            return cap
+        if refusal is None or refusal.refused_by is not DischargeRefusal.VEHICLE:
+            return cap
+        return dataclasses.replace(cap, reason=LimitReason.VEHICLE_NOT_BIDIRECTIONAL)
+
+    def _limited_by(self, key: str, cap: Cap | None) -> str:
+        """What cut a setpoint short, in words (a discharge the session may not do: who refused, why)."""
+        if cap is not None and cap.discharge and (refusal := self.discharge.get(key)) and refusal.reason:
+            return refusal.in_words()
+        return LIMITED_BY[cap.reason if cap is not None else LimitReason.SITE_LIMIT]
 
     async def _telemetry_loop(self) -> None:
         while True:
@@ -522,7 +583,7 @@ class Gateway:
                 power_kw=view.power_kw or 0.0,
                 energy_kwh=view.delivered_kwh,
                 soc_percent=view.soc_percent,
-                limit=None if (cap := view.reported_cap()) is None else _wire_limit(cap),
+                limit=None if (cap := view.reported_cap()) is None else self._wire_limit(cap),
             )
             for view in self.evses.values()
             if view.transaction_id is not None or view.power_kw
@@ -530,10 +591,7 @@ class Gateway:
         site = self.base_load_kw + sum(e.power_kw for e in evses)
         self.uplink.send(Telemetry, evses=evses, site_import_kw=site, base_load_kw=self.base_load_kw)
 
-
-def replace_detail(outcome: EvseOutcome, detail: str) -> EvseOutcome:
-    return outcome.model_copy(update={"detail": detail})
-
-
-def _wire_limit(cap: Cap) -> EvseLimit:
-    return EvseLimit(power_kw=cap.limit_kw, reason=cap.reason, discharge=cap.discharge)
+    def _wire_limit(self, cap: Cap) -> EvseLimit:
+        """``cap`` with a reason the centre reads (:meth:`~wire.contract.LimitReason.for_reader`)."""
+        reason = cap.reason.for_reader(binds_sessions=self.setpoints.centre_binds_sessions)
+        return EvseLimit(power_kw=cap.limit_kw, reason=reason, discharge=cap.discharge)

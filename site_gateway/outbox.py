@@ -213,6 +213,27 @@ class Outbox:
         return int(self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
     @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    def oldest_enqueued_at(self) -> datetime | None:
+        """When the oldest queued message was enqueued (on the outbox's clock); ``None`` when empty."""
+        row = self._conn.execute("SELECT enqueued_at FROM outbox ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else datetime.fromisoformat(row[0])
+
+    def problem(self) -> str | None:
+        """Why a message could not be enqueued now (not open, the file or its write lock out of
+        reach), or ``None`` when it could. Takes the write lock and gives it back; writes nothing."""
+        if self._db is None:
+            return "not open"
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            return f"cannot write: {exc}"
+        return None
+
+    @property
     def last_seq(self) -> int:
         """The last ``seq`` handed out (0 for a new outbox)."""
         return int(self._conn.execute("SELECT value FROM counter WHERE name = 'seq'").fetchone()[0])

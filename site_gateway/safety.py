@@ -4,13 +4,18 @@ Pure and clocked from outside: :func:`allocate` maps what is known now (limits, 
 centre's setpoints, each EVSE's measured draw and session) to the power each EVSE may use;
 :class:`SafetyController` adds the memory of the current mode and reports mode changes as events.
 
-Guarantees, with ``H = import limit - base - idle reserve`` and ``E = export limit + base`` [kW]:
+Guarantees, with ``H = import limit - base - fixed import - idle reserve`` and
+``E = export limit + base - fixed export`` [kW]:
 
 - the charging powers sum to at most ``max(H, 0)`` and the discharging powers to at least
   ``-max(E, 0)``; no credit is taken for a vehicle's opposite flow (a discharging car may stop any
-  moment), so ``base + idle reserve + Σ power`` stays within ``[-export limit, import limit]``
+  moment), so ``base + idle reserve + fixed + Σ power`` stays within ``[-export limit, import limit]``
   whenever the base load alone does. The idle reserve is what vehicles plugging in at idle chargers
-  may draw before the gateway hears of them (the gateway sizes it, :mod:`site_gateway.gateway`);
+  may draw before the gateway hears of them (the gateway sizes it, :mod:`site_gateway.reserve`); the
+  fixed import and export are what EVSEs the gateway cannot steer now may draw and give back (a
+  charger not connected, a vehicle the gateway has not heard of yet: their installed limits,
+  :mod:`site_gateway.installed`). Neither enlarges the export room: a vehicle that may draw need
+  not, so only the metered base load counts for export;
 - NORMAL mode (at least one fresh setpoint): plugged-in vehicles the centre has not planned yet (just
   arrived) first get back up to ``arrival_reserve_kw`` each, the reserve their idle charger kept for
   them, earliest departure first. Each planned EVSE gets its setpoint clipped to its session's limits;
@@ -137,6 +142,8 @@ def allocate(
     idle_reserve_kw: float = 0.0,
     arrival_reserve_kw: float = 0.0,
     held: Mapping[str, Cap] | None = None,
+    fixed_import_kw: float = 0.0,
+    fixed_export_kw: float = 0.0,
 ) -> Allocation:
     """The power each EVSE may use now (see the module docstring for the rules).
 
@@ -144,12 +151,13 @@ def allocate(
     import room like base load. ``arrival_reserve_kw``: what each plugged-in vehicle the centre has
     not planned yet gets before the planned ones (NORMAL mode) [kW]. ``held``: the caps reported at the
     previous step; a site-limit cap among them stays while the centre asks for at least it and the
-    site's import (or export) room is used up.
+    site's import (or export) room is used up. ``fixed_import_kw`` / ``fixed_export_kw``: what EVSEs
+    not in ``evses`` may draw / give back [kW, ≥ 0], taken from the import / export room.
     """
     evses = list(evses)
-    room_kw = max(limits.import_limit_kw - base_load_kw, 0.0)
+    room_kw = max(limits.import_limit_kw - base_load_kw - max(fixed_import_kw, 0.0), 0.0)
     import_room = max(room_kw - max(idle_reserve_kw, 0.0), 0.0)
-    export_room = max(limits.export_limit_kw + base_load_kw, 0.0)
+    export_room = max(limits.export_limit_kw + base_load_kw - max(fixed_export_kw, 0.0), 0.0)
     fresh = {k: s for k, s in setpoints.items() if s.is_fresh(now)}
     power = {e.evse_id: 0.0 for e in evses}
     plugged = [e for e in evses if e.session is not None]
@@ -377,6 +385,8 @@ class SafetyController:
         *,
         idle_reserve_kw: float = 0.0,
         arrival_reserve_kw: float = 0.0,
+        fixed_import_kw: float = 0.0,
+        fixed_export_kw: float = 0.0,
     ) -> tuple[Allocation, ModeChange | None]:
         """Allocate now; returns the allocation and the mode change it caused, if any."""
         now = self.clock()
@@ -390,6 +400,8 @@ class SafetyController:
             idle_reserve_kw=idle_reserve_kw,
             arrival_reserve_kw=arrival_reserve_kw,
             held=self.caps,
+            fixed_import_kw=fixed_import_kw,
+            fixed_export_kw=fixed_export_kw,
         )
         self.caps = allocation.caps
         change = None

@@ -28,6 +28,8 @@ How it behaves:
   ``shutdown``. A status is a state, not an event: a newer one replaces any older one still queued, so
   after an outage the centre gets the current state, not the history. Statuses are ordered by arrival,
   not ``seq`` (the will's number is taken when its connection opens, before the statuses it follows).
+  Every status, the will too, names the centre's newer fields the gateway reads
+  (:attr:`UplinkSettings.reads`), which the centre sends only to a gateway that names them.
 - Lost connections are retried for ever with jittered exponential backoff
   (:class:`~wire.reconnect.Backoff`; random and sleep are injectable).
 - Setpoint commands are validated against the contract. A malformed one is answered with an ``error``
@@ -83,6 +85,7 @@ from wire import mqtt
 from wire.contract import (
     KIND_FOR_MODEL,
     QOS,
+    READS_SETPOINT_TRANSACTION_ID,
     RETAINED,
     AckStatus,
     CommandAck,
@@ -124,6 +127,9 @@ class UplinkSettings(BrokerSettings):
     """On a clean exit, how long to keep publishing the outbox before disconnecting."""
     recent_commands: int = 256
     """How many command ids to remember for dropping repeats."""
+    reads: frozenset[str] = frozenset({READS_SETPOINT_TRANSACTION_ID})
+    """The centre→site fields added within schema version 1 this gateway reads, announced in every
+    status (:attr:`wire.contract.GatewayStatus.reads`) so the centre sends them."""
 
     @property
     def identifier(self) -> str:
@@ -240,7 +246,9 @@ class Uplink:
         self._state, self._state_reason, self._state_since = state, reason, self._clock()
         log.info("site %s: state %s (%s)", self.site_id, state.value, reason or "no reason given")
         self.outbox.discard(self._status_topic)
-        return self.send(GatewayStatus, state=state, reason=reason, since=self._state_since)
+        return self.send(
+            GatewayStatus, state=state, reason=reason, since=self._state_since, reads=self._reads()
+        )
 
     @property
     def state(self) -> GatewayState:
@@ -287,6 +295,7 @@ class Uplink:
             sent_at=self._clock(),
             state=GatewayState.OFFLINE,
             reason="connection lost",
+            reads=self._reads(),
         )
         client = mqtt.client(
             s,
@@ -325,6 +334,7 @@ class Uplink:
             state=state,
             reason=reason,
             since=now if state is GatewayState.OFFLINE else self._state_since,
+            reads=self._reads(),
         )
         await client.publish(
             self._status_topic,
@@ -333,6 +343,9 @@ class Uplink:
             retain=True,
             timeout=self.settings.timeout_s if timeout is None else timeout,
         )
+
+    def _reads(self) -> tuple[str, ...]:
+        return tuple(sorted(self.settings.reads))
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Publish the outbox head, wait for its PUBACK, delete it; repeat. Never reorders."""

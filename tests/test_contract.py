@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from wire.contract import (
+    READS_SETPOINT_TRANSACTION_ID,
     AckStatus,
     CommandAck,
     ContractError,
@@ -291,3 +292,29 @@ def test_a_limit_came_within_schema_version_1_and_is_left_out_when_unset() -> No
     assert "limit" not in data["evses"][0] and data["evses"][1]["limit"]["reason"] == "site_limit"
     message = decode(Telemetry, json.dumps(data))
     assert [e.limit for e in message.evses] == [None, telemetry().evses[1].limit]
+
+
+def status(**overrides: object) -> GatewayStatus:
+    fields: dict[str, object] = {"site_id": "depot-north", "seq": 9, "sent_at": T0, "state": "online"}
+    fields.update(overrides)
+    return build(GatewayStatus, **fields)
+
+
+def test_what_a_gateway_reads_came_within_schema_version_1_and_is_left_out_when_empty() -> None:
+    """A status naming nothing is the status of before ``reads``, key for key; one naming the
+    transaction id round-trips, and a payload without the key reads nothing."""
+    before = {"schema_version", "site_id", "seq", "sent_at", "state", "reason", "since"}
+    assert set(payload(status())) == before
+    named = status(reads=[READS_SETPOINT_TRANSACTION_ID])
+    assert payload(named)["reads"] == ["setpoint.transaction_id"]
+    assert decode(GatewayStatus, encode(named)) == named
+    assert decode(GatewayStatus, encode(status())).reads == ()
+
+
+def test_a_gateway_may_name_fields_this_reader_does_not_know_but_not_malformed_ones() -> None:
+    newer = status(reads=["setpoint.transaction_id", "setpoint.priority"])
+    assert decode(GatewayStatus, encode(newer)).reads == ("setpoint.transaction_id", "setpoint.priority")
+    for bad in ("transaction_id", "Setpoint.TransactionId", "setpoint.", "x" * 70 + ".y"):
+        with pytest.raises(ContractError) as err:
+            decode(GatewayStatus, broken(newer, "reads.1", bad))
+        assert err.value.field == "reads.1", bad

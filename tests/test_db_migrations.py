@@ -12,9 +12,11 @@ from alembic.script import ScriptDirectory
 from postgres import BACKENDS, PostgresServer
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+from aggregator.control.setpoints import gateway_reads
 from aggregator.db.migrate import alembic_config, downgrade, upgrade
-from aggregator.db.models import Base
+from aggregator.db.models import Base, GatewayStatusRecord
 from aggregator.db.session import make_engine
 
 
@@ -174,5 +176,39 @@ def test_evse_readings_from_before_0008_have_no_limit(empty_url: str) -> None:
         downgrade(empty_url, "0007")
         columns = {c["name"] for c in inspect(engine).get_columns("telemetry_evses")}
         assert not columns & {"limit_kw", "limit_reason", "limit_discharge"}
+    finally:
+        engine.dispose()
+
+
+def test_gateways_from_before_0010_read_no_new_fields_and_0010_goes_back_cleanly(empty_url: str) -> None:
+    upgrade(empty_url, "0009")
+    engine = make_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO sites (id, name, import_limit_kw, export_limit_kw, timezone, created_at) "
+                    "VALUES ('depot', 'Depot', 50, 0, 'UTC', CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO gateway_status (site_id, state, last_seen_at, last_seq) "
+                    "VALUES ('depot', 'online', CURRENT_TIMESTAMP, 3)"
+                )
+            )
+        upgrade(empty_url)
+        with Session(engine) as db:
+            # a gateway that has said nothing since: setpoints go to it without a transaction id
+            assert gateway_reads(db, "depot") == frozenset()
+            row = db.get(GatewayStatusRecord, "depot")
+            assert row is not None and row.reads == []
+            row.reads = ["setpoint.transaction_id"]
+            db.commit()
+            assert gateway_reads(db, "depot") == {"setpoint.transaction_id"}
+        downgrade(empty_url, "0009")
+        assert "reads" not in {c["name"] for c in inspect(engine).get_columns("gateway_status")}
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT last_seq FROM gateway_status")).scalar_one() == 3
     finally:
         engine.dispose()

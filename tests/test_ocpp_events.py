@@ -13,6 +13,7 @@ from site_gateway.ocpp.events import (
     ConnectorStatusChanged,
     MeterReading,
     OcppEvent,
+    SessionAuthorized,
     SessionStarted,
     SessionStopped,
 )
@@ -129,3 +130,51 @@ def test_transaction_ids_survive_a_gateway_restart() -> None:
     assert after.next_transaction_id() >= issued[0]
     assert len(set(issued)) == 3
     assert all(0 < i < 2**31 for i in issued)
+
+
+def test_v201_a_card_tapped_after_plug_in_names_the_session() -> None:
+    """The transaction starts on plug-in without a token; the card comes in an Updated event: the
+    session gets its driver, the gateway hears of it once, and the stop carries the token."""
+
+    async def scenario() -> None:
+        async with running() as (server, events), peer(server.port, "CP201", "ocpp2.0.1") as cp:
+            await cp.boot()
+            started = {"transaction_id": "TX-9"}
+            evse = {"id": 1, "connector_id": 1}
+            await cp.call(
+                cp._call.TransactionEvent(
+                    event_type="Started",
+                    timestamp=NOW,
+                    trigger_reason="CablePluggedIn",
+                    seq_no=0,
+                    transaction_info=started,
+                    evse=evse,
+                )
+            )
+            for seq_no in (1, 2):  # the second tap of the same card changes nothing
+                await cp.call(
+                    cp._call.TransactionEvent(
+                        event_type="Updated",
+                        timestamp=NOW,
+                        trigger_reason="Authorized",
+                        seq_no=seq_no,
+                        transaction_info=started,
+                        id_token={"id_token": "TAG-1", "type": "ISO14443"},
+                    )
+                )
+            session = server.active_session("CP201", 1)
+            assert session is not None and (session.id_token, session.driver_id) == ("TAG-1", "driver-7")
+            await cp.stop_transaction("TX-9")
+
+        (first,) = only(events, SessionStarted)
+        assert first.id_token is None
+        (authorized,) = only(events, SessionAuthorized)
+        assert (authorized.transaction_id, authorized.id_token, authorized.vehicle_id) == (
+            "TX-9",
+            "TAG-1",
+            "van-3",
+        )
+        (stopped,) = only(events, SessionStopped)
+        assert stopped.id_token == "TAG-1"
+
+    run(scenario())

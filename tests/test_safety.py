@@ -332,3 +332,45 @@ def test_reserves_hold_and_every_shortfall_has_a_cap(
         within = min(max(sp.power_kw, -e.session.max_discharge_kw), e.session.max_charge_kw)
         if abs(p - within) > 0.1 or abs(within - sp.power_kw) > 0.1:
             assert cap is not None, (e, sp, p)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    scene=scenes(),
+    idle_reserve=st.sampled_from([0.0, 7.4, 30.0]),
+    fixed_import=st.sampled_from([0.0, 11.0, 60.0]),
+    fixed_export=st.sampled_from([0.0, 5.0, 40.0]),
+)
+def test_export_room_is_not_enlarged_by_what_may_draw(
+    scene: tuple[SiteLimits, float, list[EvseState], dict[str, Setpoint]],
+    idle_reserve: float,
+    fixed_import: float,
+    fixed_export: float,
+) -> None:
+    """Export gets the same care as import: the idle reserve and EVSEs that may draw (a charger not
+    connected) take import room but give no export room (they need not draw), and EVSEs that may give
+    back take export room. Measured before: export limit 5 kW, one idle charger, a -11 kW setpoint
+    granted as -10.71 kW, the reserve having been counted as base load."""
+    limits, base, evses, setpoints = scene
+    out = allocate(
+        NOW,
+        limits,
+        base,
+        evses,
+        setpoints,
+        idle_reserve_kw=idle_reserve,
+        fixed_import_kw=fixed_import,
+        fixed_export_kw=fixed_export,
+    )
+    charging = sum(p for p in out.power_kw.values() if p > 0)
+    discharging = -sum(p for p in out.power_kw.values() if p < 0)
+    assert charging <= max(limits.import_limit_kw - base - fixed_import - idle_reserve, 0.0) + 1e-6
+    assert discharging <= max(limits.export_limit_kw + base - fixed_export, 0.0) + 1e-6
+
+
+def test_the_idle_reserve_gives_no_export_room() -> None:
+    evses = [EvseState("v2g", session(v2g=11), measured_kw=0.0), EvseState("idle")]
+    out = allocate(
+        NOW, SiteLimits(40.0, 5.0), 0.0, evses, {"v2g": setpoint("v2g", -11)}, idle_reserve_kw=5.71
+    )
+    assert out.power_kw["v2g"] == pytest.approx(-5.0)

@@ -24,6 +24,17 @@ the message, which after an outage can be long before the broker saw it.
 
 Payloads are UTF-8 JSON objects; every model forbids unknown fields, and :func:`decode` turns any
 problem into a :class:`ContractError` that names the offending field.
+
+Additions within schema version 1 are optional fields left out of the JSON when unset, so a reader
+from before one still parses every message that does not use it; one that is set makes such a reader
+refuse the whole message. The centre is upgraded before its gateways, so:
+
+- a site→centre addition (:attr:`EvseTelemetry.limit`, :attr:`GatewayStatus.reads`) may be sent once
+  the centres that read it are deployed;
+- a centre→site addition (:attr:`EvseSetpoint.transaction_id`) is sent only to a gateway known to
+  read it: one whose latest :class:`GatewayStatus` names it in :attr:`~GatewayStatus.reads`
+  (:data:`READS_SETPOINT_TRANSACTION_ID`). A gateway from before the field refuses a command carrying
+  it and falls back to its local rules.
 """
 
 from __future__ import annotations
@@ -193,6 +204,25 @@ class LimitReason(enum.StrEnum):
     discharge, or one whose composite schedule is lower than the profile sent)."""
     ENERGY_REQUEST_MET = "energy_request_met"
     """The vehicle has had the (net) energy it asked for."""
+    VEHICLE_NOT_BIDIRECTIONAL = "vehicle_not_bidirectional"
+    """A discharge cap of 0: the vehicle did not negotiate bidirectional power transfer (ISO 15118-20
+    BPT) for its session, so the session may not discharge at all. Added within schema version 1: a
+    reader from before it refuses the whole message, so a gateway sends it only to a centre that binds
+    setpoints to sessions (names a ``transaction_id``, added in the same change), and
+    :attr:`CHARGER_MAX` to any other (:meth:`for_reader`)."""
+
+    def for_reader(self, *, binds_sessions: bool) -> LimitReason:
+        """This reason as a reader can parse it. ``binds_sessions``: the reader (the centre) names
+        transactions in its setpoints (:attr:`EvseSetpoint.transaction_id`), so it knows every reason
+        here; a centre that does not is told :attr:`CHARGER_MAX` for a reason added with or after
+        that field (what it was told for the same cap before)."""
+        if binds_sessions or self not in _ADDED_WITH_SESSION_BINDING:
+            return self
+        return LimitReason.CHARGER_MAX
+
+
+_ADDED_WITH_SESSION_BINDING = frozenset({LimitReason.VEHICLE_NOT_BIDIRECTIONAL})
+"""Limit reasons a centre that does not bind setpoints to sessions cannot parse."""
 
 
 class EvseLimit(_Model):
@@ -280,11 +310,24 @@ class GatewayState(enum.StrEnum):
     """The gateway's last will: the broker lost it."""
 
 
+READS_SETPOINT_TRANSACTION_ID: Final = "setpoint.transaction_id"
+"""In :attr:`GatewayStatus.reads`: the gateway reads :attr:`EvseSetpoint.transaction_id`."""
+ReadsName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", max_length=64)]
+"""A field a gateway reads, as ``{message}.{field}`` (``"setpoint.transaction_id"``)."""
+
+
 class GatewayStatus(SiteMessage):
     state: GatewayState
     reason: str | None = Field(None, max_length=200)
     since: UtcDatetime | None = None
     """When the gateway entered ``state`` (``None``: unknown, as in the last will)."""
+    reads: tuple[ReadsName, ...] = Field((), max_length=64, exclude_if=lambda reads: not reads)
+    """The centre→site fields added within schema version 1 that this gateway reads
+    (:data:`READS_SETPOINT_TRANSACTION_ID`). The centre sends such a field to a site only while its
+    gateway's latest status names it, and sends the message without it otherwise (see the module
+    docstring). A reader ignores names it does not know, so a gateway may name fields of a newer
+    centre. Added within schema version 1 itself, so left out of the JSON when empty: a gateway that
+    reads none of them sends the status it sent before."""
 
 
 class SetpointPeriod(_Model):
@@ -300,6 +343,13 @@ class EvseSetpoint(_Model):
     evse_id: EvseId
     power_kw: Kw | None = None
     schedule: tuple[SetpointPeriod, ...] | None = Field(None, min_length=1, max_length=1024)
+    transaction_id: str | None = Field(
+        None, min_length=1, max_length=64, exclude_if=lambda transaction_id: transaction_id is None
+    )
+    """The session (OCPP transaction) the setpoint is for. A setpoint belongs to one session and ends
+    with it: the gateway refuses one naming a transaction the EVSE is not running, and binds one that
+    names none to the transaction running when it arrives. Added within schema version 1, so left out
+    of the JSON when ``None``: a gateway that predates it still reads commands without it."""
 
     @_model_validator(mode="after")
     def _one_form(self) -> EvseSetpoint:

@@ -73,10 +73,16 @@ CHARGE_EFFICIENCY = DEFAULT_CHARGE_EFFICIENCY
 has it), used to turn metered (grid-side) energy into battery energy."""
 
 PLAN_BOUNDING_LIMITS: frozenset[LimitReason] = frozenset(
-    {LimitReason.SITE_LIMIT, LimitReason.CHARGER_MAX, LimitReason.ENERGY_REQUEST_MET}
+    {
+        LimitReason.SITE_LIMIT,
+        LimitReason.CHARGER_MAX,
+        LimitReason.ENERGY_REQUEST_MET,
+        LimitReason.VEHICLE_NOT_BIDIRECTIONAL,
+    }
 )
 """The caps a gateway reports (:class:`wire.contract.EvseLimit`) that bound the next plan's power for
-the EVSE while they hold: what the site, the hardware or the vehicle's own request allow. Not these:
+the EVSE while they hold: what the site, the hardware, the vehicle's own request or its refusal to
+discharge (no bidirectional transfer negotiated) allow. Not these:
 ``reserve`` (room the gateway keeps for, or hands back to, vehicles the centre has not planned yet:
 the next plan, which plans them, replaces it) and ``fallback`` (the gateway's own rules while it has
 no fresh schedule, which the next plan ends)."""
@@ -149,7 +155,13 @@ def open_sessions(
             )
             continue
         latest[row.charger_id] = row
-    return sorted(latest.values(), key=lambda r: r.id)
+    # In a physical order (when each plugged in, where), not by row id: ids follow the order in which
+    # messages were stored, which may differ between two runs of the same day, and the order of the
+    # vehicles is the order of the model's columns, which can change a degenerate optimum.
+    return sorted(
+        latest.values(),
+        key=lambda r: (r.started_at, chargers[r.charger_id].charge_point_id, r.evse_id, r.id),
+    )
 
 
 def _problem(ctx: PlanningContext, error: PlanningInputError) -> None:

@@ -7,6 +7,18 @@ power of every step from the horizon start until ``valid_until`` as a schedule o
 neighbouring steps merged). EVSEs without a planned vehicle are not named, so the gateway keeps its
 own limits there.
 
+A setpoint belongs to a session and ends with it. Each names the transaction of the charging session
+its vehicle stands for (:func:`open_transactions`, read when the command is made), and the gateway
+refuses it on any other transaction. A planned vehicle whose session has stopped since its inputs were
+read gets no setpoint: sent, it would be for whatever car runs on that EVSE now (or next).
+
+The transaction id is a field added within schema version 1, which a gateway from before it refuses
+with the whole command. So a setpoint names its transaction only when the site's gateway said in its
+latest status that it reads the field (:func:`gateway_reads`,
+:data:`~wire.contract.READS_SETPOINT_TRANSACTION_ID`); to any other gateway the command goes without
+it, and the gateway binds each setpoint to the transaction it runs when the command arrives. Stopped
+sessions get no setpoint either way.
+
 :class:`SetpointPublisher` is what the control loop needs; :class:`MqttSetpointPublisher` is the real
 one (aiomqtt, QoS 1, the contract's topic, reconnecting with jittered exponential backoff).
 """
@@ -19,17 +31,21 @@ import datetime as dt
 import logging
 import random as _random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
 import aiomqtt
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from aggregator.control.schedules import StoredPlan
+from aggregator.db.models import ChargingSession, GatewayStatusRecord
 from wire import mqtt
 from wire.contract import (
     QOS,
+    READS_SETPOINT_TRANSACTION_ID,
     EvseSetpoint,
     SetpointCommand,
     SetpointPeriod,
@@ -42,12 +58,36 @@ from wire.reconnect import keep_connected
 log = logging.getLogger(__name__)
 
 
+def open_transactions(session: Session, session_ids: Iterable[int]) -> dict[int, str | None]:
+    """Charging session id -> its charger's transaction id (``None`` until the charger starts one),
+    for those of ``session_ids`` still open (not stopped)."""
+    wanted = sorted(set(session_ids))
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(ChargingSession.id, ChargingSession.transaction_id).where(
+            ChargingSession.id.in_(wanted), ChargingSession.stopped_at.is_(None)
+        )
+    )
+    return {session_id: transaction_id for session_id, transaction_id in rows}
+
+
+def gateway_reads(session: Session, site_id: str) -> frozenset[str]:
+    """The centre→site fields added within schema version 1 that ``site_id``'s gateway reads, as its
+    latest stored status names them (:attr:`wire.contract.GatewayStatus.reads`); empty for a site
+    whose gateway has sent no status, or one from before it named any."""
+    reads = session.scalar(select(GatewayStatusRecord.reads).where(GatewayStatusRecord.site_id == site_id))
+    return frozenset(name for name in reads or () if isinstance(name, str))
+
+
 def setpoint_command(
     plan: StoredPlan,
     evses: Mapping[str, tuple[str, int]],
     *,
     now: dt.datetime,
     validity: dt.timedelta,
+    transactions: Mapping[int, str | None] | None = None,
+    reads: Collection[str] = (),
 ) -> SetpointCommand | None:
     """The command for ``plan`` (its site's) issued at ``now``, valid for ``validity``; ``None`` if no
     EVSE is planned.
@@ -55,7 +95,18 @@ def setpoint_command(
     ``evses`` maps the plan's EVSE ids to (charge point id, EVSE id). Power is grid side [kW],
     positive charging, negative discharging; a period starts at its step's start (the first may lie
     before ``now``: the gateway applies the period in force).
+
+    ``transactions`` maps charging session id to its transaction id, for the sessions still open
+    (:func:`open_transactions`). A vehicle of the plan whose session is not in it has stopped and gets
+    no setpoint; one whose session is open names its transaction (none while the session has no
+    transaction id yet: the gateway binds it to the transaction it runs). ``None`` (a plan that knows
+    no sessions, made by hand) sends every setpoint naming no transaction.
+
+    ``reads``: the fields the site's gateway reads (:func:`gateway_reads`). Without
+    :data:`~wire.contract.READS_SETPOINT_TRANSACTION_ID` in it no setpoint names its transaction (a
+    gateway from before that field would refuse the command); stopped sessions get none all the same.
     """
+    names_transactions = READS_SETPOINT_TRANSACTION_ID in reads
     valid_until = now + validity
     setpoints: dict[tuple[str, int], EvseSetpoint] = {}
     for vehicle in sorted(plan.vehicles, key=lambda vehicle: vehicle.id):
@@ -65,6 +116,18 @@ def setpoint_command(
                 "plan of %s: vehicle %s on unknown EVSE %r", plan.site_id, vehicle.id, vehicle.evse_id
             )
             continue
+        transaction_id = None
+        if transactions is not None and vehicle.session_id is not None:
+            if vehicle.session_id not in transactions:
+                log.info(
+                    "plan of %s: vehicle %s not sent to EVSE %s, its session %d has stopped",
+                    plan.site_id,
+                    vehicle.id,
+                    vehicle.evse_id,
+                    vehicle.session_id,
+                )
+                continue
+            transaction_id = transactions[vehicle.session_id] if names_transactions else None
         periods: list[SetpointPeriod] = []
         for k, power in enumerate(vehicle.power_kw):
             start = plan.horizon_start + k * plan.step
@@ -79,7 +142,9 @@ def setpoint_command(
         if not periods:
             continue
         charger_id, evse_id = address
-        setpoints[address] = EvseSetpoint(charger_id=charger_id, evse_id=evse_id, schedule=tuple(periods))
+        setpoints[address] = EvseSetpoint(
+            charger_id=charger_id, evse_id=evse_id, schedule=tuple(periods), transaction_id=transaction_id
+        )
     if not setpoints:
         return None
     return SetpointCommand(
@@ -196,11 +261,15 @@ class MqttSetpointPublisher:
                 await self._wake.wait()
                 continue
             command = self._queue[0]
+            ids = {"site_id": command.site_id, "command_id": command.command_id}  # extra= of its log lines
             if command.valid_until <= self._clock():
                 self._queue.popleft()
                 self.expired += 1
                 log.warning(
-                    "setpoints: command %s for %s expired unsent", command.command_id, command.site_id
+                    "setpoints: command %s for %s expired unsent",
+                    command.command_id,
+                    command.site_id,
+                    extra=ids,
                 )
                 continue
             await client.publish(
@@ -208,6 +277,14 @@ class MqttSetpointPublisher:
             )
             self._queue.popleft()
             self.published += 1
+            log.info("setpoints: command %s for %s published", command.command_id, command.site_id, extra=ids)
 
 
-__all__ = ["MqttPublisherSettings", "MqttSetpointPublisher", "SetpointPublisher", "setpoint_command"]
+__all__ = [
+    "MqttPublisherSettings",
+    "MqttSetpointPublisher",
+    "SetpointPublisher",
+    "gateway_reads",
+    "open_transactions",
+    "setpoint_command",
+]

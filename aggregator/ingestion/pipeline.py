@@ -48,11 +48,12 @@ How it behaves:
   logged, counted in :attr:`Ingestion.stats`, and dropped.
 - :class:`Telemetry` is stored once per ``(site_id, seq)``; a redelivery (in an earlier batch or the
   same one) is counted as a duplicate.
-- :class:`GatewayStatus` upserts the site's ``gateway_status`` row. A status whose ``seq`` is not above
-  the recorded one is stale and changes nothing, so a late redelivery cannot overwrite a newer state.
-  The one exception is the gateway's last will (``offline`` with no ``since``): its ``seq`` is taken
-  when its connection opens, before the statuses it follows, so it is applied in arrival order (see
-  :mod:`site_gateway.uplink`).
+- :class:`GatewayStatus` upserts the site's ``gateway_status`` row, ``reads`` included (the newer
+  setpoint fields its gateway reads, which the control loop sends only to such a gateway). A status
+  whose ``seq`` is not above the recorded one is stale and changes nothing, so a late redelivery
+  cannot overwrite a newer state. The one exception is the gateway's last will (``offline`` with no
+  ``since``): its ``seq`` is taken when its connection opens, before the statuses it follows, so it is
+  applied in arrival order (see :mod:`site_gateway.uplink`).
 - :class:`SessionEvent` builds ``charging_sessions``, keyed by charger and transaction id:
   ``started`` inserts the row, ``ev_charging_needs`` sets departure and energy request on the
   transaction's row (or the charger's open session when no transaction id is given), ``stopped`` sets

@@ -241,6 +241,7 @@ class BatchWriter:
                     since=status.since,
                     last_seen_at=received_at,
                     last_seq=status.seq,
+                    reads=list(status.reads),
                 )
             )
             self.session.flush()
@@ -253,6 +254,7 @@ class BatchWriter:
         if status.state is GatewayState.ONLINE and row.state is GatewayState.OFFLINE:
             self._replan(status.site_id, "gateway_online")
         row.state, row.reason, row.since = status.state, status.reason, status.since
+        row.reads = list(status.reads)  # what the gateway running now reads, the last will's included
         row.last_seq = max(last_seq, status.seq)
         return Outcome.STORED
 

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from site_gateway.ocpp.capabilities import NO_DISCHARGE, DischargeCapability
+
 
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -48,6 +50,21 @@ class SessionStarted(_Event):
     vehicle_id: str | None = None
     meter_start_wh: float | None = None
     resumed: bool = False  # first seen mid-transaction (gateway restarted, or Started was lost)
+    discharge: DischargeCapability = NO_DISCHARGE
+    """What the session may discharge so far (the charger's declaration; the vehicle's needs may
+    change it, :class:`ChargingNeedsReported`)."""
+
+
+class SessionAuthorized(_Event):
+    """An idToken presented during a running transaction (a card tapped after plug-in): the session's
+    driver from now on."""
+
+    kind: Literal["session_authorized"] = "session_authorized"
+    evse_id: int
+    transaction_id: str
+    id_token: str
+    driver_id: str | None = None
+    vehicle_id: str | None = None
 
 
 class SessionStopped(_Event):
@@ -58,6 +75,7 @@ class SessionStopped(_Event):
     meter_stop_wh: float | None = None
     energy_wh: float | None = None  # meter_stop - meter_start when both are known
     reason: str | None = None
+    id_token: str | None = None  # the session's token, however late it came
 
 
 class MeterReading(_Event):
@@ -81,12 +99,15 @@ class ChargingNeedsReported(_Event):
     max_charge_power_w: float | None = None
     max_discharge_power_w: float | None = None  # 2.1 V2X parameters
     soc_pct: float | None = None
+    discharge: DischargeCapability | None = None
+    """What the session may discharge after these needs (``None``: no session to apply them to)."""
 
 
 OcppEvent = Annotated[
     StationBooted
     | ConnectorStatusChanged
     | SessionStarted
+    | SessionAuthorized
     | SessionStopped
     | MeterReading
     | ChargingNeedsReported,

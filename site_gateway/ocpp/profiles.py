@@ -1,10 +1,13 @@
 """Smart-charging profiles: a per-EVSE setpoint turned into the SetChargingProfile each OCPP version wants.
 
 Pure functions, no I/O. Power is in kW at our side (positive charges the EV, negative discharges it); the
-profiles carry W, or A on OCPP 1.6 chargers configured for current limits (``A = W / (V x phases)``, rounded
-down to 0.1 A as the 1.6 schema requires multiples of 0.1).
+profiles carry W or A, whichever the charger takes (``unit``, from
+:func:`~site_gateway.ocpp.capabilities.rate_unit`; ``A = W / (V x phases)`` with the configured voltage
+and phases), rounded down to 0.1 as the schemas require multiples of 0.1.
 
-Discharge:
+Discharge, within what the session may discharge (``discharge``, a
+:class:`~site_gateway.ocpp.capabilities.DischargeCapability`; without one, what the charger's
+configuration declares):
 
 - OCPP 2.1: ``operationMode = CentralSetpoint`` with a negative ``setpoint`` and ``dischargeLimit`` in the
   schedule period;
@@ -31,6 +34,9 @@ from ocpp.v201 import call as call201
 from ocpp.v201 import datatypes as types201
 
 from site_gateway.config import ChargerSection
+from site_gateway.ocpp.capabilities import DischargeCapability, OcppVersion, declared_discharge
+
+__all__ = ["OcppVersion"]  # re-exported: the version's home was this module
 
 TX_DEFAULT_PROFILE_ID = 1
 STATION_MAX_PROFILE_ID = 2
@@ -38,14 +44,6 @@ TX_PROFILE_ID_BASE = 100  # + evse id
 TX_PROFILE_STACK_LEVEL = 1
 MAX_COMPOSITE_DURATION_S = 86_400
 _TENTH = Decimal("0.1")
-
-
-class OcppVersion(StrEnum):
-    """Negotiated websocket subprotocol, one per OCPP version we speak."""
-
-    V16 = "ocpp1.6"
-    V201 = "ocpp2.0.1"
-    V21 = "ocpp2.1"
 
 
 class ProfileError(ValueError):
@@ -96,21 +94,20 @@ class ProfileOutcome:
     effective_kw: float | None = None  # read back from GetCompositeSchedule
     charger_status: str | None = None  # "Accepted", "Rejected", or the CallError code
     reason: str | None = None
+    by_meter: bool = False
+    """Accepted by a charger that cannot report a composite schedule: its meter values verify it."""
 
     @property
     def is_ok(self) -> bool:
         return self.status is OutcomeStatus.ACCEPTED
 
 
-def discharge_allowed(version: OcppVersion, charger: ChargerSection) -> bool:
-    if charger.max_discharge_kw <= 0:
-        return False
-    return version is OcppVersion.V21 or (version is OcppVersion.V201 and charger.discharge_on_201)
-
-
-def rate_unit(version: OcppVersion, charger: ChargerSection) -> str:
-    """Unit of the profiles we send: A only for 1.6 chargers configured for current limits."""
-    return "A" if version is OcppVersion.V16 and charger.limit_unit == "A" else "W"
+def _unit(charger: ChargerSection, unit: str | None) -> str:
+    if unit is None:
+        return charger.limit_unit
+    if unit not in ("A", "W"):
+        raise ProfileError(f"charging rate unit for {charger.id} must be 'A' or 'W', got {unit!r}")
+    return unit
 
 
 def _round_down(value: float) -> float:
@@ -134,18 +131,26 @@ def _timestamp(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _clamp(version: OcppVersion, charger: ChargerSection, power_kw: float) -> tuple[float, str | None]:
+def _clamp(
+    version: OcppVersion,
+    charger: ChargerSection,
+    power_kw: float,
+    discharge: DischargeCapability | None = None,
+) -> tuple[float, str | None]:
     if not math.isfinite(power_kw):
         raise ProfileError(f"setpoint {power_kw} kW is not a number")
     if power_kw > charger.max_charge_kw:
         return charger.max_charge_kw, f"charge limited to max_charge_kw={charger.max_charge_kw}"
     if power_kw >= 0:
         return power_kw, None
-    if not discharge_allowed(version, charger):
-        why = "OCPP 1.6 cannot discharge" if version is OcppVersion.V16 else "discharge not enabled"
-        return 0.0, f"{why} for charger {charger.id}: setpoint clamped to 0"
-    if -power_kw > charger.max_discharge_kw:
-        return -charger.max_discharge_kw, f"discharge limited to max_discharge_kw={charger.max_discharge_kw}"
+    if discharge is None:
+        discharge = declared_discharge(version, charger)
+    if not discharge.allowed:
+        return 0.0, f"{discharge.reason} (charger {charger.id}): setpoint clamped to 0"
+    if -power_kw > discharge.max_kw:
+        if discharge.max_kw >= charger.max_discharge_kw:
+            return -discharge.max_kw, f"discharge limited to max_discharge_kw={charger.max_discharge_kw}"
+        return -discharge.max_kw, f"discharge limited to {discharge.max_kw:g} kW, the vehicle's maximum"
     return power_kw, None
 
 
@@ -233,16 +238,19 @@ def tx_profile(
     power_kw: float,
     valid_until: datetime,
     now: datetime,
+    unit: str | None = None,
+    discharge: DischargeCapability | None = None,
 ) -> ProfilePlan:
-    """TxProfile for the running transaction on ``evse_id``: ``power_kw`` from ``now`` until ``valid_until``.
+    """TxProfile for the running transaction on ``evse_id``: ``power_kw`` from ``now`` until ``valid_until``,
+    in ``unit`` (default: the configured ``limit_unit``), discharging no more than ``discharge`` allows.
 
     After ``valid_until`` the charger falls back to the TxDefaultProfile sent at boot.
     """
     duration_s = math.ceil((valid_until - now).total_seconds())
     if duration_s <= 0:
         raise ProfileError(f"setpoint for {charger.id} EVSE {evse_id} expired at {valid_until.isoformat()}")
-    clamped_kw, reason = _clamp(version, charger, power_kw)
-    unit = rate_unit(version, charger)
+    clamped_kw, reason = _clamp(version, charger, power_kw, discharge)
+    unit = _unit(charger, unit)
     value, sent_kw = _to_unit(clamped_kw, unit, charger)
     purpose = "TxProfile"
     profile = _profile_kwargs(
@@ -264,13 +272,19 @@ def tx_profile(
 
 
 def tx_default_profile(
-    version: OcppVersion, charger: ChargerSection, *, limit_kw: float, evse_id: int = 0
+    version: OcppVersion,
+    charger: ChargerSection,
+    *,
+    limit_kw: float,
+    evse_id: int = 0,
+    unit: str | None = None,
 ) -> ProfilePlan:
-    """Stack level 0 TxDefaultProfile: a charge-only limit every transaction starts with."""
+    """Stack level 0 TxDefaultProfile: a charge-only limit every transaction starts with, in ``unit``
+    (default: the configured ``limit_unit``)."""
     if not math.isfinite(limit_kw) or limit_kw < 0:
         raise ProfileError(f"default limit for {charger.id} must be >= 0 kW, got {limit_kw}")
     clamped_kw, reason = _clamp(version, charger, limit_kw)
-    unit = rate_unit(version, charger)
+    unit = _unit(charger, unit)
     value, sent_kw = _to_unit(clamped_kw, unit, charger)
     purpose = "TxDefaultProfile"
     profile = _profile_kwargs(
@@ -288,12 +302,17 @@ def tx_default_profile(
 
 
 def station_max_profile(
-    version: OcppVersion, charger: ChargerSection, *, limit_kw: float, now: datetime
+    version: OcppVersion,
+    charger: ChargerSection,
+    *,
+    limit_kw: float,
+    now: datetime,
+    unit: str | None = None,
 ) -> ProfilePlan:
     """Station-wide ChargePointMaxProfile (1.6) / ChargingStationMaxProfile (2.x) on EVSE 0."""
     if not math.isfinite(limit_kw) or limit_kw < 0:
         raise ProfileError(f"station limit for {charger.id} must be >= 0 kW, got {limit_kw}")
-    unit = rate_unit(version, charger)
+    unit = _unit(charger, unit)
     value, sent_kw = _to_unit(limit_kw, unit, charger)
     purpose = "ChargePointMaxProfile" if version is OcppVersion.V16 else "ChargingStationMaxProfile"
     profile = _profile_kwargs(

@@ -25,7 +25,7 @@ import logging
 import math
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from http import HTTPStatus
@@ -38,6 +38,7 @@ from websockets.http11 import Request, Response
 
 from site_gateway.clock import SYSTEM_CLOCK, Clock, wait_event
 from site_gateway.config import ChargerSection, GatewayConfig, OcppSection
+from site_gateway.ocpp.capabilities import COMPOSITE_UNSUPPORTED
 from site_gateway.ocpp.events import EventSink, TokenLookup, discard_events, no_tokens
 from site_gateway.ocpp.profiles import (
     OcppVersion,
@@ -52,6 +53,7 @@ from site_gateway.ocpp.profiles import (
 )
 from site_gateway.ocpp.sessions import Session, SessionRegister
 from site_gateway.ocpp.station import (
+    CallObserver,
     ChargerCallError,
     OcppGatewayError,
     Station,
@@ -144,6 +146,19 @@ class OcppServer:
         self._stack: AsyncExitStack | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._server: Server | None = None
+
+    def set_boot_limit(self, limit_kw: Callable[[str], float]) -> None:
+        """Give each charger ``limit_kw(charge point id)`` as its boot TxDefaultProfile limit."""
+        self._context.boot_limit_kw = limit_kw
+
+    def observe_calls(self, observer: CallObserver | None) -> None:
+        """Tell ``observer`` of every call to and from every charger (:data:`~.station.CallObserver`)."""
+        self._context.on_call = observer
+
+    @property
+    def listening(self) -> bool:
+        """Whether the server accepts connections."""
+        return self._server is not None and bool(self._server.sockets)
 
     @classmethod
     def from_config(cls, config: GatewayConfig, **kwargs: object) -> OcppServer:
@@ -277,17 +292,18 @@ class OcppServer:
             return ProfileOutcome(
                 charge_point_id, 0, OutcomeStatus.FAILED, limit_kw, reason="charge point not connected"
             )
-        try:
-            plan = tx_default_profile(station.version, station.charger, limit_kw=limit_kw)
-        except ProfileError as exc:
-            return ProfileOutcome(charge_point_id, 0, OutcomeStatus.FAILED, limit_kw, reason=str(exc))
         booting = station.booted.is_set() and not station.boot_profiles_sent.is_set()
-        wait_s = 2 * self._response_timeout_s  # the boot's TxDefaultProfile and station maximum
+        wait_s = 3 * self._response_timeout_s  # its rate units, the TxDefaultProfile, the station maximum
         if booting and not await wait_event(station.boot_profiles_sent, wait_s, self._clock):
             why = "the boot profiles are still unanswered"
-            return ProfileOutcome(
-                charge_point_id, 0, OutcomeStatus.FAILED, limit_kw, plan.power_kw, reason=why
+            return ProfileOutcome(charge_point_id, 0, OutcomeStatus.FAILED, limit_kw, reason=why)
+        await station.ensure_capabilities()
+        try:
+            plan = tx_default_profile(
+                station.version, station.charger, limit_kw=limit_kw, unit=station.rate_unit
             )
+        except ProfileError as exc:
+            return ProfileOutcome(charge_point_id, 0, OutcomeStatus.FAILED, limit_kw, reason=str(exc))
         try:
             answer = await station.request(plan.request)
         except ChargerCallError as exc:
@@ -305,12 +321,25 @@ class OcppServer:
         )
 
     async def apply_setpoint(
-        self, charge_point_id: str, evse_id: int, power_kw: float, valid_until: datetime
+        self,
+        charge_point_id: str,
+        evse_id: int,
+        power_kw: float,
+        valid_until: datetime,
+        *,
+        transaction_id: str | None = None,
     ) -> ProfileOutcome:
         """Send a TxProfile for the running transaction and read it back with GetCompositeSchedule.
 
-        Never raises for a charger's answer: offline, no transaction, rejection and timeouts come back as
-        the outcome's status and reason, for reporting upstream.
+        ``transaction_id``: the session the power was allocated to; when another one runs now (the
+        vehicle left and the next plugged in while the step waited), nothing is sent: a setpoint
+        ends with its session (the fault soak found a discharge reaching the next car).
+
+        The profile goes in the unit the charger takes and discharges no more than the session may
+        (:mod:`site_gateway.ocpp.capabilities`). A charger that cannot report a composite schedule
+        (NotSupported / NotImplemented) has an accepted profile accepted, ``by_meter``, and is not asked
+        again. Never raises for a charger's answer: offline, no transaction, rejection and timeouts come
+        back as the outcome's status and reason, for reporting upstream.
         """
 
         def outcome(
@@ -320,9 +349,18 @@ class OcppServer:
             effective_kw: float | None = None,
             charger_status: str | None = None,
             reason: str | None = None,
+            by_meter: bool = False,
         ) -> ProfileOutcome:
             result = ProfileOutcome(
-                charge_point_id, evse_id, status, power_kw, sent_kw, effective_kw, charger_status, reason
+                charge_point_id,
+                evse_id,
+                status,
+                power_kw,
+                sent_kw,
+                effective_kw,
+                charger_status,
+                reason,
+                by_meter,
             )
             log = logger.info if result.is_ok else logger.warning
             log(
@@ -344,6 +382,12 @@ class OcppServer:
         session = self.sessions.active(charge_point_id, evse_id)
         if session is None:
             return outcome(OutcomeStatus.FAILED, reason=f"no transaction running on EVSE {evse_id}")
+        if transaction_id is not None and session.transaction_id != transaction_id:
+            return outcome(
+                OutcomeStatus.FAILED,
+                reason=f"transaction {transaction_id} ended; {session.transaction_id} runs on EVSE {evse_id}",
+            )
+        await station.ensure_capabilities()
         try:
             plan = tx_profile(
                 station.version,
@@ -353,6 +397,8 @@ class OcppServer:
                 power_kw=power_kw,
                 valid_until=valid_until,
                 now=now,
+                unit=station.rate_unit,
+                discharge=session.discharge,
             )
         except ProfileError as exc:
             return outcome(OutcomeStatus.FAILED, reason=str(exc))
@@ -373,10 +419,32 @@ class OcppServer:
                 OutcomeStatus.REJECTED, sent_kw=sent_kw, charger_status=charger_status, reason=reason
             )
 
+        by_meter = f"{charge_point_id} cannot report a composite schedule: verified by its meter values"
+        if not station.capabilities.composite_schedule:
+            return outcome(
+                OutcomeStatus.ACCEPTED,
+                sent_kw=sent_kw,
+                charger_status=charger_status,
+                reason=plan.clamp_reason or by_meter,
+                by_meter=True,
+            )
         duration_s = math.ceil((valid_until - now).total_seconds())
         try:
             composite = await station.request(
                 composite_request(station.version, evse_id, duration_s, plan.unit)
+            )
+        except ChargerCallError as exc:
+            if exc.code not in COMPOSITE_UNSUPPORTED:
+                return outcome(
+                    OutcomeStatus.UNVERIFIED, sent_kw=sent_kw, charger_status=charger_status, reason=str(exc)
+                )
+            station.composite_unsupported()
+            return outcome(
+                OutcomeStatus.ACCEPTED,
+                sent_kw=sent_kw,
+                charger_status=charger_status,
+                reason=plan.clamp_reason or by_meter,
+                by_meter=True,
             )
         except OcppGatewayError as exc:
             return outcome(

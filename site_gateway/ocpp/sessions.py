@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from site_gateway.ocpp.capabilities import NO_DISCHARGE, DischargeCapability
+
 ID_EPOCH = 1_704_067_200
 """2024-01-01T00:00:00Z: 1.6 transaction ids count seconds from here when a gateway starts."""
 
@@ -30,6 +32,9 @@ class Session:
     soc_pct: float | None = None
     departure_time: datetime | None = None
     energy_request_wh: float | None = None
+    discharge: DischargeCapability = NO_DISCHARGE
+    """What the session may discharge: the charger's declaration until the vehicle reports its needs
+    (:mod:`site_gateway.ocpp.capabilities`)."""
 
 
 class SessionRegister:

@@ -10,7 +10,10 @@
   ``@after`` hooks are fire-and-forget);
 - :meth:`request`: a call that raises :class:`ChargerCallError` / :class:`ChargePointUnavailable` instead of
   hiding CallErrors;
-- events to the sink, sessions in the shared register, token authorization.
+- events to the sink, sessions in the shared register, token authorization;
+- what the charger can do (:mod:`site_gateway.ocpp.capabilities`): its charging-rate units, read after
+  every boot before the boot profiles go out (or before the first profile of a connection that did not
+  boot), kept per charge point across reconnections.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -28,13 +31,25 @@ from ocpp.charge_point import ChargePoint
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.exceptions import NotSupportedError, OCPPError
 from ocpp.messages import CallError, MessageType, unpack
+from ocpp.v16 import call as call16
 from ocpp.v16.enums import Action as Action16
+from ocpp.v21 import call as call21
 from ocpp.v21.enums import Action as Action21
+from ocpp.v201 import call as call201
 from ocpp.v201.enums import Action as Action201
 from websockets.exceptions import ConnectionClosed
 
 from site_gateway.clock import SYSTEM_CLOCK, Clock, within
 from site_gateway.config import ChargerSection
+from site_gateway.ocpp.capabilities import (
+    RATE_UNIT_COMPONENT,
+    RATE_UNIT_KEY_16,
+    RATE_UNIT_VARIABLE,
+    ChargerCapabilities,
+    declared_discharge,
+    parse_rate_units,
+    rate_unit,
+)
 from site_gateway.ocpp.events import EventSink, OcppEvent, SessionStarted, TokenIdentity, TokenLookup
 from site_gateway.ocpp.profiles import OcppVersion, ProfilePlan, station_max_profile, tx_default_profile
 from site_gateway.ocpp.sessions import Session, SessionRegister
@@ -86,6 +101,11 @@ def parse_time(text: str | None) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
+CallObserver = Callable[[str, str, float, str | None], None]
+"""(action, direction ``to_charger`` / ``from_charger``, seconds on the context's clock, error code or
+``None``) of every call answered, failed or timed out; it must be quick (it runs on the call's path)."""
+
+
 @dataclass(slots=True)
 class StationContext:
     """What every connection shares with the server."""
@@ -99,6 +119,14 @@ class StationContext:
     send_station_max: bool = False
     clock: Clock = SYSTEM_CLOCK
     """Timestamps of events and answers, and the response timeout of calls to chargers."""
+    capabilities: dict[str, ChargerCapabilities] = field(default_factory=dict)
+    """Charge point id -> what it said it can do (read again after each boot)."""
+    on_call: CallObserver | None = None
+    """Told of every call both ways (the gateway's metrics); ``None``: nobody is."""
+    boot_limit_kw: Callable[[str], float] | None = None
+    """The TxDefaultProfile limit a charger gets at boot, by charge point id (``None``: every charger
+    ``default_limit_kw``). The gateway gives each what it counts it at, so a reboot never raises a
+    charger above the budget the other chargers' allocation left it."""
 
 
 @dataclass(slots=True)
@@ -190,6 +218,7 @@ class Station(ChargePoint):
         """Set once the boot profiles have been answered (or failed): a default limit sent later is
         not overwritten by them."""
         self.boot_profiles: list[tuple[ProfilePlan, str]] = []  # (plan, charger status or error code)
+        self._capabilities_read = asyncio.Lock()
         self._deferred: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._task_group: asyncio.TaskGroup | None = None
 
@@ -247,13 +276,16 @@ class Station(ChargePoint):
             self._response_queue.put_nowait(msg)
             return
         self._deferred.clear()
+        started = self.context.clock.monotonic()
         try:
             await self._handle_call(msg)
         except OCPPError as error:
             logger.warning("%s: %s refused: %s", self.id, msg.action, error)
             self._deferred.clear()
+            self._observe(msg.action, "from_charger", started, self._error_code(error))
             await self._send_error(msg.unique_id, error)
             return
+        self._observe(msg.action, "from_charger", started, None)
         deferred, self._deferred = self._deferred, []
         for name, call in deferred:
             if self._task_group is None:  # not running under run(): nothing to own the task
@@ -275,32 +307,103 @@ class Station(ChargePoint):
         """Send a call; CallErrors, timeouts (``response_timeout_s`` on the context's clock) and closed
         connections raise :class:`OcppGatewayError`."""
         action = type(payload).__name__
+        started = self.context.clock.monotonic()
         try:
-            return await within(
+            answer = await within(
                 self.call(payload, suppress=False), self.response_timeout_s, self.context.clock
             )
         except OCPPError as exc:
             message = f"{self.id}: {action} answered {exc.code}: {exc.description}"
+            self._observe(action, "to_charger", started, self._error_code(exc))
             raise ChargerCallError(message, charge_point_id=self.id, code=self._error_code(exc)) from exc
         except TimeoutError as exc:
             message = f"{self.id}: no answer to {action} within {self.response_timeout_s} s"
+            self._observe(action, "to_charger", started, "Timeout")
             raise ChargePointUnavailable(message, charge_point_id=self.id) from exc
         except ConnectionClosed as exc:
+            self._observe(action, "to_charger", started, "ConnectionClosed")
             raise ChargePointUnavailable(f"{self.id}: connection lost", charge_point_id=self.id) from exc
+        self._observe(action, "to_charger", started, None)
+        return answer
+
+    def _observe(self, action: str, direction: str, started: float, error: str | None) -> None:
+        """Tell :attr:`StationContext.on_call` of a call that took from ``started`` until now."""
+        if (observer := self.context.on_call) is not None:
+            observer(action, direction, self.context.clock.monotonic() - started, error)
+
+    # -- what the charger can do --------------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> ChargerCapabilities:
+        """What the charger said it can do (nothing known yet: the configuration's defaults)."""
+        return self.context.capabilities.get(self.id, ChargerCapabilities())
+
+    @property
+    def rate_unit(self) -> str:
+        """The unit its profiles go in (:func:`~site_gateway.ocpp.capabilities.rate_unit`)."""
+        return rate_unit(self.charger, self.capabilities)
+
+    def composite_unsupported(self) -> None:
+        """It answered GetCompositeSchedule with NotSupported/NotImplemented: never ask again."""
+        if self.capabilities.composite_schedule:
+            logger.info("%s cannot report composite schedules: verifying its profiles by meter", self.id)
+        self.context.capabilities[self.id] = replace(self.capabilities, composite_schedule=False)
+
+    async def ensure_capabilities(self, *, again: bool = False) -> ChargerCapabilities:
+        """Ask the charger for its charging-rate units unless known (``again``: after a boot). A
+        charger that cannot say (CallError, no answer) is taken to accept the configured unit."""
+        async with self._capabilities_read:
+            if not again and self.id in self.context.capabilities:
+                return self.context.capabilities[self.id]
+            try:
+                units = await self._read_rate_units()
+            except OcppGatewayError as exc:
+                logger.info("%s: rate units not readable (%s)", self.id, exc)
+                units = None
+            known = ChargerCapabilities() if again else self.capabilities  # a boot may be new firmware
+            self.context.capabilities[self.id] = replace(known, rate_units=units)
+            logger.info("%s: rate units %s, profiles in %s", self.id, units or "not said", self.rate_unit)
+            return self.context.capabilities[self.id]
+
+    async def _read_rate_units(self) -> tuple[str, ...] | None:
+        if self.version is OcppVersion.V16:
+            answer = await self.request(call16.GetConfiguration(key=[RATE_UNIT_KEY_16]))
+            for entry in answer.configuration_key or []:
+                if entry.get("key") == RATE_UNIT_KEY_16:
+                    return parse_rate_units(entry.get("value"))
+            return None
+        call: Any = call201 if self.version is OcppVersion.V201 else call21
+        wanted = {"component": {"name": RATE_UNIT_COMPONENT}, "variable": {"name": RATE_UNIT_VARIABLE}}
+        answer = await self.request(call.GetVariables(get_variable_data=[wanted]))
+        for result in answer.get_variable_result or []:
+            if result.get("attribute_status") == "Accepted":
+                return parse_rate_units(result.get("attribute_value"))
+        return None
+
+    # -- boot ---------------------------------------------------------------------------------------------
+
+    def boot_limit_kw(self) -> float:
+        """This charger's boot TxDefaultProfile limit [kW] (:attr:`StationContext.boot_limit_kw`)."""
+        by_charger = self.context.boot_limit_kw
+        return self.context.default_limit_kw if by_charger is None else by_charger(self.id)
 
     async def send_boot_profiles(self) -> None:
-        """Safe stack-level-0 TxDefaultProfile (and optionally the station-wide maximum) after boot."""
-        plans = [tx_default_profile(self.version, self.charger, limit_kw=self.context.default_limit_kw)]
-        if self.context.send_station_max:
-            plans.append(
-                station_max_profile(
-                    self.version,
-                    self.charger,
-                    limit_kw=self.charger.max_charge_kw,
-                    now=self.context.clock.now(),
-                )
-            )
+        """Safe stack-level-0 TxDefaultProfile (and optionally the station-wide maximum) after boot, in
+        the unit the charger takes (asked first)."""
         try:
+            await self.ensure_capabilities(again=True)
+            unit = self.rate_unit
+            plans = [tx_default_profile(self.version, self.charger, limit_kw=self.boot_limit_kw(), unit=unit)]
+            if self.context.send_station_max:
+                plans.append(
+                    station_max_profile(
+                        self.version,
+                        self.charger,
+                        limit_kw=self.charger.max_charge_kw,
+                        now=self.context.clock.now(),
+                        unit=unit,
+                    )
+                )
             for plan in plans:
                 try:
                     result = await self.request(plan.request)
@@ -355,6 +458,7 @@ class Station(ChargePoint):
                 driver_id=identity.driver_id if identity else None,
                 vehicle_id=identity.vehicle_id if identity else None,
                 meter_start_wh=meter_start_wh,
+                discharge=declared_discharge(self.version, self.charger),
             )
         )
 
@@ -378,4 +482,5 @@ class Station(ChargePoint):
             vehicle_id=session.vehicle_id,
             meter_start_wh=session.meter_start_wh,
             resumed=resumed,
+            discharge=session.discharge,
         )

@@ -107,6 +107,7 @@ class StationV16(Station, ChargePoint16):
                 meter_stop_wh=float(meter_stop),
                 energy_wh=None if start_wh is None else float(meter_stop) - start_wh,
                 reason=kwargs.get("reason"),
+                id_token=session.id_token if session else kwargs.get("id_tag"),
             )
         )
         id_tag = kwargs.get("id_tag")

@@ -11,10 +11,12 @@ from typing import Any
 from ocpp.routing import on
 from ocpp.v201 import ChargePoint as ChargePoint201
 
+from site_gateway.ocpp.capabilities import reported_discharge
 from site_gateway.ocpp.events import (
     ChargingNeedsReported,
     ConnectorStatusChanged,
     MeterReading,
+    SessionAuthorized,
     SessionStopped,
     StationBooted,
 )
@@ -94,10 +96,21 @@ class Station2x(Station):
                 meter_start_wh=sample.energy_wh if event_type == "Started" else None,
             )
             await self.emit(self.started_event(session, resumed=event_type != "Started"))
-        elif token is not None and session.id_token is None:  # authorized after plug-in
+        elif token is not None and session.id_token is None:  # a card tapped after plug-in
             session.id_token = token
             session.driver_id = identity.driver_id if identity else None
             session.vehicle_id = identity.vehicle_id if identity else None
+            await self.emit(
+                SessionAuthorized(
+                    charge_point_id=self.id,
+                    received_at=self.context.clock.now(),
+                    evse_id=session.evse_id,
+                    transaction_id=transaction_id,
+                    id_token=token,
+                    driver_id=session.driver_id,
+                    vehicle_id=session.vehicle_id,
+                )
+            )
         self.update_session(session, sample)
         if kwargs.get("meter_value"):
             await self._emit_meter(session.evse_id, transaction_id, sample)
@@ -122,6 +135,7 @@ class Station2x(Station):
                 meter_stop_wh=stop_wh,
                 energy_wh=None if stop_wh is None or start_wh is None else stop_wh - start_wh,
                 reason=reason,
+                id_token=session.id_token,
             )
         )
 
@@ -160,23 +174,31 @@ class Station2x(Station):
         max_charge = v2x.get("max_charge_power", dc.get("ev_max_power"))
         max_discharge = v2x.get("max_discharge_power")
         departure = parse_time(charging_needs.get("departure_time"))
+        mode = charging_needs.get("requested_energy_transfer")
         session = self.context.sessions.active(self.id, evse_id)
         if session is not None:
             session.departure_time = departure or session.departure_time
             if energy is not None:
                 session.energy_request_wh = float(energy)
+            session.discharge = reported_discharge(
+                self.version,
+                self.charger,
+                None if mode is None else str(mode),
+                None if max_discharge is None else float(max_discharge),
+            )
         await self.emit(
             ChargingNeedsReported(
                 charge_point_id=self.id,
                 received_at=self.context.clock.now(),
                 evse_id=evse_id,
                 transaction_id=session.transaction_id if session else None,
-                requested_energy_transfer=str(charging_needs.get("requested_energy_transfer", "")),
+                requested_energy_transfer=str(mode or ""),
                 departure_time=departure,
                 energy_request_wh=None if energy is None else float(energy),
                 max_charge_power_w=None if max_charge is None else float(max_charge),
                 max_discharge_power_w=None if max_discharge is None else float(max_discharge),
                 soc_pct=dc.get("state_of_charge"),
+                discharge=session.discharge if session is not None else None,
             )
         )
         return self._call_result.NotifyEVChargingNeeds(status="Accepted")

@@ -6,8 +6,9 @@ Storing telemetry once per ``(site_id, seq)`` is :mod:`aggregator.db.telemetry`.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from aggregator.db.models.base import Base, BigId
@@ -88,3 +89,7 @@ class GatewayStatusRecord(Base):
     """When the centre last received anything from the gateway."""
     last_seq: Mapped[int | None] = mapped_column(BigInteger)
     """``seq`` of the status message recorded here, so an older redelivery cannot overwrite it."""
+    reads: Mapped[list[Any]] = mapped_column(JSON(), default=list, server_default=text("'[]'"))
+    """The centre→site fields added within schema version 1 that the gateway reads, as its latest
+    status named them (:attr:`wire.contract.GatewayStatus.reads`; ``[]``: none, or a gateway from
+    before the announcement). The control loop sends such a field only to a site whose list names it."""
