@@ -26,7 +26,12 @@ the centre publishes a SetpointCommand changing the setpoints of the next ``--pu
 
 Target (issue): profile push p99 <= 100 ms with no message lost.
 
-    python bench/gateway_load.py [--chargers 500] [--duration 60] [--protocol 2.0.1]
+``--metrics on`` serves the gateway's Prometheus metrics (:mod:`site_gateway.metrics`) and scrapes
+``/metrics`` every ``--scrape-interval`` s through the window; ``--metrics both`` runs the whole
+benchmark without and then with them and prints what they cost in gateway CPU (goal: <= 2 %);
+``--metrics hooks`` times the metrics' own code per OCPP call and per scrape, in one process.
+
+    python bench/gateway_load.py [--chargers 500] [--duration 60] [--protocol 2.0.1] [--metrics both]
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from prometheus_client import generate_latest
 from report import command, machine, make_console, print_tables
 
 from chargersim.clock import SimClock
@@ -182,7 +188,9 @@ def mosquitto(directory: Path) -> Any:
 # ------------------------------------------------------------------------------------ gateway process
 
 
-def gateway_config(chargers: int, broker_port: int, telemetry_interval_s: float) -> GatewayConfig:
+def gateway_config(
+    chargers: int, broker_port: int, telemetry_interval_s: float, *, metrics: bool = False
+) -> GatewayConfig:
     return GatewayConfig.model_validate(
         {
             "site": {"id": SITE_ID, "import_limit_kw": chargers * 22 + 100},
@@ -192,6 +200,7 @@ def gateway_config(chargers: int, broker_port: int, telemetry_interval_s: float)
             "chargers": [
                 {"id": charger_id(i), "max_charge_kw": 22, "limit_unit": "W"} for i in range(chargers)
             ],
+            **({"metrics": {"host": "127.0.0.1", "port": 0}} if metrics else {}),
         }
     )
 
@@ -219,7 +228,7 @@ async def _gateway(conn: Connection, config: GatewayConfig, outbox: Path, profil
     profiler = cProfile.Profile() if profile_path else None
     gateway = CountingGateway(config, outbox_path=outbox)
     async with gateway:
-        conn.send(("ready", gateway.ocpp.port))
+        conn.send(("ready", (gateway.ocpp.port, gateway.metrics.port)))
         while True:
             request = await asyncio.to_thread(conn.recv)
             if request == "stats":
@@ -421,6 +430,8 @@ class Results:
     rss_kb: list[int]
     hwm_kb: int
     bad_payloads: int
+    scrapes: list[int] = field(default_factory=list)
+    """The size of each /metrics answer in the window [bytes] (none with ``--metrics off``)."""
 
 
 async def run(args: argparse.Namespace) -> Results:
@@ -429,13 +440,15 @@ async def run(args: argparse.Namespace) -> Results:
             await client.subscribe(subscription(), qos=1)
             centre = Centre(client)
             listener = asyncio.create_task(centre.listen(), name="centre")
-            config = gateway_config(args.chargers, port, args.telemetry_interval)
+            config = gateway_config(
+                args.chargers, port, args.telemetry_interval, metrics=args.metrics == "on"
+            )
             gateway = Peer(
                 gateway_process,
                 (config.model_dump_json(), str(Path(tmp) / "outbox.sqlite"), args.profile_gateway),
                 "gateway",
             )
-            ocpp_port = await gateway.reply("ready")
+            ocpp_port, metrics_port = await gateway.reply("ready")
             url = f"ws://127.0.0.1:{ocpp_port}"
             procs = args.fleet_procs or max(1, math.ceil(args.chargers / 250))
             ids = list(range(args.chargers))
@@ -443,7 +456,7 @@ async def run(args: argparse.Namespace) -> Results:
                 Peer(fleet_process, (url, args.protocol, ids[k::procs]), f"fleet-{k}") for k in range(procs)
             ]
             try:
-                return await _measure(args, centre, gateway, fleets, broker.pid, procs)
+                return await _measure(args, centre, gateway, fleets, broker.pid, procs, metrics_port)
             finally:
                 for fleet in fleets:
                     with contextlib.suppress(Exception):
@@ -457,8 +470,32 @@ async def run(args: argparse.Namespace) -> Results:
                     await listener
 
 
+async def scrape(port: int) -> int:
+    """GET /metrics once, as Prometheus would; the bytes of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    if not answer.startswith(b"HTTP/1.1 200 "):
+        raise RuntimeError(f"/metrics answered {answer[:80]!r}")
+    return len(answer)
+
+
+async def scraper(port: int, interval_s: float, sizes: list[int]) -> None:
+    """Scrape every ``interval_s`` until cancelled, recording each answer's size [bytes]."""
+    while True:
+        sizes.append(await scrape(port))
+        await asyncio.sleep(interval_s)
+
+
 async def _measure(
-    args: argparse.Namespace, centre: Centre, gateway: Peer, fleets: list[Peer], broker_pid: int, procs: int
+    args: argparse.Namespace,
+    centre: Centre,
+    gateway: Peer,
+    fleets: list[Peer],
+    broker_pid: int,
+    procs: int,
+    metrics_port: int | None,
 ) -> Results:
     console = make_console()
     started = time.monotonic()
@@ -495,6 +532,12 @@ async def _measure(
         meter.sample()
     t0 = time.monotonic()
     wall0 = time.time()
+    scrapes: list[int] = []
+    scraping = (
+        asyncio.create_task(scraper(metrics_port, args.scrape_interval, scrapes), name="scraper")
+        if metrics_port is not None
+        else None
+    )
     subsets = max(1, args.chargers // args.push_size)
     next_push = t0
     next_sample = t0 + 1
@@ -515,6 +558,10 @@ async def _measure(
     for meter in meters:
         meter.sample()
     window_s = time.monotonic() - t0
+    if scraping is not None:
+        scraping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scraping
     wall1 = time.time()
     samples1 = sum([await fleet.ask("stats", "stats") for fleet in fleets])
     readings1, _ = await gateway.ask("stats", "stats")
@@ -576,6 +623,7 @@ async def _measure(
         rss_kb=rss,
         hwm_kb=hwm,
         bad_payloads=centre.bad,
+        scrapes=scrapes,
     )
 
 
@@ -604,6 +652,7 @@ def report(r: Results) -> None:
     met = p99 <= TARGET_P99_MS and lost == 0
     verdict = f"{'met' if met else 'MISSED'} (p99 <= {TARGET_P99_MS:g} ms, none lost)"
     title = f"Gateway load: {a.chargers} chargers, OCPP {a.protocol}, {r.window_s:.0f} s window"
+    title += f", metrics {a.metrics}"
     header = ["latency [ms]", "n", "p50", "p95", "p99", "max", "missing", "target"]
     print_tables(
         console,
@@ -663,6 +712,74 @@ def report(r: Results) -> None:
     print_tables(console, title + ", throughput and resources", ["figure", "value", "note"], throughput)
 
 
+def report_metrics_cost(off: Results, on: Results) -> None:
+    """What serving and scraping the metrics cost the gateway: CPU with and without, same load."""
+    console = make_console()
+    a = on.args
+    diff = on.gw_cpu.mean - off.gw_cpu.mean
+    relative = 100 * diff / off.gw_cpu.mean if off.gw_cpu.mean else math.nan
+    size = statistics.median(on.scrapes) / 1024 if on.scrapes else math.nan
+    rows = [
+        ["gateway CPU, metrics off [% of one core]", f"{off.gw_cpu.mean:.1f}", ""],
+        [
+            "gateway CPU, metrics on [% of one core]",
+            f"{on.gw_cpu.mean:.1f}",
+            f"{len(on.scrapes)} scrapes, every {a.scrape_interval:g} s, {size:.1f} kB each",
+        ],
+        [
+            "difference [percentage points / relative]",
+            f"{diff:+.1f} / {relative:+.1f} %",
+            f"goal <= 2 %; OCPP meter values processed: off {off.gateway_readings / off.window_s:.0f}/s, "
+            f"on {on.gateway_readings / on.window_s:.0f}/s",
+        ],
+    ]
+    title = f"Metrics cost: {a.chargers} chargers, OCPP {a.protocol}, {on.window_s:.0f} s windows"
+    print_tables(console, title, ["figure", "value", "note"], rows)
+
+
+def hook_costs(chargers: int) -> None:
+    """The metrics' cost per event, in this process without peers (free of the machine's other load):
+    the call hook as a charger's MeterValues takes it, and one scrape with ``chargers`` EVSEs metered."""
+    from site_gateway.evses import EvseView
+
+    console = make_console()
+    config = gateway_config(chargers, 1883, 1.0, metrics=True)
+    with tempfile.TemporaryDirectory(prefix="gateway-hooks-") as tmp:
+        gateway = Gateway(config, outbox_path=Path(tmp) / "outbox.sqlite")
+        metrics = gateway.metrics
+        for i in range(chargers):
+            view = EvseView(charger_id(i), 1, max_charge_kw=22, max_discharge_kw=0, default_limit_kw=7.4)
+            view.power_kw = 10.0
+            gateway.evses[f"{charger_id(i)}/1"] = view
+        calls = 200_000
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            started = time.monotonic()  # as Station does, on the system clock
+            metrics.ocpp_call("MeterValues", "from_charger", time.monotonic() - started, None)
+        call_us = (time.perf_counter() - t0) / calls * 1e6
+        with gateway.uplink.outbox:
+            scrapes = 200
+            t0 = time.perf_counter()
+            for _ in range(scrapes):
+                body = generate_latest(metrics.registry)
+            scrape_ms = (time.perf_counter() - t0) / scrapes * 1e3
+    rate = chargers  # one meter value per charger per second, as in the load run
+    rows = [
+        [
+            "call hook [us per OCPP call]",
+            f"{call_us:.2f}",
+            f"{rate} calls/s: {call_us * rate / 1e4:.3f} % of one core",
+        ],
+        [
+            f"scrape, {chargers} EVSEs [ms]",
+            f"{scrape_ms:.2f}",
+            f"{len(body) / 1024:.1f} kB; every 15 s: {scrape_ms / 150:.4f} %, "
+            f"every 5 s: {scrape_ms / 50:.4f} %",
+        ],
+    ]
+    print_tables(console, f"Metrics hook costs, {chargers} chargers", ["figure", "value", "note"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chargers", type=int, default=500)
@@ -677,10 +794,30 @@ def main() -> None:
         "--settle", type=float, default=5.0, help="wait for late answers after the window [s]"
     )
     parser.add_argument("--profile-gateway", metavar="PATH", help="cProfile the gateway over the window")
+    parser.add_argument(
+        "--metrics",
+        choices=("off", "on", "both", "hooks"),
+        default="off",
+        help="serve and scrape the gateway's /metrics; both: a run without, a run with, and the CPU "
+        "cost; hooks: time the metrics' own code per call and per scrape, without peers",
+    )
+    parser.add_argument("--scrape-interval", type=float, default=5.0, help="between scrapes of /metrics [s]")
     args = parser.parse_args()
     if args.push_size > args.chargers:
         parser.error("--push-size must be at most --chargers")
-    report(asyncio.run(run(args)))
+    if args.scrape_interval <= 0:
+        parser.error("--scrape-interval must be > 0 s")
+    if args.metrics == "hooks":
+        hook_costs(args.chargers)
+        return
+    if args.metrics != "both":
+        report(asyncio.run(run(args)))
+        return
+    results = {}
+    for metrics in ("off", "on"):
+        results[metrics] = asyncio.run(run(argparse.Namespace(**{**vars(args), "metrics": metrics})))
+        report(results[metrics])
+    report_metrics_cost(results["off"], results["on"])
 
 
 if __name__ == "__main__":

@@ -213,6 +213,8 @@ ENDPOINTS = [
         lambda world: {"json": {"email": _email(), "password": PASSWORD}},
     ),
     Endpoint("GET", "/users/me", SIGNED_IN, 200),
+    Endpoint("GET", "/healthz", EVERYONE, 200),  # health: public, ok/fail per check only
+    Endpoint("GET", "/readyz", EVERYONE, 200),
 ]
 
 

@@ -23,9 +23,9 @@ One plan of one site (:meth:`ControlLoop.plan_site`):
    version), the version is an empty ``heuristic`` plan and no command is sent: the gateway's own
    earliest-deadline-first fallback keeps the site within its limits;
 4. turn the plan into a :class:`~wire.contract.SetpointCommand`
-   (:func:`aggregator.control.setpoints.setpoint_command`; each setpoint names its session's
-   transaction, and a session stopped since step 1 gets none), record it as a pending
-   :class:`~aggregator.db.models.SetpointCommandRecord` and publish it. A site whose gateway is
+   (:func:`aggregator.control.setpoints.setpoint_command`; a session stopped since step 1 gets none,
+   and each setpoint names its session's transaction to a gateway that reads it), record it as a
+   pending :class:`~aggregator.db.models.SetpointCommandRecord` and publish it. A site whose gateway is
    offline is planned and published all the same: QoS 1 keeps the command at the broker.
 
 The loop plans each site when its cadence comes round (aligned to the clock: every ``cadence`` from
@@ -48,6 +48,7 @@ its sites are planned one by one, so one site cannot stop the others.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import json
 import logging
@@ -86,7 +87,7 @@ from aggregator.control.schedules import (
     plan_of,
     shifted_plan_document,
 )
-from aggregator.control.setpoints import SetpointPublisher, open_transactions, setpoint_command
+from aggregator.control.setpoints import SetpointPublisher, gateway_reads, open_transactions, setpoint_command
 from aggregator.db.models import (
     CommandStatus,
     GatewayStatusRecord,
@@ -256,9 +257,8 @@ def _add_command_record(session: Session, command: SetpointCommand, version_id: 
     )
     gateway = session.get(GatewayStatusRecord, command.site_id)
     if gateway is not None and gateway.state is GatewayState.OFFLINE:
-        log.info(
-            "site %s: gateway offline; command %s queued at the broker", command.site_id, command.command_id
-        )
+        ids = {"site_id": command.site_id, "command_id": command.command_id}
+        log.info("site %s: gateway offline; command %s queued at the broker", *ids.values(), extra=ids)
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -273,6 +273,19 @@ class ControlStats:
     fallbacks: int = 0
     """Versions stored as ``shifted`` or as the ``heuristic`` because the solver gave no schedule."""
     published: int = 0
+    failure_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+    """:attr:`failures` by reason: ``solver`` (no schedule), ``error`` (an error stopped the plan),
+    ``group`` (finding the site's group failed)."""
+    fallback_statuses: collections.Counter[str] = field(default_factory=collections.Counter)
+    """:attr:`fallbacks` by the status stored: ``shifted`` or ``heuristic``."""
+    planned_at: dict[str, dt.datetime] = field(default_factory=dict)
+    """Each site's latest stored version: when it was planned (the loop's clock)."""
+    passes: int = 0
+    """Passes of the loop over its sites completed."""
+    last_pass_at: dt.datetime | None = None
+    """When the last pass ended (the loop's clock); ``None`` before the first."""
+    on_solve: Callable[[float], None] | None = field(default=None, repr=False)
+    """Told each group solve's duration [s, the event loop's time] (a metrics histogram)."""
 
 
 class ControlLoop:
@@ -360,13 +373,17 @@ class ControlLoop:
         try:
             now = self._clock()
             group = [await asyncio.to_thread(self._build_inputs, site_id, now) for site_id in site_ids]
+            started = asyncio.get_running_loop().time()
             solutions = await asyncio.to_thread(
                 self._solve_group, group, self.settings.solver_options(), self.settings.urgency_weight
             )
+            if self.stats.on_solve is not None:
+                self.stats.on_solve(asyncio.get_running_loop().time() - started)
             versions = {}
             for solution in solutions:
                 version_id, command = await asyncio.to_thread(self._store, solution, trigger, now)
                 versions[solution.inputs.site_id] = version_id
+                self.stats.planned_at[solution.inputs.site_id] = now
                 if command is not None and publish:
                     await self._publisher.publish(command)
                     self.stats.published += 1
@@ -395,7 +412,10 @@ class ControlLoop:
                 _add_command_record(session, command, version.id)
             version_id = version.id
         self._count(solution, outcome.status)
-        log.info("site %s: schedule version %d (%s, %s)", site_id, version_id, outcome.status.value, trigger)
+        command_id = None if command is None else command.command_id
+        ids = {"site_id": site_id, "schedule_version": version_id, "command_id": command_id}
+        message = "site %s: schedule version %d (%s, %s), command %s"
+        log.info(message, site_id, version_id, outcome.status.value, trigger, command_id, extra=ids)
         return version_id, command
 
     @staticmethod
@@ -460,8 +480,9 @@ class ControlLoop:
     def _command(
         self, session: Session, version: ScheduleVersion, inputs: PlanInputs, now: dt.datetime
     ) -> SetpointCommand | None:
-        """The command of ``version``'s plan as stored (``None`` if it plans no EVSE): each setpoint
-        names its session's transaction, and sessions stopped since the inputs were read get none."""
+        """The command of ``version``'s plan as stored (``None`` if it plans no EVSE): sessions stopped
+        since the inputs were read get none, and each setpoint names its session's transaction when
+        the site's gateway said it reads that field (its latest status's ``reads``)."""
         plan = plan_of(version)
         sessions = [v.session_id for v in plan.vehicles if v.session_id is not None]
         transactions = open_transactions(session, sessions)
@@ -471,16 +492,19 @@ class ControlLoop:
             now=now,
             validity=self.settings.setpoint_validity,
             transactions=transactions,
+            reads=gateway_reads(session, plan.site_id),
         )
 
     def _count(self, solution: SiteSolution, status: ScheduleStatus) -> None:
         """:class:`ControlStats` of one stored version: a solver failure, a fallback."""
         if solution.solver_failed:
             self.stats.failures += 1
+            self.stats.failure_reasons["solver"] += 1
         if status is ScheduleStatus.SHIFTED or (
             solution.solver_failed and status is ScheduleStatus.HEURISTIC
         ):
             self.stats.fallbacks += 1
+            self.stats.fallback_statuses[status.value] += 1
 
     # ---------------------------------------------------------------------------------------- loop
 
@@ -505,6 +529,8 @@ class ControlLoop:
                 if site_id not in planned:
                     planned |= await self._plan_in_pass(site_id, now, pending, site_ids)
             pending = {}
+            self.stats.passes += 1
+            self.stats.last_pass_at = self._clock()
             wait = min(
                 [(due - self._clock()).total_seconds() for due in next_due.values()],
                 default=self.settings.poll_s,
@@ -524,6 +550,7 @@ class ControlLoop:
             group = [s for s in await asyncio.to_thread(self.group_of, site_id, now) if s in site_ids]
         except Exception:
             self.stats.failures += 1
+            self.stats.failure_reasons["group"] += 1
             log.exception("control: finding the group of site %s failed", site_id)
             group = [site_id]
         trigger = ",".join(dict.fromkeys(r for s in group for r in pending.get(s, ())))
@@ -532,6 +559,7 @@ class ControlLoop:
             return set(group)
         except Exception:  # one site's failure must not stop the others or the loop
             self.stats.failures += 1
+            self.stats.failure_reasons["error"] += 1
             log.exception("control: planning sites %s failed", ", ".join(group))
         if len(group) > 1:
             for member in group:
@@ -540,6 +568,7 @@ class ControlLoop:
                     await self.plan_group([member], member_trigger)
                 except Exception:
                     self.stats.failures += 1
+                    self.stats.failure_reasons["error"] += 1
                     log.exception("control: planning site %s failed", member)
         return set(group)
 

@@ -31,6 +31,11 @@ class ReplanRequests:
         if loop is not None and wakeup is not None and not loop.is_closed():
             loop.call_soon_threadsafe(wakeup.set)
 
+    @property
+    def pending(self) -> int:
+        """Sites waiting to be re-planned (bounded by the sites: a site's requests merge)."""
+        return len(self._pending)
+
     def take(self) -> Mapping[str, list[str]]:
         """The pending requests (site id → reasons), emptying the set."""
         with self._lock:

@@ -123,6 +123,9 @@ class Counters:
     """Valid but nothing to store yet (session events other than started / needs / stopped)."""
     rejected: int = 0
     """Broke the contract, or named a site, charger or command the centre does not know."""
+    contract: int = field(default=0, compare=False)
+    """Of :attr:`rejected`, those that broke the contract (the rest named something unknown); a
+    breakdown for the metrics, left out of comparisons."""
     failed: int = 0
     """The database refused it (or a handler failed on it); the message is lost."""
     retried: int = 0
@@ -140,6 +143,9 @@ class IngestionStats:
     """Batches whose transaction failed and that were stored again message by message."""
     gaps: SequenceGaps = field(default_factory=SequenceGaps)
     """Sequence numbers that never arrived, per site (:mod:`aggregator.ingestion.gaps`)."""
+    on_batch: Callable[[float], None] | None = field(default=None, repr=False)
+    """Told, for each committed batch, the seconds from its first message's arrival to the commit (the
+    writer's clock): a metrics histogram."""
 
     def __getitem__(self, kind: TopicKind) -> Counters:
         return self.kinds[kind]
@@ -414,6 +420,7 @@ class BatchWriter:
         for message, arrived in zip(messages, batch, strict=True):
             if isinstance(message, Undecodable):
                 self.stats.counters(message.kind).rejected += 1
+                self.stats.counters(message.kind).contract += 1
                 log.warning(
                     "ingestion: rejected %s: field %r: %s", message.topic, message.error.field, message.error
                 )
@@ -446,6 +453,8 @@ class BatchWriter:
             if receipt is not None:
                 receipt.settle(True)
         self.stats.batches += 1
+        if self.stats.on_batch is not None and batch:
+            self.stats.on_batch((self._clock() - batch[0].received_at).total_seconds())
         self._awaiting_soc = result.awaiting_soc
         for received, outcome in zip(batch, result.outcomes, strict=True):
             counters = self.stats.counters(received.kind)

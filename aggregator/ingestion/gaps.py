@@ -90,6 +90,10 @@ class SequenceGaps:
     """Numbers that arrived after being declared missing."""
     recent: collections.deque[Gap] = field(default_factory=lambda: collections.deque(maxlen=RECENT_GAPS))
     """The last :data:`RECENT_GAPS` gaps, oldest first."""
+    site_gaps: collections.Counter[tuple[str, bool]] = field(default_factory=collections.Counter)
+    """:attr:`gaps` per ``(site_id, single)``: ``single`` for a gap of one number."""
+    site_missing: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Numbers declared missing per site, ever (late arrivals are not taken off: see :attr:`late`)."""
     _sites: dict[str, _Site] = field(default_factory=dict, repr=False)
 
     def start_from(self, last_seqs: dict[str, int]) -> None:
@@ -139,6 +143,8 @@ class SequenceGaps:
     def _declare(self, site: _Site, gap: Gap) -> None:
         self.gaps += 1
         self.missing += gap.size
+        self.site_gaps[gap.site_id, gap.size == 1] += 1
+        self.site_missing[gap.site_id] += gap.size
         self.recent.append(gap)
         site.declared_ranges.append((gap.first, gap.last))
         if gap.size == 1:

@@ -10,6 +10,10 @@
     host = "127.0.0.1"
     port = 8000
 
+    [metrics]                               # optional: Prometheus /metrics, /healthz, /readyz
+    host = "127.0.0.1"                      # its own listener, not the API's port
+    port = 9464
+
     [mqtt]
     url = "embedded"                        # an in-process broker; or mqtt://host:1883, mqtts://host:8883
     username = "centre"
@@ -112,6 +116,18 @@ class DatabaseSection(_Section):
 class ApiSection(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+
+
+class MetricsSection(_Section):
+    """The Prometheus listener (:mod:`aggregator.runtime.metrics`): ``/metrics``, ``/healthz`` and
+    ``/readyz`` on their own port. Off unless the section is present."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+    """0: a free port (tests)."""
+    event_cache_s: float = Field(5.0, gt=0, le=300)
+    """How long [s] the live dispatch-event and settlement figures, read from the database, are reused
+    between scrapes."""
 
 
 class MqttSection(MqttBrokerSection):
@@ -292,6 +308,8 @@ CONTROL_DURATIONS: dict[str, tuple[str, dt.timedelta]] = {
 class CentralConfig(_Section):
     database: DatabaseSection = DatabaseSection()
     api: ApiSection = ApiSection()
+    metrics: MetricsSection | None = None
+    """The metrics listener; ``None``: no metrics are exposed."""
     mqtt: MqttSection = MqttSection()
     control: dict[str, Any] = Field(default_factory=dict)
     """The control loop's settings as written; :meth:`control_settings` validates them."""

@@ -23,6 +23,13 @@ that talks to it (:class:`~wire.reconnect.Backoff`; randomness from ``rng``, wai
 component logs once when its peer goes down and once when it is back, and
 :attr:`AggregatorService.dependencies` (:mod:`aggregator.runtime.dependencies`) holds each peer's state,
 since when, last error and failed attempts, shown by ``GET /admin/status``.
+
+Health and metrics: the API serves ``/healthz`` and ``/readyz`` (:mod:`aggregator.api.routes.health`);
+the service's readiness checks that the database answers, that its MQTT clients are connected to the
+broker and that the control loop has finished a pass over its sites within one ``cadence``. With a
+``[metrics]`` section, :class:`~aggregator.runtime.metrics.ServiceMetrics` counts what the components do
+and a second listener on ``[metrics] host:port`` serves ``/metrics`` (Prometheus) with the same
+``/healthz`` and ``/readyz``; the API then also counts its requests.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
@@ -40,6 +47,7 @@ import uvicorn
 
 from aggregator.api.app import create_app
 from aggregator.api.config import Settings
+from aggregator.api.routes.health import Readiness, database_check
 from aggregator.control.grid_signals import GridSignalStore, PortfolioFlexibility
 from aggregator.control.loop import ControlLoop
 from aggregator.control.replanning import ReplanRequests
@@ -51,6 +59,7 @@ from aggregator.ingestion.telemetry_mirror import MirrorSettings, TelemetryMirro
 from aggregator.runtime.broker import EmbeddedBroker
 from aggregator.runtime.config import CentralConfig, Openadr2Section, OpenadrSection
 from aggregator.runtime.dependencies import Dependencies, DependencyKind, watch_broker
+from aggregator.runtime.metrics import ServiceMetrics, metrics_app
 from market_adapters.openadr2 import Ven
 from market_adapters.openadr3 import OpenAdr3Client
 from wire.clock import SYSTEM_CLOCK, Clock
@@ -91,6 +100,19 @@ class AggregatorService:
         self.engine = make_engine(config.database.url)
         self.sessions = make_sessionmaker(self.engine)
         self.api_port: int | None = None
+        self.metrics: ServiceMetrics | None = None
+        """The service's metrics, with ``[metrics]``; served on :attr:`metrics_port`."""
+        if config.metrics is not None:
+            self.metrics = ServiceMetrics(
+                self.sessions,
+                self.dependencies,
+                self.replans,
+                clock=clock,
+                event_cache_s=config.metrics.event_cache_s,
+            )
+        self.metrics_port: int | None = None
+        self.readiness = Readiness({"database": database_check(self.sessions)})
+        """What ``/readyz`` checks; the broker and the control loop are added as they start."""
         self.broker_address: tuple[str, int] | None = None
         """Host and port of the MQTT broker in use (the in-process one's free port, when embedded)."""
         self.control: ControlLoop | None = None
@@ -100,7 +122,6 @@ class AggregatorService:
         self.vens: list[Ven | OpenAdr3Client] = []
         """The running OpenADR adapters, one per ``[[openadr]]`` entry, in order."""
         self._stack: AsyncExitStack | None = None
-        self._server: uvicorn.Server | None = None
         self._serving: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
@@ -137,6 +158,8 @@ class AggregatorService:
             self.ingestion = await stack.enter_async_context(
                 Ingestion(ingestion_settings, self.sessions, replans=self.replans, mirror=mirror)
             )
+            if self.metrics is not None:
+                self.metrics.attach_ingestion(self.ingestion)
             publisher = await stack.enter_async_context(
                 MqttSetpointPublisher(
                     MqttPublisherSettings(
@@ -171,8 +194,14 @@ class AggregatorService:
             self.control = await stack.enter_async_context(
                 ControlLoop(self.sessions, publisher, self.replans, self.control_settings)
             )
+            if self.metrics is not None:
+                self.metrics.attach_control(self.control)
+            self.readiness.checks["broker"] = _now(broker_problem)
+            self.readiness.checks["control"] = _now(self._control_problem)
             for number, section in enumerate(self.config.openadr, start=1):
                 self.vens.append(await stack.enter_async_context(self._openadr(number, section)))
+            if self.metrics is not None:
+                await stack.enter_async_context(self._metrics_listener(self.metrics))
             await stack.enter_async_context(self._api())
             self._stack = stack.pop_all()
         return self
@@ -217,26 +246,69 @@ class AggregatorService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _control_problem(self) -> str | None:
+        """Why the control loop is not ready: stopped, or no pass over the sites within a cadence."""
+        control = self.control
+        if control is None or not control.running:
+            return "the control loop is not running"
+        last = control.stats.last_pass_at
+        if last is None:
+            return "the control loop has not finished its first pass"
+        late = self.clock.now() - last
+        if late > self.control_settings.cadence:
+            return f"the control loop's last pass ended {late.total_seconds():.0f} s ago"
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _metrics_listener(self, metrics: ServiceMetrics) -> AsyncIterator[None]:
+        section = self.config.metrics
+        assert section is not None
+        app = metrics_app(metrics, self.readiness)
+        async with self._serve("metrics", app, section.host, section.port, access_log=False) as (_, port):
+            self.metrics_port = port
+            log.info("metrics on http://%s:%d/metrics", section.host, port)
+            yield
+
     @contextlib.asynccontextmanager
     async def _api(self) -> AsyncIterator[None]:
-        app = create_app(self.settings, self.sessions, replans=self.replans)
+        observe = None if self.metrics is None else self.metrics.observe_request
+        app = create_app(self.settings, self.sessions, replans=self.replans, observe_request=observe)
         app.state.dependencies = self.dependencies  # GET /admin/status
+        app.state.readiness = self.readiness  # GET /readyz
         api = self.config.api
-        server = uvicorn.Server(
-            uvicorn.Config(app, host=api.host, port=api.port, log_level="info", lifespan="off")
+        async with self._serve("api", app, api.host, api.port) as (serving, port):
+            self.api_port = port
+            log.info("API on http://%s:%d (docs at /docs)", api.host, self.api_port)
+            self._serving = serving
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _serve(
+        self, name: str, app: Any, host: str, port: int, *, access_log: bool = True
+    ) -> AsyncIterator[tuple[asyncio.Task[None], int]]:
+        """Serve ``app`` with uvicorn on ``host:port`` as the task ``name`` until exit; yields the task
+        and the port it listens on (a free one for port 0). ``access_log``: a line per request (not for
+        the metrics listener, which Prometheus asks every few seconds)."""
+        # log_config=None: uvicorn's lines go through the root handler (text or JSON, wire/logs.py)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            lifespan="off",
+            log_config=None,
+            access_log=access_log,
         )
-        serving = asyncio.create_task(server.serve(), name="api")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve(), name=name)
         try:
             async with asyncio.timeout(15):
                 while not server.started:
                     if serving.done():
                         serving.result()  # raises why uvicorn could not start (port taken, ...)
-                        raise RuntimeError(f"the API could not listen on {api.host}:{api.port}")
+                        raise RuntimeError(f"the {name} listener could not listen on {host}:{port}")
                     await asyncio.sleep(0.02)
-            self.api_port = server.servers[0].sockets[0].getsockname()[1]
-            log.info("API on http://%s:%d (docs at /docs)", api.host, self.api_port)
-            self._server, self._serving = server, serving
-            yield
+            yield serving, server.servers[0].sockets[0].getsockname()[1]
         finally:
             server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
@@ -256,3 +328,12 @@ class AggregatorService:
         """Until the API server stops (it stops on SIGINT/SIGTERM) or the task is cancelled."""
         if self._serving is not None:
             await asyncio.shield(self._serving)
+
+
+def _now(problem: Callable[[], str | None]) -> Callable[[], Awaitable[str | None]]:
+    """A synchronous readiness check (read on the event loop) as :class:`Readiness` takes it."""
+
+    async def check() -> str | None:
+        return problem()
+
+    return check
