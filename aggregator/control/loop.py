@@ -117,13 +117,13 @@ class ControlSettings:
     solver_time_limit_s: float = 10.0
     """Wall-clock limit of each solve [s]; on time-out the best schedule found is used."""
     mip_gap: float = 0.005
-    solver_threads: int | None = None
-    """HiGHS threads (``None``: its default). A simulation sets 1 and a time limit no solve reaches, so
-    that every solve, and so every run of a seed, comes out the same."""
     setpoint_validity: dt.timedelta = dt.timedelta(hours=1)
     """How long a published command holds; the gateway falls back to local rules after it."""
     urgency_weight: float = DEFAULT_URGENCY_WEIGHT
     """Least-laxity tie-breaker [currency/kWh per step]: charge early where it costs nothing."""
+    replan_gather_s: float = 0.0
+    """How long a re-plan request waits for others [s, on the loop's time], so that simultaneous
+    arrivals are planned once, in one order (0: at once)."""
     poll_s: float = 1.0
     """Longest real wait between two looks at the clock [s]."""
     planning: PlanningSettings = field(default_factory=PlanningSettings)
@@ -150,9 +150,7 @@ class ControlSettings:
         return self.planning.horizon
 
     def solver_options(self) -> SolverOptions:
-        return SolverOptions(
-            time_limit=self.solver_time_limit_s, mip_gap=self.mip_gap, threads=self.solver_threads
-        )
+        return SolverOptions(time_limit=self.solver_time_limit_s, mip_gap=self.mip_gap)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ControlSettings:
@@ -535,9 +533,12 @@ class ControlLoop:
                 [(due - self._clock()).total_seconds() for due in next_due.values()],
                 default=self.settings.poll_s,
             )
-            for site_id, reasons in (
-                await self.replans.wait(min(max(wait, 0.0), self.settings.poll_s))
-            ).items():
+            requests = [await self.replans.wait(min(max(wait, 0.0), self.settings.poll_s))]
+            if requests[0] and self.settings.replan_gather_s > 0:
+                # what arrives together is planned together, whatever order it was stored in
+                await asyncio.sleep(self.settings.replan_gather_s)
+                requests.append(self.replans.take())
+            for site_id, reasons in ((k, v) for batch in requests for k, v in batch.items()):
                 pending.setdefault(site_id, []).extend(reasons)
 
     async def _plan_in_pass(

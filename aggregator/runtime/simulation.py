@@ -254,12 +254,13 @@ async def run_day(
     app = create_app(Settings(database_url=url), sessions, replans=replans, clock=clock.now)
     control_settings = ControlSettings(
         cadence=STEP,
-        # Deterministic solves: one thread, and a wall-clock limit no solve of a depot day reaches
-        # (a limit hit under load would change the plan with the machine's speed).
+        # A wall-clock limit no solve of a depot day reaches: a limit hit under load would change the
+        # plan with the machine's speed. (Not threads=1: HiGHS keeps one thread pool per process, and a
+        # solve asking for another count after the first answers "unknown".)
         solver_time_limit_s=600.0,
-        solver_threads=1,
         setpoint_validity=dt.timedelta(hours=3),
         poll_s=60.0,  # virtual seconds; a re-plan request still wakes the loop at once
+        replan_gather_s=15.0,  # simultaneous arrivals planned once, whatever order they were stored in
         planning=PlanningSettings(
             horizon=dt.timedelta(hours=12),
             tariffs={world.TARIFF_REF: tou_ev_4_tariff()},
