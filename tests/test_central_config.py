@@ -60,8 +60,8 @@ def test_broker_url_and_secret_from_the_environment(tmp_path: Path, monkeypatch:
         ("[api]\nport = 'eighty'\n", r"api.port: Input should be a valid integer.* \(got 'eighty'\)"),
         (
             "[databse]\nurl = 'x'\n",
-            r"databse: unknown key \(did you mean database\?\); allowed keys: database, api, mqtt, control, "
-            "influxdb, openadr$",
+            r"databse: unknown key \(did you mean database\?\); allowed keys: database, api, metrics, mqtt, "
+            "control, influxdb, openadr$",
         ),
         ("[api]\nlisten = 'x'\n", "api.listen: unknown key; allowed keys: host, port$"),
         ("[api\n", "not valid TOML"),
@@ -106,7 +106,7 @@ def test_control_durations_are_named_by_their_unit(tmp_path: Path) -> None:
             "[control]\ncadence = 900\n",
             r"control.cadence: unknown key \(did you mean cadence_minutes\?\); "
             "allowed keys: cadence_minutes, solver_time_limit_s, mip_gap, setpoint_validity_minutes, "
-            "urgency_weight, poll_s, planning, max_group_sites$",
+            "urgency_weight, replan_gather_s, poll_s, planning, max_group_sites$",
         ),
         (
             "[control]\ncadence_minutes = 'PT15M'\n",

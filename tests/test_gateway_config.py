@@ -102,7 +102,7 @@ SITE = '[site]\nid = "x"\nimport_limit_kw = 10\n'
         (
             SITE + "[sites]\n",
             "sites: unknown key (did you mean site?); "
-            "allowed keys: site, ocpp, mqtt, control, chargers, tokens, accept_unknown_tokens",
+            "allowed keys: site, ocpp, mqtt, control, metrics, chargers, tokens, accept_unknown_tokens",
         ),
         (
             SITE + "[control]\ndefault_limit_kw = 'lots'\n",

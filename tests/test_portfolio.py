@@ -106,10 +106,12 @@ def solve(scenarios: list[Scenario], events: list[PortfolioEvent], **options: An
         violations = check_schedule(scenario, result.sites[scenario.site.id])
         assert not violations, describe(violations)
     # The model holds only the families the events need; the others price at 0.
+    # 1e-5: HiGHS holds constraints to 1e-7 (kW), and a price of a few per kWh over a few steps turns
+    # that into a few 1e-6 of money (hypothesis found -12.995001 against -12.995).
     expected = {name: result.costs[name] for name in result.model_costs}
-    assert result.model_costs == pytest.approx(expected, abs=1e-6)
-    assert sum(abs(v) for k, v in result.costs.items() if k not in expected) == pytest.approx(0.0, abs=1e-6)
-    assert result.objective == pytest.approx(result.evaluated_objective, abs=1e-6)
+    assert result.model_costs == pytest.approx(expected, abs=1e-5)
+    assert sum(abs(v) for k, v in result.costs.items() if k not in expected) == pytest.approx(0.0, abs=1e-5)
+    assert result.objective == pytest.approx(result.evaluated_objective, abs=1e-5)
     return result
 
 
