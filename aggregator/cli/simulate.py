@@ -17,7 +17,6 @@ from aggregator.runtime.simulation import (
     SimulationResult,
     simulate,
 )
-from aggregator.runtime.simulation_summary import money
 
 console = Console()
 
@@ -86,7 +85,7 @@ def print_result(result: SimulationResult, workdir: Path) -> None:
         payouts.add_column("driver")
         payouts.add_column("payout", justify="right")
         for line in statement.drivers:
-            amount = f"{money(line.total_minor, statement.currency):,.2f} {statement.currency}"
+            amount = statement.money(line.total_minor)
             if line.reason and line.total_minor == 0:
                 amount += f" ({line.reason})"
             payouts.add_row(line.email or f"user {line.driver_id}", amount)

@@ -9,7 +9,6 @@ import json
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from aggregator.programs.terms import CURRENCY_EXPONENTS
 from aggregator.settlement.event_statements import EventStatement
 from chargersim.stations import SimulatedCharger
 from chargersim.vehicles import Vehicle
@@ -201,8 +200,3 @@ def settlement_outcome(statement: EventStatement) -> SettlementOutcome:
         platform_loss=statement.platform_loss_minor,
         unallocated=statement.unallocated_minor,
     )
-
-
-def money(minor: int, currency: str) -> float:
-    """Minor units as an amount of ``currency``."""
-    return minor / 10 ** CURRENCY_EXPONENTS[currency]
